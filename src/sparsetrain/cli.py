@@ -1,0 +1,221 @@
+"""Command line: ``sparsetrain train | evaluate | datasets | sublinear``.
+
+Every user error is a :class:`SparsetrainError`: printed on one line to stderr,
+exit status 2, no traceback. Ctrl-C stops training with status 130; the last
+finished epoch stays in ``RUN/model.npz`` for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SparsetrainError
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive widths such as 1000,1000,1000, got {text!r}")
+    return sizes
+
+
+def _add_data_args(p):
+    p.add_argument("--dataset", help="fashion-mnist, madelon, synthetic, or a .npz file "
+                   "with X_train, y_train, X_test, y_test (see 'sparsetrain datasets')")
+    p.add_argument("--data-dir", help="folder with the dataset files (else $SPARSETRAIN_DATA, "
+                   "else the cache folder)")
+    p.add_argument("--no-download", action="store_true", help="never try to download data")
+    g = p.add_argument_group("synthetic dataset (make_classification)")
+    g.add_argument("--n-samples", type=int, help="samples (default 10000, 70/30 split)")
+    g.add_argument("--n-features", type=int, help="features (default 100)")
+    g.add_argument("--n-informative", type=int, help="informative features (default 20)")
+    g.add_argument("--n-classes", type=int, help="classes (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsetrain", description="Truly sparse neural network training.")
+    parser.add_argument("--version", action="version", version=f"sparsetrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a truly sparse MLP with SET",
+                       description="Train a truly sparse MLP with Sparse Evolutionary Training. "
+                       "Unset options come from the preset of the dataset.")
+    _add_data_args(t)
+    t.add_argument("--preset", default="paper", choices=["paper", "none"],
+                   help="paper: the paper's settings for the dataset (default); none: defaults")
+    t.add_argument("--hidden", type=_hidden, help="hidden widths, e.g. 1000,1000,1000")
+    t.add_argument("--epsilon", type=float, help="Erdős–Rényi density parameter")
+    t.add_argument("--activation", help="relu, leaky-relu, all-relu, sigmoid")
+    t.add_argument("--alpha", type=float, help="negative slope of All-ReLU / leaky ReLU")
+    t.add_argument("--dropout", type=float, help="dropout rate of hidden layers")
+    t.add_argument("--init", help="he-uniform, xavier, normal")
+    t.add_argument("--fan-in", dest="fan_in", choices=["sparse", "dense"],
+                   help="fan-in the initialiser scales with (default sparse: mean fan-in)")
+    t.add_argument("--loss", choices=["cross-entropy", "mse"])
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", dest="batch_size", type=int)
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", dest="weight_decay", type=float)
+    t.add_argument("--zeta", type=float, help="fraction rewired by SET each epoch")
+    t.add_argument("--no-evolve-output", dest="evolve_output", action="store_false", default=None,
+                   help="keep the output layer's topology fixed")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="compute threads (default: all cores)")
+    t.add_argument("--out", help="run folder: config.json, metrics.csv, model.npz, PNG")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last finished epoch")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="test a saved model on a dataset")
+    e.add_argument("--model", required=True, help="model.npz written by 'train'")
+    _add_data_args(e)
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--threads", type=int)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("datasets", help="list known datasets and where each was found")
+    d.add_argument("--data-dir")
+    d.set_defaults(func=cmd_datasets)
+
+    try:
+        from .sublinear.cli import add_subcommand
+    except ImportError:  # the sublinear module is optional
+        pass
+    else:
+        add_subcommand(sub)
+    return parser
+
+
+def _set_threads(threads):
+    if threads is None:
+        return
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise SparsetrainError(f"The '--threads' option must be in [1, {limit}]. Got {threads}.")
+    numba.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def _load_data(args, dataset=None, options=None):
+    from .data import load_dataset
+
+    name = dataset or args.dataset
+    if not name:
+        raise SparsetrainError("The '--dataset' option is required: one of fashion-mnist, "
+                               "madelon, synthetic, or a .npz file (see 'sparsetrain datasets')")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SparsetrainError(f"The '--data-dir' folder {args.data_dir} does not exist; give "
+                               "the folder holding the dataset files")
+    if options is None:
+        options = {k: getattr(args, k) for k in ("n_samples", "n_features", "n_informative",
+                                                  "n_classes") if getattr(args, k) is not None}
+        if options and name != "synthetic":
+            raise SparsetrainError(f"options {sorted('--' + k.replace('_', '-') for k in options)}"
+                                   f" apply to --dataset synthetic only, not {name!r}")
+    # Standardisation is part of the model (training-set statistics), so load raw features.
+    return load_dataset(name, args.data_dir, standardize=False,
+                        download=not args.no_download, **options), options
+
+
+def cmd_train(args) -> int:
+    from .config import make_config
+    from .trainer import Trainer, build_model
+
+    _set_threads(args.threads)
+    out = Path(args.out) if args.out else None
+    progress = False if args.no_progress else None
+    if args.resume and out is None:
+        raise SparsetrainError("The '--resume' option needs '--out RUN', the run folder to continue")
+    if args.resume and (out / "model.npz").exists():
+        trainer, model = Trainer.from_checkpoint(out, epochs=args.epochs, progress=progress)
+        run = trainer.run_info
+        ds, _ = _load_data(args, run.get("dataset"), run.get("options", {}))
+        print(f"sparsetrain: resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    else:
+        if args.resume:
+            print(f"sparsetrain: no checkpoint in {out}; starting a new run", file=sys.stderr)
+        ds, options = _load_data(args)
+        overrides = {k: getattr(args, k) for k in (
+            "hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
+            "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta", "evolve_output",
+            "seed")}
+        cfg = make_config(args.dataset, args.preset, **overrides)
+        model = build_model(cfg, ds.X_train, ds.n_classes)
+        trainer = Trainer(cfg, out, progress=progress,
+                          run_info={"dataset": args.dataset, "options": options,
+                                    "source": ds.source})
+        trainer.write_config(model)
+    print(f"sparsetrain: {ds!r}; {model!r}", file=sys.stderr)
+    if trainer.epoch >= trainer.config.epochs:
+        print(f"sparsetrain: run already finished ({trainer.epoch} epochs)", file=sys.stderr)
+        return 0
+    history = trainer.fit(model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
+    best = max(history, key=lambda r: r["test_accuracy"])
+    last = history[-1]
+    print(f"final test accuracy {last['test_accuracy']:.4f} (best {best['test_accuracy']:.4f} "
+          f"at epoch {best['epoch']}), {last['n_connections']} connections"
+          + (f"; results in {out}" if out else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .io import load_model
+
+    _set_threads(args.threads)
+    model, meta = load_model(args.model)
+    ds, _ = _load_data(args)
+    X, y = (ds.X_test, ds.y_test) if args.split == "test" else (ds.X_train, ds.y_train)
+    if X.shape[1] != model.n_features:
+        raise SparsetrainError(f"dataset {ds.name!r} has {X.shape[1]} features but the model in "
+                               f"{args.model} expects {model.n_features}")
+    if y.size and int(y.max()) >= model.n_outputs:
+        raise SparsetrainError(f"dataset {ds.name!r} has label {int(y.max())} but the model has "
+                               f"only {model.n_outputs} classes (labels 0..{model.n_outputs - 1})")
+    loss, acc = model.evaluate(X, y)
+    print(json.dumps({"dataset": ds.name, "split": args.split, "n": int(len(y)),
+                      "loss": loss, "accuracy": acc, "epoch": meta.get("epoch")}))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import list_datasets
+
+    for row in list_datasets(args.data_dir):
+        print(f"{row['name']:<15} {row['location']}\n{'':<15} {row['description']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SparsetrainError as exc:
+        print(f"sparsetrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsetrain: interrupted; rerun with --resume to continue from the last "
+              "finished epoch", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

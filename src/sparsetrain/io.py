@@ -1,0 +1,140 @@
+"""Model files and atomic writes.
+
+Model file format (``.npz``, never pickled; load with ``allow_pickle=False``)::
+
+    meta                       0-d unicode array: JSON object with
+                               format="sparsetrain.model", format_version, library_version,
+                               sizes, activation, alpha, dropout, loss, layers=[{init, fan_in}],
+                               plus free-form run state (config, epoch, history, dataset)
+    input_mean, input_std      (n_features,) float32   training-set standardisation
+    layers.L.row_ptr           (n_in+1,) int64         CSR over inputs of layer L
+    layers.L.row_cols          (nnz,) int32            output index of each connection
+    layers.L.data              (nnz,) float32          connection values
+    layers.L.velocity          (nnz,) float32          momentum of each connection
+    layers.L.bias, layers.L.bias_velocity   (n_out,) float32
+
+Every write goes to a temporary file in the same folder, is flushed to disk,
+then renamed over the target, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import SparsetrainError
+from .layers import SparseLinear
+from .model import SparseMLP
+
+FORMAT_NAME = "sparsetrain.model"
+FORMAT_VERSION = 1
+_LAYER_KEYS = {"row_ptr": np.int64, "row_cols": np.int32, "data": np.float32,
+               "velocity": np.float32, "bias": np.float32, "bias_velocity": np.float32}
+
+
+@contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file next to ``path``; on success fsync it and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
+    """Write ``model`` (weights, momentum, scaler, architecture) and ``extra`` run state."""
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "sizes": model.sizes,
+        "activation": model.activation,
+        "alpha": model.alpha,
+        "dropout": model.dropout,
+        "loss": model.loss,
+        "layers": [{"init": la.init, "fan_in": la.fan_in} for la in model.layers],
+        **(extra or {}),
+    }
+    arrays = {"meta": np.array(json.dumps(meta)), "input_mean": model.input_mean,
+              "input_std": model.input_std}
+    for l, layer in enumerate(model.layers):
+        for key in _LAYER_KEYS:
+            arrays[f"layers.{l}.{key}"] = getattr(layer, key)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+
+
+def load_model(path) -> tuple[SparseMLP, dict]:
+    """Read a model file; returns ``(model, meta)``.
+
+    Raises :class:`SparsetrainError` with a one-line reason for a missing, truncated,
+    tampered or newer-format file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SparsetrainError(f"model file {path} does not exist; pass the model.npz a "
+                               "'sparsetrain train --out RUN' wrote (RUN/model.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
+                               f"({type(exc).__name__}: {exc}); retrain or restore it") from None
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (KeyError, json.JSONDecodeError):
+        raise SparsetrainError(f"model file {path} has no readable metadata; it was not "
+                               "written by sparsetrain") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise SparsetrainError(f"model file {path} has format {meta.get('format')!r}, "
+                               f"expected {FORMAT_NAME!r}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise SparsetrainError(
+            f"model file {path} has format version {version!r}; this sparsetrain "
+            f"({__version__}) reads versions 1..{FORMAT_VERSION}: upgrade sparsetrain")
+    try:
+        sizes = [int(s) for s in meta["sizes"]]
+        layers = []
+        for l in range(len(sizes) - 1):
+            a = {}
+            for key, dtype in _LAYER_KEYS.items():
+                arr = arrays[f"layers.{l}.{key}"]
+                if arr.dtype != dtype or arr.ndim != 1:
+                    raise SparsetrainError(f"array layers.{l}.{key} has dtype {arr.dtype} and "
+                                           f"{arr.ndim} dimensions, expected 1-D {np.dtype(dtype)}")
+                a[key] = arr
+            info = meta["layers"][l]
+            layers.append(SparseLinear(sizes[l], sizes[l + 1], a["row_ptr"], a["row_cols"],
+                                       a["data"], bias=a["bias"], velocity=a["velocity"],
+                                       bias_velocity=a["bias_velocity"], init=info["init"],
+                                       fan_in=info["fan_in"]))
+        model = SparseMLP(layers, activation=meta["activation"], alpha=meta["alpha"],
+                          dropout=meta["dropout"], loss=meta["loss"],
+                          input_mean=arrays["input_mean"], input_std=arrays["input_std"])
+    except KeyError as exc:
+        raise SparsetrainError(f"model file {path} lacks entry {exc}; it is incomplete") from None
+    except SparsetrainError as exc:
+        raise SparsetrainError(f"model file {path} is inconsistent: {exc}") from None
+    return model, meta

@@ -1,0 +1,288 @@
+"""Truly sparse multilayer perceptron: a list of :class:`SparseLinear` layers and the
+math that trains them (forward, loss, backward, momentum SGD).
+
+Forward, hidden layer ``l`` (feature-major, ``a_0`` is the standardised input)::
+
+    z_l = W_l^T a_{l-1} + b_l,     a_l = f_l(z_l) * m_l / (1 - p)      (inverted dropout, training only)
+
+Output: ``z_L = W_L^T a_{L-1} + b_L``; softmax + cross-entropy (default) or MSE on
+one-hot targets. Backward (``delta_L = dL/dz_L`` per sample)::
+
+    dW_l[k] = (1/B) sum_b a_{l-1}[i_k, b] * delta_l[j_k, b]   (only at existing connections)
+    db_l    = (1/B) sum_b delta_l[:, b]
+    delta_{l-1} = (W_l delta_l) * f'_{l-1}(z_{l-1}) * m_{l-1} / (1 - p)
+
+Update (SPEC 1.3, decay inside the learning rate, on connection values only)::
+
+    v <- momentum * v - lr * (dW + weight_decay * W);   W <- W + v
+    v_b <- momentum * v_b - lr * db;                    b <- b + v_b
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from .activations import get_activation
+from .errors import SparsetrainError
+from .layers import SparseLinear, er_density
+
+LOSSES = ("cross-entropy", "mse")
+_EMPTY = np.empty((0, 0), np.float32)
+_SEED_MIX = 0x9E3779B97F4A7C15
+
+
+class SparseMLP:
+    """A truly sparse MLP.
+
+    Parameters
+    ----------
+    layers : list of SparseLinear
+        Consecutive layers (``layers[l].n_out == layers[l+1].n_in``).
+    activation : str
+        Hidden activation, a key of :data:`sparsetrain.activations.ACTIVATIONS`.
+    alpha : float
+        Negative-side slope parameter of leaky ReLU / All-ReLU.
+    dropout : float
+        Inverted-dropout rate on hidden layers during training, in [0, 1).
+    loss : {"cross-entropy", "mse"}
+        Output loss (softmax + cross-entropy, or squared error on one-hot targets).
+    input_mean, input_std : array (n_features,), optional
+        Training-set standardisation applied to every input (identity if omitted).
+    """
+
+    def __init__(self, layers, *, activation="all-relu", alpha=0.6, dropout=0.3,
+                 loss="cross-entropy", input_mean=None, input_std=None):
+        if not layers:
+            raise SparsetrainError("a SparseMLP needs at least one layer")
+        for a, b in zip(layers[:-1], layers[1:], strict=True):
+            if a.n_out != b.n_in:
+                raise SparsetrainError(
+                    f"layer sizes do not chain: {a.n_out} outputs feed {b.n_in} inputs")
+        if not 0.0 <= dropout < 1.0:
+            raise SparsetrainError(f"The 'dropout' parameter must be in [0, 1). Got {dropout!r} instead.")
+        if loss not in LOSSES:
+            raise SparsetrainError(
+                f"The 'loss' parameter must be one of {list(LOSSES)}. Got {loss!r} instead.")
+        self.layers = list(layers)
+        self.activation = activation
+        self._act = get_activation(activation)
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.loss = loss
+        n = self.layers[0].n_in
+        self.input_mean = (np.zeros(n, np.float32) if input_mean is None
+                           else np.ascontiguousarray(input_mean, np.float32))
+        self.input_std = (np.ones(n, np.float32) if input_std is None
+                          else np.ascontiguousarray(input_std, np.float32))
+        if self.input_mean.shape != (n,) or self.input_std.shape != (n,):
+            raise SparsetrainError(f"input_mean/input_std must have shape ({n},)")
+        self._inv_std = (1.0 / self.input_std).astype(np.float32)
+        self._buffers = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, sizes, *, epsilon, rng, activation="all-relu", alpha=0.6, dropout=0.3,
+               loss="cross-entropy", init="he-uniform", fan_in="sparse", input_mean=None,
+               input_std=None):
+        """Erdős–Rényi sparse MLP with layer sizes ``sizes = (n_features, h1, ..., n_classes)``.
+
+        Hidden layers must be sparse (density <= 1, else an error that gives the largest
+        valid ``epsilon``); the output layer's density is capped at 1, as in the paper's
+        code, so with few classes it is usually fully connected.
+        """
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise SparsetrainError(f"layer sizes must be >= 1 and at least two. Got {sizes}.")
+        if not epsilon > 0:
+            raise SparsetrainError(
+                f"The 'epsilon' parameter must be a float in (0, inf). Got {epsilon!r} instead.")
+        last = len(sizes) - 2
+        for l in range(last):
+            p = er_density(sizes[l], sizes[l + 1], epsilon)
+            if p > 1.0:
+                largest = min(sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]) for q in range(last))
+                raise SparsetrainError(
+                    f"The 'epsilon' parameter ({epsilon:g}) makes layer {l + 1} "
+                    f"({sizes[l]}->{sizes[l + 1]}) denser than 1 (density {p:.3g}); "
+                    f"use epsilon <= {largest:.4g} or wider layers."
+                )
+        layers = [
+            SparseLinear.erdos_renyi(sizes[l], sizes[l + 1], epsilon, rng, init=init,
+                                     fan_in=fan_in, allow_dense=(l == last))
+            for l in range(len(sizes) - 1)
+        ]
+        return cls(layers, activation=activation, alpha=alpha, dropout=dropout, loss=loss,
+                   input_mean=input_mean, input_std=input_std)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0].n_in] + [layer.n_out for layer in self.layers]
+
+    @property
+    def n_features(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def n_connections(self) -> int:
+        return sum(layer.nnz for layer in self.layers)
+
+    def slopes(self) -> list[float]:
+        """Negative-side slope of each hidden layer (1-based layer index in the rule)."""
+        return [self._act.slope(l + 1, self.alpha) for l in range(len(self.layers) - 1)]
+
+    def _bufs(self, batch: int, training: bool):
+        key = (batch, training)
+        bufs = self._buffers.get(key)
+        if bufs is None:
+            acts = [np.empty((n, batch), np.float32) for n in self.sizes]  # (n_l, B)
+            dfac = [np.empty((n, batch), np.float32) if training else _EMPTY
+                    for n in self.sizes[1:-1]]
+            delta = [np.empty((n, batch), np.float32) if training else None
+                     for n in self.sizes[1:]]
+            bufs = {"acts": acts, "dfac": dfac, "delta": delta}
+            self._buffers[key] = bufs
+        return bufs
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, X, idx, training: bool, seed: int = 0):
+        """Run the layers on rows ``idx`` of ``X``; returns the buffers (output logits last)."""
+        bufs = self._bufs(idx.shape[0], training)
+        acts, dfac = bufs["acts"], bufs["dfac"]
+        _kernels.gather_standardize(X, idx, self.input_mean, self._inv_std, acts[0])
+        slopes = self.slopes()
+        last = len(self.layers) - 1
+        for l, layer in enumerate(self.layers):
+            if l < last:
+                code, slope, d = self._act.code, slopes[l], dfac[l]
+                rate = self.dropout if training else 0.0
+            else:
+                code, slope, d, rate = _kernels.ACT_LINEAR, 0.0, _EMPTY, 0.0
+            layer_seed = (seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF
+            _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
+                                    layer.data, layer.bias, code, np.float32(slope),
+                                    np.float32(rate), np.uint64(layer_seed), acts[l + 1], d)
+        return bufs
+
+    def _loss_delta(self, z, y, delta):
+        """Mean loss over the batch and ``delta = dL_b/dz`` (per sample) into ``delta`` (C, B)."""
+        batch = z.shape[1]
+        cols = np.arange(batch)
+        if self.loss == "cross-entropy":
+            zmax = z.max(axis=0)
+            e = np.exp(z - zmax)
+            s = e.sum(axis=0)
+            loss = float(np.mean(np.log(s) + zmax - z[y, cols]))
+            if delta is not None:
+                np.divide(e, s, out=delta)
+                delta[y, cols] -= 1.0
+        else:
+            diff = z.copy()
+            diff[y, cols] -= 1.0
+            loss = float(0.5 * np.mean(np.sum(diff * diff, axis=0)))
+            if delta is not None:
+                delta[...] = diff
+        return loss
+
+    def _backward(self, bufs):
+        """Per-layer ``(dW values aligned with layer.data, db)`` after a training forward + loss.
+
+        Each layer's delta uses only its own (not yet updated) weights, so updating
+        all layers afterwards equals updating each right after its backward kernel.
+        """
+        acts, dfac, delta = bufs["acts"], bufs["dfac"], bufs["delta"]
+        inv_batch = np.float32(1.0 / acts[0].shape[1])
+        grads = [None] * len(self.layers)
+        for l in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[l]
+            g = self._grad_buffer(l, layer.nnz)
+            gb = np.empty(layer.n_out, np.float32)
+            prev_delta = delta[l - 1] if l > 0 else _EMPTY
+            prev_dfac = dfac[l - 1] if l > 0 else _EMPTY
+            _kernels.sparse_backward(acts[l], delta[l], layer.row_ptr, layer.row_cols,
+                                     layer.data, prev_dfac, inv_batch, g, prev_delta)
+            _kernels.row_mean(delta[l], gb)
+            grads[l] = (g, gb)
+        return grads
+
+    def gradients(self, X, y, idx=None, seed=0):
+        """Training-mode loss and per-layer gradients ``[(dW, db), ...]`` on rows ``idx``.
+
+        ``dW`` is aligned with ``layer.data`` (existing connections only). The
+        returned arrays are work buffers: copy them to keep them past the next call.
+        """
+        idx = np.arange(X.shape[0], dtype=np.int64) if idx is None else idx
+        bufs = self._forward(X, idx, training=True, seed=seed)
+        loss = self._loss_delta(bufs["acts"][-1], y[idx], bufs["delta"][-1])
+        return loss, self._backward(bufs)
+
+    def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed):
+        """One momentum-SGD step on the mini-batch ``idx``; returns the batch loss."""
+        loss, grads = self.gradients(X, y, idx, seed)
+        lr32, mom32 = np.float32(lr), np.float32(momentum)
+        for layer, (g, gb) in zip(self.layers, grads, strict=True):
+            _kernels.momentum_sgd(layer.data, layer.velocity, g, lr32, mom32,
+                                  np.float32(weight_decay))
+            _kernels.momentum_sgd(layer.bias, layer.bias_velocity, gb, lr32, mom32,
+                                  np.float32(0.0))
+        return loss
+
+    def _grad_buffer(self, l, nnz):
+        key = ("grad", l)
+        g = self._buffers.get(key)
+        if g is None or g.shape[0] != nnz:
+            g = np.empty(nnz, np.float32)
+            self._buffers[key] = g
+        return g
+
+    def invalidate_buffers(self):
+        """Drop cached work buffers (after a topology or size change)."""
+        self._buffers.clear()
+
+    # ------------------------------------------------------------------ inference
+    def eval_batch_size(self) -> int:
+        """Rows per inference chunk: keeps one activation buffer near 32 MB at most."""
+        widest = max(self.sizes)
+        return int(max(1, min(2048, (8 << 20) // widest)))
+
+    def decision_function(self, X, batch_size=None) -> np.ndarray:
+        """Output-layer values ``z_L`` for every row of ``X``: (N, n_outputs) float32."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise SparsetrainError(
+                f"X has shape {X.shape}; this model expects (n_samples, {self.n_features})."
+            )
+        bs = batch_size or self.eval_batch_size()
+        out = np.empty((X.shape[0], self.n_outputs), np.float32)
+        for start in range(0, X.shape[0], bs):
+            idx = np.arange(start, min(start + bs, X.shape[0]), dtype=np.int64)
+            bufs = self._forward(X, idx, training=False)
+            out[start:start + idx.shape[0]] = bufs["acts"][-1].T
+        return out
+
+    def predict_proba(self, X, batch_size=None) -> np.ndarray:
+        z = self.decision_function(X, batch_size).astype(np.float64)
+        if self.loss != "cross-entropy":
+            return z
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X, batch_size=None) -> np.ndarray:
+        return np.argmax(self.decision_function(X, batch_size), axis=1)
+
+    def evaluate(self, X, y, batch_size=None) -> tuple[float, float]:
+        """Mean loss and accuracy on ``(X, y)``."""
+        z = self.decision_function(X, batch_size)
+        loss = self._loss_delta(np.ascontiguousarray(z.T), np.asarray(y, np.int64), None)
+        acc = float(np.mean(np.argmax(z, axis=1) == y))
+        return loss, acc
+
+    def __repr__(self):
+        layers = ", ".join(f"{la.n_in}->{la.n_out}:{la.nnz}" for la in self.layers)
+        return f"SparseMLP([{layers}], activation={self.activation!r}, alpha={self.alpha})"
