@@ -44,7 +44,7 @@ def test_sparse_forward_matches_dense(rng, batch):
     z = W.T.astype(np.float64) @ a + layer.bias[:, None]
     for act, slope in [(K.ACT_LINEAR, 0.0), (K.ACT_PIECEWISE, 0.0), (K.ACT_PIECEWISE, -0.6),
                        (K.ACT_PIECEWISE, 0.3), (K.ACT_SIGMOID, 0.0)]:
-        def make():
+        def make(act=act, slope=slope):
             return (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias, act,
                     np.float32(slope), np.float32(0.0), np.uint64(1),
                     np.empty((23, batch), np.float32), np.empty((23, batch), np.float32))

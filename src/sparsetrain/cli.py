@@ -135,6 +135,11 @@ def _load_data(args, dataset=None, options=None):
                         download=not args.no_download, **options), options
 
 
+_TRAIN_OPTIONS = ("hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
+                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta",
+                  "evolve_output", "seed")
+
+
 def cmd_train(args) -> int:
     from .config import make_config
     from .trainer import Trainer, build_model
@@ -146,6 +151,12 @@ def cmd_train(args) -> int:
         raise SparsetrainError("The '--resume' option needs '--out RUN', the run folder to continue")
     if args.resume and (out / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(out, epochs=args.epochs, progress=progress)
+        ignored = [f"--{k.replace('_', '-')}" for k in _TRAIN_OPTIONS
+                   if k != "epochs" and getattr(args, k) is not None]
+        if ignored or args.dataset:
+            print(f"sparsetrain: warning: --resume continues with the run's saved config.json; "
+                  f"ignoring {', '.join(ignored + (['--dataset'] if args.dataset else []))} "
+                  "(only --epochs and --threads may change)", file=sys.stderr)
         run = trainer.run_info
         ds, _ = _load_data(args, run.get("dataset"), run.get("options", {}))
         print(f"sparsetrain: resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
@@ -153,10 +164,7 @@ def cmd_train(args) -> int:
         if args.resume:
             print(f"sparsetrain: no checkpoint in {out}; starting a new run", file=sys.stderr)
         ds, options = _load_data(args)
-        overrides = {k: getattr(args, k) for k in (
-            "hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
-            "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta", "evolve_output",
-            "seed")}
+        overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
         cfg = make_config(args.dataset, args.preset, **overrides)
         model = build_model(cfg, ds.X_train, ds.n_classes)
         trainer = Trainer(cfg, out, progress=progress,

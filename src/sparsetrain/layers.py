@@ -49,6 +49,14 @@ INITIALIZERS = {
 }
 
 
+def largest_epsilon_text(n_in: int, n_out: int) -> str:
+    """The largest epsilon keeping an ``n_in x n_out`` layer at density <= 1, rounded *down*
+    to 4 significant digits so that the printed value is itself valid."""
+    bound = n_in * n_out / (n_in + n_out)
+    digits = 3 - math.floor(math.log10(bound))
+    return f"{math.floor(bound * 10**digits) / 10**digits:g}"
+
+
 def er_density(n_in: int, n_out: int, epsilon: float) -> float:
     """Erdős–Rényi connection probability ``epsilon * (n_in + n_out) / (n_in * n_out)`` (uncapped)."""
     return epsilon * (n_in + n_out) / (n_in * n_out)
@@ -164,10 +172,10 @@ class SparseLinear:
             )
         p = er_density(n_in, n_out, epsilon)
         if p > 1.0 and not allow_dense:
-            largest = n_in * n_out / (n_in + n_out)
             raise SparsetrainError(
                 f"epsilon={epsilon:g} gives the {n_in}->{n_out} layer a connection density of "
-                f"{p:.3g} > 1; use an epsilon of at most {largest:.4g} for this layer "
+                f"{p:.6g} > 1; use an epsilon of at most {largest_epsilon_text(n_in, n_out)} "
+                "for this layer "
                 f"(density = epsilon*(n_in+n_out)/(n_in*n_out))."
             )
         n_total = n_in * n_out

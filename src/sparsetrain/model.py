@@ -25,7 +25,7 @@ import numpy as np
 from . import _kernels
 from .activations import get_activation
 from .errors import SparsetrainError
-from .layers import SparseLinear, er_density
+from .layers import SparseLinear, er_density, largest_epsilon_text
 
 LOSSES = ("cross-entropy", "mse")
 _EMPTY = np.empty((0, 0), np.float32)
@@ -101,11 +101,11 @@ class SparseMLP:
         for l in range(last):
             p = er_density(sizes[l], sizes[l + 1], epsilon)
             if p > 1.0:
-                largest = min(sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]) for q in range(last))
+                q = min(range(last), key=lambda q: sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]))
                 raise SparsetrainError(
                     f"The 'epsilon' parameter ({epsilon:g}) makes layer {l + 1} "
-                    f"({sizes[l]}->{sizes[l + 1]}) denser than 1 (density {p:.3g}); "
-                    f"use epsilon <= {largest:.4g} or wider layers."
+                    f"({sizes[l]}->{sizes[l + 1]}) denser than 1 (density {p:.6g}); "
+                    f"use epsilon <= {largest_epsilon_text(sizes[q], sizes[q + 1])} or wider layers."
                 )
         layers = [
             SparseLinear.erdos_renyi(sizes[l], sizes[l + 1], epsilon, rng, init=init,
@@ -170,23 +170,26 @@ class SparseMLP:
         return bufs
 
     def _loss_delta(self, z, y, delta):
-        """Mean loss over the batch and ``delta = dL_b/dz`` (per sample) into ``delta`` (C, B)."""
-        batch = z.shape[1]
-        cols = np.arange(batch)
-        if self.loss == "cross-entropy":
-            zmax = z.max(axis=0)
-            e = np.exp(z - zmax)
-            s = e.sum(axis=0)
-            loss = float(np.mean(np.log(s) + zmax - z[y, cols]))
-            if delta is not None:
-                np.divide(e, s, out=delta)
-                delta[y, cols] -= 1.0
-        else:
-            diff = z.copy()
-            diff[y, cols] -= 1.0
-            loss = float(0.5 * np.mean(np.sum(diff * diff, axis=0)))
-            if delta is not None:
-                delta[...] = diff
+        """Mean loss over the batch and ``delta = dL_b/dz`` (per sample) into ``delta`` (C, B).
+
+        Overflow is not warned about: the trainer checks the loss and stops on NaN/inf.
+        """
+        cols = np.arange(z.shape[1])
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.loss == "cross-entropy":
+                zmax = z.max(axis=0)
+                e = np.exp(z - zmax)
+                s = e.sum(axis=0)
+                loss = float(np.mean(np.log(s) + zmax - z[y, cols]))
+                if delta is not None:
+                    np.divide(e, s, out=delta)
+                    delta[y, cols] -= 1.0
+            else:
+                diff = z.copy()
+                diff[y, cols] -= 1.0
+                loss = float(0.5 * np.mean(np.sum(diff * diff, axis=0)))
+                if delta is not None:
+                    delta[...] = diff
         return loss
 
     def _backward(self, bufs):

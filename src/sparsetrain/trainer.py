@@ -74,6 +74,7 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.history: list[dict] = []
         self.epoch = 0
+        self.evolved = True  # whether the SET step after self.epoch has been applied
 
     # ------------------------------------------------------------------ state
     @property
@@ -94,14 +95,15 @@ class Trainer:
             cfg.epochs = epochs
         trainer = cls(cfg, out_dir, progress=progress, run_info=meta.get("run", {}))
         trainer.epoch = int(meta.get("epoch", 0))
+        trainer.evolved = bool(meta.get("evolved", True))
         trainer.history = [r for r in meta.get("history", []) if r["epoch"] <= trainer.epoch]
         return trainer, model
 
     def _save(self, model: SparseMLP) -> None:
         if self.out_dir is None:
             return
-        extra = {"epoch": self.epoch, "config": self.config.to_dict(), "history": self.history,
-                 "run": self.run_info}
+        extra = {"epoch": self.epoch, "evolved": self.evolved, "config": self.config.to_dict(),
+                 "history": self.history, "run": self.run_info}
         save_model(self.checkpoint_path, model, extra)
         write_text(self.out_dir / "metrics.csv", metrics_csv(self.history))
 
@@ -129,6 +131,9 @@ class Trainer:
         y_test = np.asarray(y_test, np.int64)
         n = X_train.shape[0]
         n_batches = math.ceil(n / cfg.batch_size)
+        if not self.evolved and 0 < self.epoch < cfg.epochs:
+            # The schedule was extended after its last epoch: apply the SET step it skipped.
+            self._evolve(model, self.epoch)
         try:
             for epoch in range(self.epoch + 1, cfg.epochs + 1):
                 row = self._epoch(model, epoch, X_train, y_train, X_test, y_test, n, n_batches)
@@ -164,12 +169,9 @@ class Trainer:
             self._non_finite(test_loss, epoch, "evaluation")
         t2 = time.perf_counter()
         if epoch < cfg.epochs:  # SET evolution after every epoch but the last
-            evo_rng = np.random.default_rng([cfg.seed, epoch, 1])
-            last = len(model.layers) - 1
-            for l, layer in enumerate(model.layers):
-                if l < last or cfg.evolve_output:
-                    evolve_layer(layer, cfg.zeta, evo_rng)
-            model.invalidate_buffers()
+            self._evolve(model, epoch)
+        else:
+            self.evolved = False
         t3 = time.perf_counter()
         row = {"epoch": epoch, "train_loss": total / n, "test_loss": test_loss,
                "test_accuracy": test_acc, "epoch_seconds": t3 - t0, "train_seconds": t1 - t0,
@@ -180,6 +182,16 @@ class Trainer:
                    f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}, "
                    f"{row['epoch_seconds']:.2f} s")
         return row
+
+    def _evolve(self, model, epoch):
+        """SET step after ``epoch``; its randomness comes from ``(seed, epoch, 1)``."""
+        rng = np.random.default_rng([self.config.seed, epoch, 1])
+        last = len(model.layers) - 1
+        for l, layer in enumerate(model.layers):
+            if l < last or self.config.evolve_output:
+                evolve_layer(layer, self.config.zeta, rng)
+        model.invalidate_buffers()
+        self.evolved = True
 
     def _non_finite(self, value, epoch, where):
         kept = (f"the last good checkpoint (epoch {self.epoch}) is kept at {self.checkpoint_path}"
