@@ -132,7 +132,8 @@ class SparseLinear:
     """
 
     def __init__(self, n_in, n_out, row_ptr, row_cols, data, *, bias=None, velocity=None,
-                 bias_velocity=None, init="he-uniform", fan_in=None):
+                 bias_velocity=None, init="he-uniform", fan_in=None, neuron_params=None,
+                 neuron_velocity=None):
         self.n_in = int(n_in)
         self.n_out = int(n_out)
         self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)  # (n_in+1,)
@@ -147,6 +148,12 @@ class SparseLinear:
                               else np.ascontiguousarray(bias_velocity, dtype=np.float32))
         self.init = init
         self.fan_in = float(fan_in if fan_in is not None else self.n_in)
+        # Trainable per-output-neuron activation parameters (SReLU), (P, n_out), or None.
+        self.neuron_params = (None if neuron_params is None
+                              else np.ascontiguousarray(neuron_params, dtype=np.float32))
+        self.neuron_velocity = (None if neuron_params is None else np.zeros_like(self.neuron_params)
+                                if neuron_velocity is None
+                                else np.ascontiguousarray(neuron_velocity, dtype=np.float32))
         self.check()
         self.rebuild_index()
 
@@ -228,6 +235,11 @@ class SparseLinear:
             problems.append(f"an output index is outside [0, {self.n_out})")
         if self.bias.shape != (self.n_out,) or self.bias_velocity.shape != (self.n_out,):
             problems.append(f"bias has shape {self.bias.shape}, expected ({self.n_out},)")
+        if self.neuron_params is not None and (
+                self.neuron_params.ndim != 2 or self.neuron_params.shape[1] != self.n_out
+                or self.neuron_velocity.shape != self.neuron_params.shape):
+            problems.append(f"neuron parameters have shape {self.neuron_params.shape}, "
+                            f"expected (P, {self.n_out})")
         if not problems and nnz:
             keys = self.keys()
             if np.any(keys[1:] <= keys[:-1]):
