@@ -3,6 +3,8 @@ network computes exactly what the original computes with those neurons zeroed ou
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,42 @@ def test_bad_percentile(rng):
     m = SparseMLP.create([10, 8, 2], epsilon=2, rng=rng)
     with pytest.raises(SparsetrainError, match="'percentile'.*\\[0, 100\\]"):
         prune_neurons(m.layers, 120)
+
+
+def test_trainer_prunes_on_schedule(tmp_path):
+    from sparsetrain.config import make_config
+    from sparsetrain.data import load_dataset
+    from sparsetrain.trainer import Trainer, build_model
+
+    ds = load_dataset("synthetic", standardize=False, n_samples=400, n_features=20)
+    cfg = make_config("synthetic", hidden=(40, 40), epsilon=4, epochs=7, ip_start=2, ip_step=2,
+                      ip_percentile=25)
+    model = build_model(cfg, ds.X_train, ds.n_classes)
+    hist = Trainer(cfg, progress=False).fit(model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
+    neurons = [[int(n) for n in r["neurons_per_layer"].split()] for r in hist]
+    conns = [r["n_connections"] for r in hist]
+    # Pruned after epochs 2, 4, 6 (not after the last, 7); a row records the sizes after
+    # its epoch's topology step, so rows 2, 4, 6 shrink and the others keep the counts.
+    changed = [e + 1 for e in range(1, 7) if neurons[e] != neurons[e - 1]]
+    assert changed == [2, 4, 6]
+    assert all(conns[e - 1] < conns[e - 2] for e in (2, 4, 6))
+    assert all(conns[e - 1] == conns[e - 2] for e in (3, 5, 7))  # evolution keeps counts
+    assert neurons[-1][0] == 20 and neurons[-1][-1] == 2  # input and output layers untouched
+    assert neurons[-1][1] < 40 and neurons[-1][2] < 40
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ip-percentile", "120"], "'ip_percentile' parameter must be a percentile in \\[0, 100\\]"),
+    (["--ip-percentile", "-1"], "'ip_percentile'"),
+    (["--ip-step", "0"], "'ip_step' parameter must be an integer >= 1"),
+    (["--ip-step", "-3"], "'ip_step'"),
+    (["--ip-start", "0"], "'ip_start'"),
+])
+def test_bad_ip_options(capsys, args, message):
+    from sparsetrain.cli import main
+
+    code = main(["train", "--dataset", "synthetic", "--n-samples", "200", "--n-features", "20",
+                 "--hidden", "20", "--epsilon", "4", "--epochs", "2", "--ip", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert re.search(message, err[0])

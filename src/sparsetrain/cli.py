@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zeta", type=float, help="fraction rewired by SET each epoch")
     t.add_argument("--no-evolve-output", dest="evolve_output", action="store_false", default=None,
                    help="keep the output layer's topology fixed")
+    ip = t.add_argument_group("Importance Pruning of hidden neurons (SPEC 1.6)")
+    ip.add_argument("--ip", action="store_true",
+                    help="enable it; starts at 40%% of the epochs unless --ip-start is given")
+    ip.add_argument("--ip-start", dest="ip_start", type=int, help="first epoch after which to prune")
+    ip.add_argument("--ip-step", dest="ip_step", type=int, help="epochs between pruning steps (10)")
+    ip.add_argument("--ip-percentile", dest="ip_percentile", type=float,
+                    help="prune neurons at or below this percentile of importance (20)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     t.add_argument("--out", help="run folder: config.json, metrics.csv, model.npz, PNG")
@@ -137,7 +144,7 @@ def _load_data(args, dataset=None, options=None):
 
 _TRAIN_OPTIONS = ("hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
                   "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta",
-                  "evolve_output", "seed")
+                  "evolve_output", "ip_start", "ip_step", "ip_percentile", "seed")
 
 
 def cmd_train(args) -> int:
@@ -166,6 +173,8 @@ def cmd_train(args) -> int:
         ds, options = _load_data(args)
         overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
         cfg = make_config(args.dataset, args.preset, **overrides)
+        if args.ip and cfg.ip_start is None:
+            cfg.ip_start = max(1, round(0.4 * cfg.epochs))  # the paper: 200 of 500 epochs
         model = build_model(cfg, ds.X_train, ds.n_classes)
         trainer = Trainer(cfg, out, progress=progress,
                           run_info={"dataset": args.dataset, "options": options,

@@ -42,6 +42,10 @@ class TrainConfig:
         Fraction of positive and of negative connections rewired by SET each epoch.
     evolve_output : bool
         Whether the output layer evolves too (a fully connected layer never does).
+    ip_start, ip_step, ip_percentile : int or None, int, float
+        Importance Pruning (SPEC 1.6): after epochs ``ip_start, ip_start + ip_step, ...``
+        (never after the last) remove every hidden neuron whose importance is at or below
+        the ``ip_percentile``-th percentile of its layer. ``ip_start=None``: no pruning.
     seed : int
         The one seed of the run.
     """
@@ -61,6 +65,9 @@ class TrainConfig:
     weight_decay: float = 2e-4
     zeta: float = 0.3
     evolve_output: bool = True
+    ip_start: int | None = None
+    ip_step: int = 10
+    ip_percentile: float = 20.0
     seed: int = 0
 
     def validate(self) -> TrainConfig:
@@ -96,6 +103,13 @@ class TrainConfig:
             bad("weight_decay", "a float in [0, inf)", self.weight_decay)
         if not 0.0 <= self.zeta < 1.0:
             bad("zeta", "a float in [0, 1)", self.zeta)
+        if self.ip_start is not None and (not isinstance(self.ip_start, int) or self.ip_start < 1):
+            bad("ip_start", "an epoch number >= 1 (or None for no Importance Pruning)",
+                self.ip_start)
+        if not isinstance(self.ip_step, int) or self.ip_step < 1:
+            bad("ip_step", "an integer >= 1 (epochs between pruning steps)", self.ip_step)
+        if not (isinstance(self.ip_percentile, int | float) and 0 <= self.ip_percentile <= 100):
+            bad("ip_percentile", "a percentile in [0, 100]", self.ip_percentile)
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "an integer >= 0", self.seed)
         return self

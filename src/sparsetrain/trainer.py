@@ -27,10 +27,11 @@ from .errors import NonFiniteLossError, SparsetrainError
 from .evolution import evolve_layer
 from .io import load_model, save_model, write_text
 from .model import SparseMLP
+from .pruning import prune_neurons
 
 METRIC_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_seconds",
                   "train_seconds", "eval_seconds", "evolution_seconds", "n_connections",
-                  "connections_per_layer"]
+                  "connections_per_layer", "neurons_per_layer"]
 
 
 def build_model(config: TrainConfig, X_train, n_classes: int) -> SparseMLP:
@@ -74,7 +75,7 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.history: list[dict] = []
         self.epoch = 0
-        self.evolved = True  # whether the SET step after self.epoch has been applied
+        self.evolved = True  # whether the topology step after self.epoch has been applied
 
     # ------------------------------------------------------------------ state
     @property
@@ -132,8 +133,8 @@ class Trainer:
         n = X_train.shape[0]
         n_batches = math.ceil(n / cfg.batch_size)
         if not self.evolved and 0 < self.epoch < cfg.epochs:
-            # The schedule was extended after its last epoch: apply the SET step it skipped.
-            self._evolve(model, self.epoch)
+            # The schedule was extended after its last epoch: apply the step it skipped.
+            self._topology_step(model, self.epoch)
         try:
             for epoch in range(self.epoch + 1, cfg.epochs + 1):
                 row = self._epoch(model, epoch, X_train, y_train, X_test, y_test, n, n_batches)
@@ -168,8 +169,8 @@ class Trainer:
         if not math.isfinite(test_loss):
             self._non_finite(test_loss, epoch, "evaluation")
         t2 = time.perf_counter()
-        if epoch < cfg.epochs:  # SET evolution after every epoch but the last
-            self._evolve(model, epoch)
+        if epoch < cfg.epochs:  # topology changes after every epoch but the last
+            self._topology_step(model, epoch)
         else:
             self.evolved = False
         t3 = time.perf_counter()
@@ -177,14 +178,25 @@ class Trainer:
                "test_accuracy": test_acc, "epoch_seconds": t3 - t0, "train_seconds": t1 - t0,
                "eval_seconds": t2 - t1, "evolution_seconds": t3 - t2,
                "n_connections": model.n_connections,
-               "connections_per_layer": " ".join(str(la.nnz) for la in model.layers)}
+               "connections_per_layer": " ".join(str(la.nnz) for la in model.layers),
+               "neurons_per_layer": " ".join(str(n) for n in model.sizes)}
         tqdm.write(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
                    f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}, "
                    f"{row['epoch_seconds']:.2f} s")
         return row
 
-    def _evolve(self, model, epoch):
-        """SET step after ``epoch``; its randomness comes from ``(seed, epoch, 1)``."""
+    def prunes_after(self, epoch: int) -> bool:
+        """Whether Importance Pruning runs after ``epoch`` (from ``ip_start`` every ``ip_step``
+        epochs, never after the last)."""
+        cfg = self.config
+        return (cfg.ip_start is not None and cfg.ip_start <= epoch < cfg.epochs
+                and (epoch - cfg.ip_start) % cfg.ip_step == 0)
+
+    def _topology_step(self, model, epoch):
+        """After ``epoch``: Importance Pruning when scheduled, then SET evolution (randomness
+        from ``(seed, epoch, 1)``)."""
+        if self.prunes_after(epoch):
+            prune_neurons(model.layers, self.config.ip_percentile)
         rng = np.random.default_rng([self.config.seed, epoch, 1])
         last = len(model.layers) - 1
         for l, layer in enumerate(model.layers):
