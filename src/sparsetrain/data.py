@@ -126,15 +126,17 @@ class DataFile:
     ----------
     name : str
         File name as found on disk (no folders).
-    sha256 : str
+    sha256 : str or None
         Hex SHA256 of the official file; downloads are checked against it.
-    url : str
+        ``None``: no checksum we can verify, so the file is never downloaded
+        automatically (the error names ``url`` for a manual download).
+    url : str or None
         Official download location.
     """
 
     name: str
-    sha256: str
-    url: str
+    sha256: str | None
+    url: str | None
 
 
 class RawSplits(NamedTuple):
@@ -565,6 +567,10 @@ def _download(spec: DatasetSpec) -> Path:
     folder = cache_dir() / spec.subfolders[0]
     for file in spec.files:
         if not (folder / file.name).is_file():
+            if file.sha256 is None:
+                raise SparsetrainError(
+                    f"{file.name} has no published SHA256 to verify a download against, so it "
+                    f"is not downloaded automatically; get it from {file.url or 'its source'}")
             _download_file(file, folder)
     return folder
 
@@ -876,6 +882,121 @@ def _load_synthetic(
     return RawSplits(X[:n_train], y[:n_train], X[n_train:], y[n_train:], n_classes, source)
 
 
+# --- Higgs (UCI CSV: label, then 28 features) -------------------------------
+
+
+def _load_higgs(folder: Path, *, n_train: int, n_test: int) -> RawSplits:
+    """First ``n_train`` rows train, the next ``n_test`` test (the paper's 105,000 / 50,000).
+
+    A shorter file (any subset of HIGGS.csv.gz) is split in the same 105:50 proportion.
+    """
+    for key, value in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise SparsetrainError(f"The {key!r} option of the higgs dataset must be an int >= 1; "
+                                   f"got {value!r}.")
+    path = folder / "HIGGS.csv.gz"
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32, max_rows=n_train + n_test,
+                               ndmin=2)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise SparsetrainError(f"Could not read {path} as gzip CSV ({type(exc).__name__}: {exc}); "
+                               "the file is corrupt or truncated") from exc
+    if table.shape[1] != 29 or len(table) < 2:
+        raise SparsetrainError(f"{path} must hold rows 'label,f1,...,f28' (29 columns); got "
+                               f"{table.shape[1]} columns and {len(table)} rows")
+    if len(table) < n_train + n_test:
+        n_train = max(1, round(len(table) * n_train / (n_train + n_test)))
+        n_test = len(table) - n_train
+    y = table[:, 0]
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise SparsetrainError(f"{path}: the first column must be the label 0 or 1")
+    X = np.ascontiguousarray(table[:, 1:])
+    y = y.astype(np.int64)
+    return RawSplits(X[:n_train], y[:n_train], X[n_train:n_train + n_test],
+                     y[n_train:n_train + n_test], 2, f"{path} (train {n_train}, test {n_test})")
+
+
+# --- CIFAR-10 (official python batches) -------------------------------------
+
+_CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official CIFAR-10 python batch (a pickled dict) through an unpickler that only
+    rebuilds NumPy arrays: any other object in the file is refused, not executed."""
+    import pickle
+
+    allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # bytes in protocol-2 pickles written by Python 3
+
+    class _ArraysOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+            return super().find_class(module.replace("numpy.core", "numpy._core"), name)
+
+    try:
+        with open(path, "rb") as f:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        X = np.asarray(batch[b"data"], dtype=np.uint8)
+        y = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001 - any failure means a bad file
+        raise SparsetrainError(f"Could not read {path} as an official CIFAR-10 python batch "
+                               f"({type(exc).__name__}: {exc})") from exc
+    if X.ndim != 2 or X.shape[1] != 3072 or len(X) != len(y):
+        raise SparsetrainError(f"{path}: expected a (n, 3072) uint8 'data' array and n labels; "
+                               f"got {X.shape} and {y.shape}")
+    return X.astype(np.float32), y
+
+
+def _load_cifar10(folder: Path) -> RawSplits:
+    parts = [_read_cifar_batch(folder / name) for name in _CIFAR_BATCHES]
+    X_train = np.concatenate([p[0] for p in parts[:5]])
+    y_train = np.concatenate([p[1] for p in parts[:5]])
+    return RawSplits(X_train, y_train, parts[5][0], parts[5][1], 10, str(folder))
+
+
+# --- Leukemia (a user-given matrix + labels file) ---------------------------
+
+
+def _load_leukemia(folder: Path, *, seed: int, test_fraction: float) -> RawSplits:
+    """``leukemia_data.npy`` (or ``.csv`` / ``.txt``: one sample per row, comma or whitespace
+    separated, 54,675 expression values in the paper) and ``leukemia_labels.txt`` (one label
+    per line, any strings or integers; sorted distinct labels become classes 0..C-1), split
+    class-stratified 2:1 into train and test with ``seed``."""
+    labels_path = folder / "leukemia_labels.txt"
+    with open(labels_path) as f:
+        labels = np.array([line.strip() for line in f if line.strip()])
+    data_path = next((folder / f"leukemia_data{ext}" for ext in (".npy", ".csv", ".txt")
+                      if (folder / f"leukemia_data{ext}").is_file()), None)
+    if data_path is None:
+        raise DataNotFoundError(f"{folder} has leukemia_labels.txt but no leukemia_data.npy, "
+                                ".csv or .txt (one sample per row)")
+    if data_path.suffix == ".npy":
+        X = np.load(data_path, allow_pickle=False)
+    else:
+        delimiter = "," if data_path.suffix == ".csv" else None
+        X = _read_text_matrix(data_path, 2) if delimiter is None else np.loadtxt(
+            data_path, delimiter=delimiter, dtype=np.float32, ndmin=2)
+    if X.ndim != 2 or len(X) != len(labels):
+        raise SparsetrainError(f"{data_path} has {len(X)} rows but {labels_path} has "
+                               f"{len(labels)} labels; one label per sample row is required")
+    classes, y = np.unique(labels, return_inverse=True)
+    from sklearn.model_selection import train_test_split
+
+    try:
+        tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                  random_state=int(seed))
+    except ValueError as exc:
+        raise SparsetrainError(f"cannot split the leukemia data class-stratified ({exc}); every "
+                               "class needs at least 2 samples") from exc
+    X = X.astype(np.float32)
+    return RawSplits(X[tr], y[tr], X[te], y[te], len(classes),
+                     f"{folder} ({len(classes)} classes, stratified split seed {seed})")
+
+
 # --- user .npz file ---------------------------------------------------------
 
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
@@ -915,7 +1036,9 @@ def _load_npz(path: Path, n_classes: int | None = None) -> RawSplits:
 # ---------------------------------------------------------------------------
 
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_MADELON_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/madelon/"
+_UCI_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
+_MADELON_URL = _UCI_URL + "madelon/"
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it)"
 
 #: Registered datasets: name -> spec. Adding a dataset is one entry.
 DATASETS: dict[str, DatasetSpec] = {
@@ -982,6 +1105,39 @@ DATASETS: dict[str, DatasetSpec] = {
                 ),
             ),
             folder_names=("madelon",),
+        ),
+        DatasetSpec(
+            name="higgs",
+            description=(
+                "Higgs (UCI): 28 features, 2 classes; HIGGS.csv.gz (label first), the paper's "
+                "split: first 105000 rows train, next 50000 test (options n_train, n_test)"
+            ),
+            loader=_load_higgs,
+            files=(DataFile("HIGGS.csv.gz", None, _UCI_URL + "00280/HIGGS.csv.gz"),),
+            folder_names=("higgs", "HIGGS"),
+            options=MappingProxyType({"n_train": 105000, "n_test": 50000}),
+        ),
+        DatasetSpec(
+            name="cifar10",
+            description=(
+                "CIFAR-10: 32x32 colour images as 3072 features, 10 classes, 50000 train / "
+                "10000 test; the official python batches (folder cifar-10-batches-py)"
+            ),
+            loader=_load_cifar10,
+            files=tuple(DataFile(n, None, _CIFAR_URL) for n in _CIFAR_BATCHES),
+            folder_names=("cifar-10-batches-py", "cifar10", "cifar-10"),
+        ),
+        DatasetSpec(
+            name="leukemia",
+            description=(
+                "Leukemia (user-given): leukemia_data.npy/.csv/.txt (one sample per row) and "
+                "leukemia_labels.txt (one label per line); class-stratified 2:1 split "
+                "(options seed=0, test_fraction=1/3)"
+            ),
+            loader=_load_leukemia,
+            files=(DataFile("leukemia_labels.txt", None, None),),
+            folder_names=("leukemia",),
+            options=MappingProxyType({"seed": 0, "test_fraction": 1 / 3}),
         ),
         DatasetSpec(
             name="synthetic",
