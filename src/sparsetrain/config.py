@@ -138,6 +138,12 @@ PRESETS: dict[str, dict] = {
                           momentum=0.9, weight_decay=2e-4, zeta=0.3, epochs=500),
     "madelon": dict(hidden=(400, 100, 400), epsilon=10.0, lr=0.01, batch_size=32, init="normal",
                     activation="all-relu", alpha=0.5, dropout=0.3, epochs=500),
+    "cifar10": dict(hidden=(4000, 1000, 4000), epsilon=20.0, lr=0.01, batch_size=128,
+                    init="he-uniform", activation="all-relu", alpha=0.75, dropout=0.3, epochs=500),
+    "higgs": dict(hidden=(1000, 1000, 1000), epsilon=10.0, lr=0.01, batch_size=128, init="xavier",
+                  activation="all-relu", alpha=0.05, dropout=0.3, epochs=500),
+    "leukemia": dict(hidden=(27500, 27500), epsilon=10.0, lr=0.005, batch_size=5, init="normal",
+                     activation="all-relu", alpha=0.75, dropout=0.3, epochs=500),
     # Extreme-scale setting of the paper's section 2.4 (SPEC 1.9), at a width one machine
     # trains in seconds; widen with --hidden.
     "synthetic": dict(hidden=(1000, 1000), epsilon=10.0, lr=0.01, batch_size=128,
