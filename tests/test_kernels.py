@@ -160,3 +160,43 @@ def test_csr_to_csc_matches_scipy(rng):
     np.testing.assert_array_equal(layer.col_ptr, csc.indptr)
     np.testing.assert_array_equal(layer.col_rows, csc.indices)
     np.testing.assert_array_equal(layer.data[layer.col_pos], csc.data)
+
+
+def srelu_reference(z, p):
+    tl, al, tr, ar = (p[k][:, None] for k in range(4))
+    right, left = z >= tr, (z <= tl) & (z < tr)
+    f = np.where(right, tr + ar * (z - tr), np.where(left, tl + al * (z - tl), z))
+    d = np.where(right, ar, np.where(left, al, 1.0))
+    return f, d, right, left
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_srelu_forward_backward(rng, rate):
+    n, batch, seed = 40, 33, 77
+    z = rng.standard_normal((n, batch)).astype(np.float32) * 3
+    params = np.stack([rng.uniform(-2, 0, n), rng.uniform(0, 1, n), rng.uniform(0, 3, n),
+                       rng.uniform(0.5, 1.5, n)]).astype(np.float32)  # t_l, a_l, t_r, a_r
+    z[0, 0] = params[2, 0]  # ties at both thresholds take the documented branch
+    z[1, 0] = params[0, 1]
+    one, many = threads_agree(K.srelu_forward, lambda: (
+        z.copy(), params, np.float32(rate), np.uint64(seed), np.empty((n, batch), np.float32),
+        np.empty((n, batch), np.float32)))
+    for k in (0, 4, 5):
+        np.testing.assert_array_equal(one[k], many[k])
+    f, d, right, left = srelu_reference(z.astype(np.float64), params)
+    keep = dropout_mask(seed, n, batch, rate) / (1 - rate)
+    np.testing.assert_allclose(one[0], f * keep, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(one[4], z)
+    np.testing.assert_allclose(one[5], keep, rtol=1e-6)
+
+    g = rng.standard_normal((n, batch)).astype(np.float32)
+    one, many = threads_agree(K.srelu_backward, lambda: (
+        z, g.copy(), params, np.float32(1 / batch), np.empty((4, n), np.float32)))
+    np.testing.assert_array_equal(one[1], many[1])
+    np.testing.assert_array_equal(one[4], many[4])
+    np.testing.assert_allclose(one[1], g * d, rtol=1e-6)
+    tl, al, tr, ar = params.astype(np.float64)
+    expect = np.stack([
+        (g * left * (1 - al[:, None])).mean(1), (g * left * (z - tl[:, None])).mean(1),
+        (g * right * (1 - ar[:, None])).mean(1), (g * right * (z - tr[:, None])).mean(1)])
+    np.testing.assert_allclose(one[4], expect, rtol=1e-4, atol=1e-6)

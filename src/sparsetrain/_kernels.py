@@ -32,6 +32,8 @@ _FAST = {"reassoc", "contract", "arcp", "nsz"}
 ACT_LINEAR = 0  # f(z) = z (output layer: softmax / MSE handled outside)
 ACT_PIECEWISE = 1  # f(z) = z if z > 0 else slope * z  (ReLU, leaky ReLU, All-ReLU)
 ACT_SIGMOID = 2  # f(z) = 1 / (1 + exp(-z))
+# SReLU (Jin et al. 2016) runs as a second pass (srelu_forward) after a linear sparse_forward.
+SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) parameter array
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -234,6 +236,90 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
         if want_prev:
             for b in range(batch):
                 delta_prev[i, b] *= dfac_prev[i, b]
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
+    """SReLU with per-neuron parameters ``(t_l, a_l, t_r, a_r) = params[:, j]`` and dropout,
+    in place on the pre-activations ``out`` (n, B)::
+
+        f(z) = t_r + a_r (z - t_r)   if z >= t_r
+             = t_l + a_l (z - t_l)   if z <= t_l   (and z < t_r)
+             = z                     otherwise
+
+    Writes ``zbuf = z`` and ``dfac = m / (1 - p)`` (the dropout factor only: the
+    activation's derivative needs the parameters, so :func:`srelu_backward` applies it)
+    when they have columns. The dropout mask equals the one ``sparse_forward`` draws.
+    """
+    n = out.shape[0]
+    batch = out.shape[1]
+    want_z = zbuf.shape[1] > 0
+    want_d = dfac.shape[1] > 0
+    one = np.float32(1.0)
+    keep_scale = one / (one - np.float32(drop_rate))
+    for j in prange(n):
+        tl = params[SRELU_TL, j]
+        al = params[SRELU_AL, j]
+        tr = params[SRELU_TR, j]
+        ar = params[SRELU_AR, j]
+        base = j * batch
+        for b in range(batch):
+            z = out[j, b]
+            if want_z:
+                zbuf[j, b] = z
+            if z >= tr:
+                f = tr + ar * (z - tr)
+            elif z <= tl:
+                f = tl + al * (z - tl)
+            else:
+                f = z
+            keep = one
+            if drop_rate > 0.0:
+                keep = keep_scale if _uniform01(seed, base + b) >= drop_rate else np.float32(0.0)
+            out[j, b] = f * keep
+            if want_d:
+                dfac[j, b] = keep
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+def srelu_backward(zbuf, delta, params, inv_batch, pgrad):
+    """SReLU parameter gradients and the delta through the activation, in place.
+
+    On entry ``delta[j, b] = dL/da * m / (1 - p)`` (what ``sparse_backward`` returns with
+    the dropout factor as ``dfac``); on exit ``delta[j, b] = dL/dz``. ``pgrad (4, n)``
+    receives ``inv_batch * sum_b`` of::
+
+        dL/dt_r = g (1 - a_r), dL/da_r = g (z - t_r)     where z >= t_r
+        dL/dt_l = g (1 - a_l), dL/da_l = g (z - t_l)     where z <= t_l (and z < t_r)
+        dL/dz   = g a_r / g a_l / g                       (right / left / middle)
+    """
+    n = zbuf.shape[0]
+    batch = zbuf.shape[1]
+    one = np.float32(1.0)
+    for j in prange(n):
+        tl = params[SRELU_TL, j]
+        al = params[SRELU_AL, j]
+        tr = params[SRELU_TR, j]
+        ar = params[SRELU_AR, j]
+        gtl = np.float32(0.0)
+        gal = np.float32(0.0)
+        gtr = np.float32(0.0)
+        gar = np.float32(0.0)
+        for b in range(batch):
+            z = zbuf[j, b]
+            g = delta[j, b]
+            if z >= tr:
+                gtr += g * (one - ar)
+                gar += g * (z - tr)
+                delta[j, b] = g * ar
+            elif z <= tl:
+                gtl += g * (one - al)
+                gal += g * (z - tl)
+                delta[j, b] = g * al
+        pgrad[SRELU_TL, j] = gtl * inv_batch
+        pgrad[SRELU_AL, j] = gal * inv_batch
+        pgrad[SRELU_TR, j] = gtr * inv_batch
+        pgrad[SRELU_AR, j] = gar * inv_batch
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
