@@ -26,47 +26,58 @@ def test_select_pruned_percentile_and_keeps_one():
     assert select_pruned(np.ones(4), 50).sum() == 3  # all tie: one neuron survives
 
 
-def test_pruned_network_equals_zeroed_dense(rng):
+def test_prune_step_equals_dense_reference(rng):
+    """After a step the network computes exactly the dense network whose pruned neurons'
+    incoming columns are zeroed; momentum stays with its connection; a neuron left with no
+    connection at all is dropped from both layers."""
     m = SparseMLP.create([30, 40, 25, 3], epsilon=4, rng=rng, activation="all-relu",
                          dropout=0.0)
     for layer in m.layers:
         layer.bias[:] = rng.standard_normal(layer.n_out) * 0.1
         layer.velocity[:] = rng.standard_normal(layer.nnz)
+    # Hidden neuron 0 of layer 1: weakest incoming weights and no outgoing connection, so it
+    # is pruned and then fully disconnected.
+    first, second = m.layers[0], m.layers[1]
+    first.data[first.row_cols == 0] *= 1e-3
+    keep = np.ones(second.nnz, bool)
+    keep[second.row_ptr[0]:second.row_ptr[1]] = False
+    second.replace_connections(keep, np.empty(0, np.int64), np.empty(0, np.float32))
+
     X = rng.standard_normal((50, 30)).astype(np.float32)
     dense_W = [la.to_dense() for la in m.layers]
-    dense_b = [la.bias.copy() for la in m.layers]
     dense_v = []
     for la in m.layers:
         v = np.zeros((la.n_in, la.n_out))
         v[la.rows(), la.row_cols] = la.velocity
         dense_v.append(v)
-    imps = [neuron_importance(la) for la in m.layers[:-1]]
-    before = m.n_connections
-    removed = prune_neurons(m.layers, 20)
+    pruned_ref = [select_pruned(neuron_importance(la), 20) for la in m.layers[:-1]]
+    for l, p in enumerate(pruned_ref):
+        dense_W[l][:, p] = 0.0
+        dense_v[l][:, p] = 0.0
+    h = X.astype(np.float64)
+    h = (h - m.input_mean) / m.input_std
+    slopes = m.slopes()
+    for l, la in enumerate(m.layers):
+        h = h @ dense_W[l] + la.bias
+        if l < 2:
+            h = np.where(h > 0, h, slopes[l] * h)
+    expect = h
+
+    pruned, removed = prune_neurons(m.layers, 20)
     m.invalidate_buffers()
     for la in m.layers:
         la.check()
-    # Reference: drop the same neurons from the dense matrices.
-    keeps = [~select_pruned(imp, 20) for imp in imps]
-    assert removed == [int((~k).sum()) for k in keeps]
-    assert m.sizes == [30, int(keeps[0].sum()), int(keeps[1].sum()), 3]
-    h = X.astype(np.float64)
-    slopes = m.slopes()
-    for l in range(3):
-        W, b = dense_W[l], dense_b[l]
-        if l > 0:
-            W = W[keeps[l - 1]]
-        if l < 2:
-            W, b = W[:, keeps[l]], b[keeps[l]]
-        h = h @ W + b
-        if l < 2:
-            h = np.where(h > 0, h, slopes[l] * h)
-    np.testing.assert_allclose(m.decision_function(X), h, rtol=1e-4, atol=1e-4)
-    # Connections of pruned neurons are gone (in and out), momentum follows its connection.
-    reduced = [dense_W[0][:, keeps[0]], dense_W[1][keeps[0]][:, keeps[1]], dense_W[2][keeps[1]]]
-    assert m.n_connections == sum(int(np.count_nonzero(W)) for W in reduced) < before
-    reduced_v = [dense_v[0][:, keeps[0]], dense_v[1][keeps[0]][:, keeps[1]], dense_v[2][keeps[1]]]
-    for la, v in zip(m.layers, reduced_v, strict=True):
+    assert pruned == [int(p.sum()) for p in pruned_ref]
+    assert removed[0] >= 1 and m.sizes[1] == 40 - removed[0]
+    np.testing.assert_allclose(m.decision_function(X), expect, rtol=1e-4, atol=1e-4)
+    alive = [np.ones(40, bool), np.ones(25, bool)]
+    alive[0][0] = False  # the disconnected neuron
+    assert removed[0] == 1 and removed[1] == 0
+    reduced_W = [dense_W[0][:, alive[0]], dense_W[1][alive[0]], dense_W[2]]
+    reduced_v = [dense_v[0][:, alive[0]], dense_v[1][alive[0]], dense_v[2]]
+    for la, W, v in zip(m.layers, reduced_W, reduced_v, strict=True):
+        assert la.nnz == np.count_nonzero(W)
+        np.testing.assert_array_equal(la.data, W[la.rows(), la.row_cols].astype(np.float32))
         np.testing.assert_array_equal(la.velocity, v[la.rows(), la.row_cols].astype(np.float32))
 
 
@@ -88,14 +99,11 @@ def test_trainer_prunes_on_schedule(tmp_path):
     hist = Trainer(cfg, progress=False).fit(model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
     neurons = [[int(n) for n in r["neurons_per_layer"].split()] for r in hist]
     conns = [r["n_connections"] for r in hist]
-    # Pruned after epochs 2, 4, 6 (not after the last, 7); a row records the sizes after
-    # its epoch's topology step, so rows 2, 4, 6 shrink and the others keep the counts.
-    changed = [e + 1 for e in range(1, 7) if neurons[e] != neurons[e - 1]]
-    assert changed == [2, 4, 6]
+    # Pruned after epochs 2, 4, 6 (not after the last, 7); a row records the counts after
+    # its epoch's topology step, so rows 2, 4, 6 fall and the others keep the counts.
     assert all(conns[e - 1] < conns[e - 2] for e in (2, 4, 6))
     assert all(conns[e - 1] == conns[e - 2] for e in (3, 5, 7))  # evolution keeps counts
-    assert neurons[-1][0] == 20 and neurons[-1][-1] == 2  # input and output layers untouched
-    assert neurons[-1][1] < 40 and neurons[-1][2] < 40
+    assert all(n[0] == 20 and n[-1] == 2 for n in neurons)  # input and output untouched
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,15 +5,24 @@ its incoming connections::
 
     I_j = sum_i |W_ij|
 
-A pruning step removes every hidden neuron whose importance is at or below the
-``percentile``-th percentile of its layer. The neuron is removed for real: its
-incoming connections (with their momentum) leave the layer that feeds it, its
-outgoing connections leave the next layer, its bias and any per-neuron
-activation parameters go too, and both layers shrink, so a pruned neuron costs
-nothing in any later kernel. SET evolution afterwards keeps the reduced counts.
+A pruning step computes every hidden layer's importances from the current
+weights, then, in each layer, deletes all incoming connections (with their
+momentum) of every neuron whose importance is at or below the ``percentile``-th
+percentile of that layer. SET evolution afterwards regrows only the reduced
+count, so the number of connections falls step after step.
 
-Departure: a layer always keeps at least one neuron (a layer whose importances
-are all equal would otherwise lose every neuron).
+As in the paper's reference code, a pruned neuron keeps its bias and outgoing
+connections (it then feeds the constant ``f(b_j)`` forward) and regrowth may
+reconnect it; neurons already without incoming connections have importance 0 and
+sit at the bottom of every later step. We verified that this is what reproduces
+the paper's Table 2 (Madelon: about 85% fewer connections and a *higher*
+accuracy); deleting 20% of the surviving neurons outright every 10 epochs
+instead leaves almost none after 30 steps and loses accuracy.
+
+Zero cost: a neuron left with neither incoming nor outgoing connections is
+removed from both layers (they shrink), so it costs nothing in any kernel.
+
+Departure: a layer always keeps at least one neuron.
 """
 
 from __future__ import annotations
@@ -66,20 +75,34 @@ def keep_inputs(layer: SparseLinear, keep: np.ndarray) -> SparseLinear:
         neuron_velocity=layer.neuron_velocity)
 
 
-def prune_neurons(layers: list[SparseLinear], percentile: float) -> list[int]:
+def prune_neurons(layers: list[SparseLinear], percentile: float) -> tuple[list[int], list[int]]:
     """One Importance Pruning step over every hidden layer, in place on the list.
 
-    Returns the number of neurons removed per hidden layer.
+    Returns ``(pruned, removed)`` per hidden layer: neurons whose incoming connections
+    were deleted, and neurons dropped from the network because they ended up with no
+    connection at all.
     """
     if not 0.0 <= percentile <= 100.0:
         raise SparsetrainError(
             f"The 'percentile' parameter must be in [0, 100]. Got {percentile!r} instead.")
-    # Every layer's importances come from the same (current) weights, then all prune at once.
-    # Outputs of layers[l] are hidden layer l+1.
+    # Importances of every layer from the same (current) weights; outputs of layers[l]
+    # are hidden layer l+1.
     prunes = [select_pruned(neuron_importance(layers[l]), percentile)
               for l in range(len(layers) - 1)]
     for l, prune in enumerate(prunes):
-        if prune.any():
-            layers[l] = keep_outputs(layers[l], ~prune)
-            layers[l + 1] = keep_inputs(layers[l + 1], ~prune)
-    return [int(p.sum()) for p in prunes]
+        layer = layers[l]
+        keep = ~prune[layer.row_cols]
+        if not keep.all():
+            layer.replace_connections(keep, np.empty(0, np.int64), np.empty(0, np.float32))
+    removed = []
+    for l in range(len(layers) - 1):
+        fan_in = np.bincount(layers[l].row_cols, minlength=layers[l].n_out)
+        fan_out = np.diff(layers[l + 1].row_ptr)
+        alive = (fan_in > 0) | (fan_out > 0)
+        if not alive.any():
+            alive[0] = True
+        removed.append(int((~alive).sum()))
+        if not alive.all():
+            layers[l] = keep_outputs(layers[l], alive)
+            layers[l + 1] = keep_inputs(layers[l + 1], alive)
+    return [int(p.sum()) for p in prunes], removed
