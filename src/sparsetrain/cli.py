@@ -91,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int)
     e.set_defaults(func=cmd_evaluate)
 
+    r = sub.add_parser("reproduce", help="the paper's Table 2 variants on a dataset, over seeds",
+                       description="SET ReLU, SET ReLU + IP, SET All-ReLU, SET All-ReLU + IP, "
+                       "dense ReLU and dense All-ReLU with the paper's preset; writes table.md, "
+                       "runs.csv and PNGs. Interrupted runs continue where they stopped.")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--data-dir")
+    r.add_argument("--no-download", action="store_true")
+    r.add_argument("--epochs", type=int, help="epochs per run (default: the preset's 500)")
+    r.add_argument("--seeds", type=int, default=1, help="seeds per variant (default 1)")
+    r.add_argument("--variants", help="comma-separated subset of: " + ", ".join(
+        v.slug for v in _variants()))
+    r.add_argument("--ip-start", type=int, help="default: 40%% of the epochs")
+    r.add_argument("--ip-step", type=int, help="default: 10 * epochs / 500")
+    r.add_argument("--ip-percentile", type=float, help="default: 20")
+    r.add_argument("--threads", type=int)
+    r.add_argument("--out", help="output folder (default: reproduce-DATASET)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
+
     d = sub.add_parser("datasets", help="list known datasets and where each was found")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_datasets)
@@ -209,6 +228,31 @@ def cmd_evaluate(args) -> int:
     loss, acc = model.evaluate(X, y)
     print(json.dumps({"dataset": ds.name, "split": args.split, "n": int(len(y)),
                       "loss": loss, "accuracy": acc, "epoch": meta.get("epoch")}))
+    return 0
+
+
+def _variants():
+    from .reproduce import VARIANTS
+
+    return VARIANTS
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    _set_threads(args.threads)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SparsetrainError(f"The '--data-dir' folder {args.data_dir} does not exist; give "
+                               "the folder holding the dataset files")
+    if args.epochs is not None and args.epochs < 1:
+        raise SparsetrainError(f"The '--epochs' option must be >= 1. Got {args.epochs}.")
+    out = Path(args.out or f"reproduce-{args.dataset}")
+    variants = args.variants.split(",") if args.variants else None
+    reproduce(args.dataset, out, data_dir=args.data_dir, epochs=args.epochs, seeds=args.seeds,
+              ip_start=args.ip_start, ip_step=args.ip_step, ip_percentile=args.ip_percentile,
+              variants=variants, progress=False if args.no_progress else None,
+              download=not args.no_download)
+    print((out / "table.md").read_text())
     return 0
 
 

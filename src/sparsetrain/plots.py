@@ -29,3 +29,31 @@ def learning_curve(history: list[dict], path) -> None:
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
+
+
+def variant_curves(path, variants, runs, key, title, *, scale=1.0, log=False, ylabel=None):
+    """One line per variant: the mean over seeds of ``history[key]`` against the epoch,
+    with a band from the lowest to the highest seed."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    for i, variant in enumerate(variants):
+        series = [[scale * r[key] for r in run["history"]] for run in runs
+                  if run["slug"] == variant.slug]
+        n = min(len(s) for s in series)
+        a = np.array([s[:n] for s in series])
+        epochs = np.arange(1, n + 1)
+        ax.plot(epochs, a.mean(0), color=f"C{i}", label=variant.label,
+                linestyle="--" if variant.dense else "-")
+        if len(a) > 1:
+            ax.fill_between(epochs, a.min(0), a.max(0), color=f"C{i}", alpha=0.15)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or title)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,193 @@
+"""``sparsetrain reproduce``: the paper's Table 2 variants on one dataset, over seeds.
+
+Variants (SPEC 1.5-1.7, paper Table 2): SET ReLU, SET ReLU + IP, SET All-ReLU,
+SET All-ReLU + IP, dense ReLU, dense All-ReLU. "Dense" runs every layer fully
+connected through the same code path (evolution never touches a full layer), with
+Xavier (Glorot-uniform) initial weights, the default of the Keras ``Dense`` layers the
+paper's dense baselines used (Madelon's N(0,1)/10 preset ignores the fan-in and makes
+dense All-ReLU diverge to NaN by epoch 3). Each
+run trains in its own folder ``OUT/<variant>/seed<k>`` with a checkpoint after every
+epoch, so an interrupted ``reproduce`` continues where it stopped.
+
+Importance Pruning schedule: the paper's is start 200, every 10 epochs, 20th
+percentile, for 500 epochs; with another budget ``E`` it scales with it (start at
+40% of ``E``, step ``10 * E / 500``) unless given.
+
+Outputs in ``OUT``: ``table.md`` (best and final test accuracy, mean +- std over
+seeds, connections at start and end, minutes per run, the paper's figure),
+``runs.csv`` (one row per run), ``learning_curves.png`` and ``connections.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import make_config
+from .errors import SparsetrainError
+from .io import write_text
+from .layers import SparseLinear
+from .model import SparseMLP
+from .trainer import Trainer, build_model
+
+
+@dataclass(frozen=True)
+class Variant:
+    slug: str
+    label: str
+    activation: str
+    ip: bool
+    dense: bool
+
+
+VARIANTS = (
+    Variant("set-relu", "SET ReLU", "relu", False, False),
+    Variant("set-relu-ip", "SET ReLU + IP", "relu", True, False),
+    Variant("set-allrelu", "SET All-ReLU", "all-relu", False, False),
+    Variant("set-allrelu-ip", "SET All-ReLU + IP", "all-relu", True, False),
+    Variant("dense-relu", "dense ReLU", "relu", False, True),
+    Variant("dense-allrelu", "dense All-ReLU", "all-relu", False, True),
+)
+
+#: Paper Table 2: best test accuracy (%) over 500 epochs, in VARIANTS order.
+PAPER_TABLE2 = {
+    "fashion-mnist": (90.48, 89.43, 91.38, 90.12, 90.85, 90.73),
+    "madelon": (68.50, 75.00, 71.33, 77.00, 59.66, 62.00),
+    "higgs": (73.59, 73.50, 73.67, 73.76, 70.59, 70.10),
+    "cifar10": (67.05, 65.21, 69.83, 68.55, 64.94, 67.96),
+}
+
+
+def ip_schedule(epochs: int) -> tuple[int, int]:
+    """The paper's (start 200, step 10) of 500 epochs, scaled to ``epochs``."""
+    return max(1, round(0.4 * epochs)), max(1, round(10 * epochs / 500))
+
+
+def dense_model(cfg, X_train, n_classes) -> SparseMLP:
+    """Every layer fully connected, otherwise as :func:`build_model` (same init, scaler)."""
+    from .data import feature_stats
+
+    mean, std = feature_stats(X_train)
+    rng = np.random.default_rng([cfg.seed, 0])
+    sizes = [X_train.shape[1], *cfg.hidden, n_classes]
+    layers = [SparseLinear.erdos_renyi(a, b, math.inf, rng, init="xavier", fan_in=cfg.fan_in,
+                                       allow_dense=True)
+              for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    return SparseMLP(layers, activation=cfg.activation, alpha=cfg.alpha, dropout=cfg.dropout,
+                     loss=cfg.loss, input_mean=mean, input_std=std)
+
+
+def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs, ip, progress):
+    """Train (or resume, or just read) one run; returns its metrics history."""
+    if (folder / "model.npz").exists():
+        trainer, model = Trainer.from_checkpoint(folder, epochs=epochs, progress=progress)
+    else:
+        overrides = {"activation": variant.activation, "seed": seed, "epochs": epochs}
+        if variant.dense:
+            overrides["init"] = "xavier"
+        if variant.ip:
+            overrides.update(ip_start=ip[0], ip_step=ip[1], ip_percentile=ip[2])
+        cfg = make_config(dataset, "paper", **overrides)
+        model = (dense_model if variant.dense else build_model)(cfg, ds.X_train, ds.n_classes)
+        trainer = Trainer(cfg, folder, progress=progress,
+                          run_info={"dataset": dataset, "variant": variant.label})
+        trainer.write_config(model)
+    if trainer.epoch < trainer.config.epochs:
+        trainer.fit(model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
+    return trainer.history
+
+
+def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_start=None,
+              ip_step=None, ip_percentile=None, variants=None, progress=None,
+              download=True) -> list[dict]:
+    """Run the Table 2 variants of ``dataset``; write the table and figures into ``out``."""
+    from .data import load_dataset
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SparsetrainError(f"The 'seeds' parameter must be an integer >= 1. Got {seeds!r}.")
+    chosen = VARIANTS if variants is None else [v for v in VARIANTS if v.slug in variants]
+    unknown = set(variants or ()) - {v.slug for v in VARIANTS}
+    if unknown or not chosen:
+        raise SparsetrainError(f"The 'variants' parameter takes names from "
+                               f"{[v.slug for v in VARIANTS]}. Got {sorted(unknown) or variants}.")
+    epochs = epochs or make_config(dataset, "paper").epochs
+    start, step = ip_schedule(epochs)
+    ip = (start if ip_start is None else ip_start, step if ip_step is None else ip_step,
+          20.0 if ip_percentile is None else ip_percentile)
+    make_config(dataset, "paper", epochs=epochs, ip_start=ip[0], ip_step=ip[1],
+                ip_percentile=ip[2])  # validates the IP options before any work
+    ds = load_dataset(dataset, data_dir, standardize=False, download=download)
+    out = Path(out)
+    runs = []
+    for variant in chosen:
+        for seed in range(seeds):
+            hist = run_one(variant, seed, ds, dataset, out / variant.slug / f"seed{seed}", epochs,
+                           ip, progress)
+            acc = [r["test_accuracy"] for r in hist]
+            runs.append({"variant": variant.label, "slug": variant.slug, "seed": seed,
+                         "best_test_accuracy": max(acc), "final_test_accuracy": acc[-1],
+                         "best_epoch": int(np.argmax(acc)) + 1,
+                         "connections_start": _first_connections(out / variant.slug / f"seed{seed}",
+                                                                 hist),
+                         "connections_end": hist[-1]["n_connections"],
+                         "minutes": sum(r["epoch_seconds"] for r in hist) / 60, "history": hist})
+    write_text(out / "runs.csv", _runs_csv(runs))
+    write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs))
+    _plots(out, chosen, runs)
+    return runs
+
+
+def _first_connections(folder, hist):
+    import json
+
+    try:
+        return sum(json.loads((folder / "config.json").read_text())["connections_at_start"])
+    except (OSError, KeyError, ValueError):
+        return hist[0]["n_connections"]
+
+
+def _runs_csv(runs) -> str:
+    buf = io.StringIO()
+    cols = ["variant", "seed", "best_test_accuracy", "best_epoch", "final_test_accuracy",
+            "connections_start", "connections_end", "minutes"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(runs)
+    return buf.getvalue()
+
+
+def _table(dataset, epochs, seeds, ip, chosen, runs) -> str:
+    paper = PAPER_TABLE2.get(dataset)
+    lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
+             f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
+             "Accuracies in %, mean +- std over seeds; minutes per run (train + eval + "
+             "evolution).", "",
+             "| variant | best test acc | final test acc | connections start | connections end "
+             "| change | minutes | paper best (500 ep.) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for variant in chosen:
+        rs = [r for r in runs if r["slug"] == variant.slug]
+        best = 100 * np.array([r["best_test_accuracy"] for r in rs])
+        final = 100 * np.array([r["final_test_accuracy"] for r in rs])
+        c0 = np.mean([r["connections_start"] for r in rs])
+        c1 = np.mean([r["connections_end"] for r in rs])
+        ref = f"{paper[VARIANTS.index(variant)]:.2f}" if paper else "n/a"
+        lines.append(f"| {variant.label} | {best.mean():.2f} +- {best.std():.2f} | "
+                     f"{final.mean():.2f} +- {final.std():.2f} | {c0:,.0f} | {c1:,.0f} | "
+                     f"{100 * (c1 / c0 - 1):+.1f}% | {np.mean([r['minutes'] for r in rs]):.2f} "
+                     f"| {ref} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out, chosen, runs):
+    from .plots import variant_curves
+
+    variant_curves(out / "learning_curves.png", chosen, runs, "test_accuracy", "test accuracy",
+                   scale=100, ylabel="test accuracy (%)")
+    variant_curves(out / "connections.png", chosen, runs, "n_connections", "connections",
+                   log=True, ylabel="connections (all layers)")

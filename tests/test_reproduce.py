@@ -1,0 +1,56 @@
+"""`sparsetrain reproduce` on a tiny budget: table, figures, IP scaling, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsetrain.cli import main
+from sparsetrain.reproduce import ip_schedule
+
+
+def test_ip_schedule_scales_with_budget():
+    assert ip_schedule(500) == (200, 10)  # the paper's
+    assert ip_schedule(100) == (40, 2)
+    assert ip_schedule(3) == (1, 1)
+
+
+def test_reproduce_madelon_small(datasets_dir, tmp_path, capsys):
+    out = tmp_path / "rep"
+    args = ["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir), "--epochs", "4",
+            "--seeds", "2", "--variants", "set-allrelu,set-allrelu-ip,dense-relu", "--out",
+            str(out), "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| SET") or
+            line.startswith("| dense")]
+    assert [r.split("|")[1].strip() for r in rows] == ["SET All-ReLU", "SET All-ReLU + IP",
+                                                       "dense ReLU"]
+    assert "start 2, every 1 epochs" in table  # 40% of 4 epochs, 10 * 4 / 500 -> 1
+    runs = np.genfromtxt(out / "runs.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert len(runs) == 6
+    ip = runs[runs["variant"] == "SET All-ReLU + IP"]
+    assert np.all(ip["connections_end"] < ip["connections_start"])
+    dense = runs[runs["variant"] == "dense ReLU"]
+    assert np.all(dense["connections_start"] == 500 * 400 + 400 * 100 + 100 * 400 + 400 * 2)
+    for png in ("learning_curves.png", "connections.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Rerunning finds every run finished and trains nothing.
+    before = (out / "set-allrelu" / "seed0" / "model.npz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (out / "set-allrelu" / "seed0" / "model.npz").stat().st_mtime_ns == before
+    assert "epoch 1/4" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ip-percentile", "150"], "'ip_percentile'"),
+    (["--ip-step", "0"], "'ip_step'"),
+    (["--variants", "nope"], "'variants'"),
+    (["--seeds", "0"], "'seeds'"),
+])
+def test_reproduce_bad_options(datasets_dir, tmp_path, capsys, extra, message):
+    code = main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
+                 "--epochs", "2", "--out", str(tmp_path / "r"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
