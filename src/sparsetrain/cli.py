@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
         model = build_model(cfg, ds.X_train, ds.n_classes)
         trainer = Trainer(cfg, out, progress=progress,
                           run_info={"dataset": args.dataset, "options": options,
-                                    "source": ds.source})
+                                    "source": ds.source, "preset": args.preset})
         trainer.write_config(model)
     print(f"sparsetrain: {ds!r}; {model!r}", file=sys.stderr)
     if trainer.epoch >= trainer.config.epochs:

@@ -4,9 +4,12 @@ Model file format (``.npz``, never pickled; load with ``allow_pickle=False``)::
 
     meta                       0-d unicode array: JSON object with
                                format="sparsetrain.model", format_version, library_version,
-                               sizes, activation, alpha, dropout, loss, layers=[{init, fan_in}],
-                               plus free-form run state (config, epoch, history, dataset)
+                               sizes, activation, alpha, dropout, loss, task
+                               ("classification" or "regression"; absent = classification),
+                               layers=[{init, fan_in}], dataset and preset (null if unknown),
+                               plus free-form run state (config, epoch, evolved, history, run)
     input_mean, input_std      (n_features,) float32   training-set standardisation
+    target_mean, target_std    (n_outputs,) float32    regression models only: target standardisation
     layers.L.row_ptr           (n_in+1,) int64         CSR over inputs of layer L
     layers.L.row_cols          (nnz,) int32            output index of each connection
     layers.L.data              (nnz,) float32          connection values
@@ -73,11 +76,16 @@ def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
         "alpha": model.alpha,
         "dropout": model.dropout,
         "loss": model.loss,
+        "task": model.task,
+        "dataset": (extra or {}).get("run", {}).get("dataset"),
+        "preset": (extra or {}).get("run", {}).get("preset"),
         "layers": [{"init": la.init, "fan_in": la.fan_in} for la in model.layers],
         **(extra or {}),
     }
     arrays = {"meta": np.array(json.dumps(meta)), "input_mean": model.input_mean,
               "input_std": model.input_std}
+    if model.task == "regression":
+        arrays["target_mean"], arrays["target_std"] = model.target_mean, model.target_std
     for l, layer in enumerate(model.layers):
         for key in _LAYER_KEYS:
             arrays[f"layers.{l}.{key}"] = getattr(layer, key)
@@ -89,7 +97,7 @@ def load_model(path) -> tuple[SparseMLP, dict]:
     """Read a model file; returns ``(model, meta)``.
 
     Raises :class:`SparsetrainError` with a one-line reason for a missing, truncated,
-    tampered or newer-format file.
+    tampered or newer-format file, or one that holds a pickle.
     """
     path = Path(path)
     if not path.is_file():
@@ -98,11 +106,20 @@ def load_model(path) -> tuple[SparseMLP, dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except ValueError as exc:
+        if "Object arrays" in str(exc):  # an npz member that only unpickling could read
+            raise SparsetrainError(f"model file {path} holds a pickled (object) array; "
+                                   "sparsetrain model files never contain pickles, and "
+                                   "loading one could run arbitrary code: refusing it") from None
+        raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
+                               f"({type(exc).__name__}: {exc}); retrain or restore it") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
                                f"({type(exc).__name__}: {exc}); retrain or restore it") from None
     try:
         meta = json.loads(str(arrays["meta"]))
+        if not isinstance(meta, dict):
+            raise json.JSONDecodeError("not a JSON object", str(arrays["meta"]), 0)
     except (KeyError, json.JSONDecodeError):
         raise SparsetrainError(f"model file {path} has no readable metadata; it was not "
                                "written by sparsetrain") from None
@@ -130,11 +147,22 @@ def load_model(path) -> tuple[SparseMLP, dict]:
                                        a["data"], bias=a["bias"], velocity=a["velocity"],
                                        bias_velocity=a["bias_velocity"], init=info["init"],
                                        fan_in=info["fan_in"]))
+        task = meta.get("task", "classification")
+        stats = ("input_mean", "input_std") + (("target_mean", "target_std")
+                                                if task == "regression" else ())
+        for key in stats:
+            if arrays[key].dtype != np.float32:
+                raise SparsetrainError(f"array {key} has dtype {arrays[key].dtype}, expected float32")
         model = SparseMLP(layers, activation=meta["activation"], alpha=meta["alpha"],
                           dropout=meta["dropout"], loss=meta["loss"],
-                          input_mean=arrays["input_mean"], input_std=arrays["input_std"])
+                          input_mean=arrays["input_mean"], input_std=arrays["input_std"],
+                          task=task, target_mean=arrays.get("target_mean"),
+                          target_std=arrays.get("target_std"))
     except KeyError as exc:
         raise SparsetrainError(f"model file {path} lacks entry {exc}; it is incomplete") from None
     except SparsetrainError as exc:
         raise SparsetrainError(f"model file {path} is inconsistent: {exc}") from None
+    except (IndexError, TypeError, ValueError) as exc:
+        raise SparsetrainError(f"model file {path} has malformed metadata "
+                               f"({type(exc).__name__}: {exc}); it was altered") from None
     return model, meta

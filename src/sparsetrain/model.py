@@ -5,8 +5,20 @@ Forward, hidden layer ``l`` (feature-major, ``a_0`` is the standardised input)::
 
     z_l = W_l^T a_{l-1} + b_l,     a_l = f_l(z_l) * m_l / (1 - p)      (inverted dropout, training only)
 
-Output: ``z_L = W_L^T a_{L-1} + b_L``; softmax + cross-entropy (default) or MSE on
-one-hot targets. Backward (``delta_L = dL/dz_L`` per sample)::
+Output: ``z_L = W_L^T a_{L-1} + b_L`` (linear). Losses per sample ``b``, averaged over the
+batch (``task="classification"``: integer labels ``y_b``; ``"regression"``: real targets
+``t_b`` of length ``n_outputs``)::
+
+    cross-entropy:           L_b = log sum_k exp(z_kb) - z_{y_b, b}      delta_L = softmax(z_b) - onehot(y_b)
+    mse, classification:     L_b = 1/2 sum_k (z_kb - onehot(y_b)_k)^2     delta_L = z_b - onehot(y_b)
+    mse, regression:         L_b = 1/2 sum_k (z_kb - t_kb)^2              delta_L = z_b - t_b
+
+Regression targets are standardised like the inputs, ``t = (y - target_mean) / target_std``
+(training-set statistics stored in the model), so the loss is in standardised units;
+``decision_function`` and ``predict`` return ``z * target_std + target_mean``, the
+original units.
+
+Backward (``delta_L = dL_b/dz_L`` per sample)::
 
     dW_l[k] = (1/B) sum_b a_{l-1}[i_k, b] * delta_l[j_k, b]   (only at existing connections)
     db_l    = (1/B) sum_b delta_l[:, b]
@@ -28,6 +40,8 @@ from .errors import SparsetrainError
 from .layers import SparseLinear, er_density, largest_epsilon_text
 
 LOSSES = ("cross-entropy", "mse")
+#: What the outputs mean: class scores (integer labels) or real-valued targets (MSE only).
+TASKS = ("classification", "regression")
 _EMPTY = np.empty((0, 0), np.float32)
 _SEED_MIX = 0x9E3779B97F4A7C15
 
@@ -46,13 +60,20 @@ class SparseMLP:
     dropout : float
         Inverted-dropout rate on hidden layers during training, in [0, 1).
     loss : {"cross-entropy", "mse"}
-        Output loss (softmax + cross-entropy, or squared error on one-hot targets).
+        Output loss (softmax + cross-entropy, or squared error).
+    task : {"classification", "regression"}
+        ``"classification"``: targets are integer labels (MSE then compares with one-hot
+        vectors); ``"regression"``: targets are real values, shape (n,) or (n, n_outputs),
+        and ``loss`` must be ``"mse"``.
+    target_mean, target_std : array (n_outputs,), optional
+        Regression only: training-set standardisation of the targets (identity if omitted).
     input_mean, input_std : array (n_features,), optional
         Training-set standardisation applied to every input (identity if omitted).
     """
 
     def __init__(self, layers, *, activation="all-relu", alpha=0.6, dropout=0.3,
-                 loss="cross-entropy", input_mean=None, input_std=None):
+                 loss="cross-entropy", input_mean=None, input_std=None, task="classification",
+                 target_mean=None, target_std=None):
         if not layers:
             raise SparsetrainError("a SparseMLP needs at least one layer")
         for a, b in zip(layers[:-1], layers[1:], strict=True):
@@ -64,7 +85,13 @@ class SparseMLP:
         if loss not in LOSSES:
             raise SparsetrainError(
                 f"The 'loss' parameter must be one of {list(LOSSES)}. Got {loss!r} instead.")
+        if task not in TASKS:
+            raise SparsetrainError(
+                f"The 'task' parameter must be one of {list(TASKS)}. Got {task!r} instead.")
+        if task == "regression" and loss != "mse":
+            raise SparsetrainError(f"A regression model needs loss='mse'. Got {loss!r} instead.")
         self.layers = list(layers)
+        self.task = task
         self.activation = activation
         self._act = get_activation(activation)
         self.alpha = float(alpha)
@@ -78,18 +105,32 @@ class SparseMLP:
         if self.input_mean.shape != (n,) or self.input_std.shape != (n,):
             raise SparsetrainError(f"input_mean/input_std must have shape ({n},)")
         self._inv_std = (1.0 / self.input_std).astype(np.float32)
+        k = self.layers[-1].n_out
+        if task == "classification" and (target_mean is not None or target_std is not None):
+            raise SparsetrainError("target_mean/target_std apply to regression models only")
+        self.target_mean = (np.zeros(k, np.float32) if target_mean is None
+                            else np.ascontiguousarray(target_mean, np.float32))
+        self.target_std = (np.ones(k, np.float32) if target_std is None
+                           else np.ascontiguousarray(target_std, np.float32))
+        if self.target_mean.shape != (k,) or self.target_std.shape != (k,):
+            raise SparsetrainError(f"target_mean/target_std must have shape ({k},)")
+        if not np.all(self.target_std > 0):
+            raise SparsetrainError("target_std must be positive")
         self._buffers = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, sizes, *, epsilon, rng, activation="all-relu", alpha=0.6, dropout=0.3,
                loss="cross-entropy", init="he-uniform", fan_in="sparse", input_mean=None,
-               input_std=None):
-        """Erdős–Rényi sparse MLP with layer sizes ``sizes = (n_features, h1, ..., n_classes)``.
+               input_std=None, task="classification", cap_density=False, target_mean=None,
+               target_std=None):
+        """Erdős–Rényi sparse MLP with layer sizes ``sizes = (n_features, h1, ..., n_outputs)``.
 
         Hidden layers must be sparse (density <= 1, else an error that gives the largest
-        valid ``epsilon``); the output layer's density is capped at 1, as in the paper's
-        code, so with few classes it is usually fully connected.
+        valid ``epsilon``) unless ``cap_density``, which caps every layer at density 1
+        (fully connected; the scikit-learn estimators use it for tiny inputs); the output
+        layer's density is always capped at 1, as in the paper's code, so with few
+        classes it is usually fully connected.
         """
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
@@ -98,7 +139,7 @@ class SparseMLP:
             raise SparsetrainError(
                 f"The 'epsilon' parameter must be a float in (0, inf). Got {epsilon!r} instead.")
         last = len(sizes) - 2
-        for l in range(last):
+        for l in range(0 if cap_density else last):
             p = er_density(sizes[l], sizes[l + 1], epsilon)
             if p > 1.0:
                 q = min(range(last), key=lambda q: sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]))
@@ -109,11 +150,12 @@ class SparseMLP:
                 )
         layers = [
             SparseLinear.erdos_renyi(sizes[l], sizes[l + 1], epsilon, rng, init=init,
-                                     fan_in=fan_in, allow_dense=(l == last))
+                                     fan_in=fan_in, allow_dense=(l == last or cap_density))
             for l in range(len(sizes) - 1)
         ]
         return cls(layers, activation=activation, alpha=alpha, dropout=dropout, loss=loss,
-                   input_mean=input_mean, input_std=input_std)
+                   input_mean=input_mean, input_std=input_std, task=task,
+                   target_mean=target_mean, target_std=target_std)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -169,14 +211,28 @@ class SparseMLP:
                                     np.float32(rate), np.uint64(layer_seed), acts[l + 1], d)
         return bufs
 
+    def _batch_targets(self, y, idx):
+        """Targets of rows ``idx``: labels (B,) int, or standardised real targets (C, B) float32."""
+        if self.task == "classification":
+            return y[idx]
+        t = y[idx]  # (B,) or (B, C)
+        t = (t.reshape(t.shape[0], -1) - self.target_mean) / self.target_std  # (B, C)
+        return np.ascontiguousarray(t.T, dtype=np.float32)  # (C, B)
+
     def _loss_delta(self, z, y, delta):
         """Mean loss over the batch and ``delta = dL_b/dz`` (per sample) into ``delta`` (C, B).
 
+        ``y``: labels (B,) for classification, targets (C, B) for regression.
         Overflow is not warned about: the trainer checks the loss and stops on NaN/inf.
         """
         cols = np.arange(z.shape[1])
         with np.errstate(invalid="ignore", over="ignore"):
-            if self.loss == "cross-entropy":
+            if self.task == "regression":
+                diff = z - y  # (C, B)
+                loss = float(0.5 * np.mean(np.sum(diff * diff, axis=0)))
+                if delta is not None:
+                    delta[...] = diff
+            elif self.loss == "cross-entropy":
                 zmax = z.max(axis=0)
                 e = np.exp(z - zmax)
                 s = e.sum(axis=0)
@@ -216,12 +272,13 @@ class SparseMLP:
     def gradients(self, X, y, idx=None, seed=0):
         """Training-mode loss and per-layer gradients ``[(dW, db), ...]`` on rows ``idx``.
 
-        ``dW`` is aligned with ``layer.data`` (existing connections only). The
+        ``y``: integer labels (n,) for classification, real targets (n,) or (n, n_outputs)
+        for regression. ``dW`` is aligned with ``layer.data`` (existing connections only). The
         returned arrays are work buffers: copy them to keep them past the next call.
         """
         idx = np.arange(X.shape[0], dtype=np.int64) if idx is None else idx
         bufs = self._forward(X, idx, training=True, seed=seed)
-        loss = self._loss_delta(bufs["acts"][-1], y[idx], bufs["delta"][-1])
+        loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, idx), bufs["delta"][-1])
         return loss, self._backward(bufs)
 
     def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed):
@@ -243,6 +300,12 @@ class SparseMLP:
             self._buffers[key] = g
         return g
 
+    def __getstate__(self):
+        """Pickle without the work buffers (they are rebuilt on the next call)."""
+        state = self.__dict__.copy()
+        state["_buffers"] = {}
+        return state
+
     def invalidate_buffers(self):
         """Drop cached work buffers (after a topology or size change)."""
         self._buffers.clear()
@@ -254,7 +317,8 @@ class SparseMLP:
         return int(max(1, min(2048, (8 << 20) // widest)))
 
     def decision_function(self, X, batch_size=None) -> np.ndarray:
-        """Output-layer values ``z_L`` for every row of ``X``: (N, n_outputs) float32."""
+        """Output-layer values ``z_L`` for every row of ``X``: (N, n_outputs) float32
+        (regression: in the targets' units, ``z_L * target_std + target_mean``)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise SparsetrainError(
@@ -266,9 +330,16 @@ class SparseMLP:
             idx = np.arange(start, min(start + bs, X.shape[0]), dtype=np.int64)
             bufs = self._forward(X, idx, training=False)
             out[start:start + idx.shape[0]] = bufs["acts"][-1].T
+        if self.task == "regression":
+            out *= self.target_std
+            out += self.target_mean
         return out
 
     def predict_proba(self, X, batch_size=None) -> np.ndarray:
+        """Softmax of the outputs (cross-entropy models); the raw outputs for MSE models."""
+        if self.task == "regression":
+            raise SparsetrainError("predict_proba needs a classification model; this one "
+                                   "does regression: use predict")
         z = self.decision_function(X, batch_size).astype(np.float64)
         if self.loss != "cross-entropy":
             return z
@@ -277,15 +348,22 @@ class SparseMLP:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X, batch_size=None) -> np.ndarray:
-        return np.argmax(self.decision_function(X, batch_size), axis=1)
+        """Class index (N,) for classification; the outputs (N, n_outputs) for regression."""
+        z = self.decision_function(X, batch_size)
+        return z if self.task == "regression" else np.argmax(z, axis=1)
 
     def evaluate(self, X, y, batch_size=None) -> tuple[float, float]:
-        """Mean loss and accuracy on ``(X, y)``."""
+        """Mean loss and accuracy on ``(X, y)`` (regression: accuracy is NaN)."""
         z = self.decision_function(X, batch_size)
+        if self.task == "regression":
+            t = self._batch_targets(np.asarray(y, np.float32), slice(None))  # (C, N) standardised
+            z = (z - self.target_mean) / self.target_std  # back to standardised units
+            return self._loss_delta(np.ascontiguousarray(z.T), t, None), float("nan")
         loss = self._loss_delta(np.ascontiguousarray(z.T), np.asarray(y, np.int64), None)
         acc = float(np.mean(np.argmax(z, axis=1) == y))
         return loss, acc
 
     def __repr__(self):
         layers = ", ".join(f"{la.n_in}->{la.n_out}:{la.nnz}" for la in self.layers)
-        return f"SparseMLP([{layers}], activation={self.activation!r}, alpha={self.alpha})"
+        task = "" if self.task == "classification" else f", task={self.task!r}"
+        return f"SparseMLP([{layers}], activation={self.activation!r}, alpha={self.alpha}{task})"

@@ -34,15 +34,45 @@ METRIC_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_se
                   "connections_per_layer", "neurons_per_layer"]
 
 
-def build_model(config: TrainConfig, X_train, n_classes: int) -> SparseMLP:
-    """Erdős–Rényi model for ``config`` with the training set's standardisation."""
+def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "classification",
+                cap_density: bool = False, y_train=None) -> SparseMLP:
+    """Erdős–Rényi model for ``config`` with the training set's standardisation.
+
+    ``n_classes`` is the output width (the number of targets for ``task="regression"``,
+    whose targets ``y_train`` give the target standardisation); ``cap_density`` caps
+    hidden layers at density 1 instead of refusing (see :meth:`SparseMLP.create`).
+    """
     mean, std = feature_stats(X_train)
+    t_mean = t_std = None
+    if task == "regression" and y_train is not None:
+        t_mean, t_std = feature_stats(validate_targets(X_train, y_train, n_classes, "train"))
     sizes = [X_train.shape[1], *config.hidden, n_classes]
     return SparseMLP.create(sizes, epsilon=config.epsilon,
                             rng=np.random.default_rng([config.seed, 0]),
                             activation=config.activation, alpha=config.alpha,
                             dropout=config.dropout, loss=config.loss, init=config.init,
-                            fan_in=config.fan_in, input_mean=mean, input_std=std)
+                            fan_in=config.fan_in, input_mean=mean, input_std=std, task=task,
+                            cap_density=cap_density, target_mean=t_mean, target_std=t_std)
+
+
+def validate_targets(X, y, n_outputs: int, split: str) -> np.ndarray:
+    """Real-valued regression targets for ``X``: finite, shape (n,) or (n, n_outputs);
+    returned as float32 (n, n_outputs)."""
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+        raise SparsetrainError(f"y_{split} must hold real numbers; got dtype {y.dtype}.")
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] != n_outputs or y.shape[0] != np.shape(X)[0]:
+        raise SparsetrainError(
+            f"y_{split} has shape {np.shape(y)}; this regression model expects "
+            f"({np.shape(X)[0]}, {n_outputs})" + (f" or ({np.shape(X)[0]},)" if n_outputs == 1 else "")
+            + ": one row of targets per sample.")
+    y = np.ascontiguousarray(y, np.float32)
+    if not np.all(np.isfinite(y)):
+        raise SparsetrainError(f"y_{split} contains NaN or infinite targets (or values beyond "
+                               "float32); targets must be finite. Remove or rescale them.")
+    return y
 
 
 def metrics_csv(history: list[dict]) -> str:
@@ -65,13 +95,17 @@ class Trainer:
     progress : bool or None
         tqdm progress bar (None: only on a terminal).
     run_info : dict, optional
-        Extra JSON-able facts stored with the checkpoint (dataset name, options).
+        Extra JSON-able facts stored with the checkpoint (dataset name, preset, options).
+    verbose : bool
+        Print one line per epoch (loss, accuracy, time).
     """
 
-    def __init__(self, config: TrainConfig, out_dir=None, *, progress=None, run_info=None):
+    def __init__(self, config: TrainConfig, out_dir=None, *, progress=None, run_info=None,
+                 verbose=True):
         self.config = config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
+        self.verbose = bool(verbose)
         self.run_info = dict(run_info or {})
         self.history: list[dict] = []
         self.epoch = 0
@@ -116,20 +150,38 @@ class Trainer:
         write_text(self.out_dir / "config.json", json.dumps(info, indent=2) + "\n")
 
     # ------------------------------------------------------------------ training
-    def fit(self, model: SparseMLP, X_train, y_train, X_test, y_test) -> list[dict]:
-        """Train from ``self.epoch + 1`` to ``config.epochs``; returns the metrics history."""
+    def fit(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None) -> list[dict]:
+        """Train from ``self.epoch + 1`` to ``config.epochs``; returns the metrics history.
+
+        Without a test set (``X_test=None``) evaluation is skipped and each history row
+        holds the training loss only. To train ``k`` more epochs on the same model (the
+        estimators' ``partial_fit``), raise ``config.epochs`` by ``k`` and call ``fit``
+        again: the SET step skipped after the previous last epoch is applied first.
+        ``y``: integer labels, or real targets (n,) / (n, n_outputs) for a regression model.
+        """
         cfg = self.config
-        n_classes = validate_arrays(X_train, y_train, X_test, y_test, model.n_outputs)
-        if n_classes != model.n_outputs:
-            raise SparsetrainError(f"the labels have {n_classes} classes but the model has "
-                                   f"{model.n_outputs} outputs")
+        has_test = X_test is not None
+        if has_test != (y_test is not None):
+            raise SparsetrainError("give both X_test and y_test, or neither")
+        if not has_test:  # validate the training split alone
+            X_test, y_test = X_train, y_train
+        if model.task == "regression":
+            validate_arrays(X_train, np.zeros(len(X_train), np.int64), X_test,
+                            np.zeros(len(X_test), np.int64), 2)
+            y_train = validate_targets(X_train, y_train, model.n_outputs, "train")
+            y_test = validate_targets(X_test, y_test, model.n_outputs, "test")
+        else:
+            n_classes = validate_arrays(X_train, y_train, X_test, y_test, model.n_outputs)
+            if n_classes != model.n_outputs:
+                raise SparsetrainError(f"the labels have {n_classes} classes but the model has "
+                                       f"{model.n_outputs} outputs")
+            y_train = np.asarray(y_train, np.int64)
+            y_test = np.asarray(y_test, np.int64)
         if X_train.shape[1] != model.n_features:
             raise SparsetrainError(f"X_train has {X_train.shape[1]} features but the model "
                                    f"expects {model.n_features}")
         X_train = np.ascontiguousarray(X_train, np.float32)
-        X_test = np.ascontiguousarray(X_test, np.float32)
-        y_train = np.asarray(y_train, np.int64)
-        y_test = np.asarray(y_test, np.int64)
+        X_test = np.ascontiguousarray(X_test, np.float32) if has_test else None
         n = X_train.shape[0]
         n_batches = math.ceil(n / cfg.batch_size)
         if not self.evolved and 0 < self.epoch < cfg.epochs:
@@ -165,24 +217,27 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.close()
         t1 = time.perf_counter()
-        test_loss, test_acc = model.evaluate(X_test, y_test)
-        if not math.isfinite(test_loss):
-            self._non_finite(test_loss, epoch, "evaluation")
+        test = {}
+        if X_test is not None:
+            test["test_loss"], test["test_accuracy"] = model.evaluate(X_test, y_test)
+            if not math.isfinite(test["test_loss"]):
+                self._non_finite(test["test_loss"], epoch, "evaluation")
         t2 = time.perf_counter()
         if epoch < cfg.epochs:  # topology changes after every epoch but the last
             self._topology_step(model, epoch)
         else:
             self.evolved = False
         t3 = time.perf_counter()
-        row = {"epoch": epoch, "train_loss": total / n, "test_loss": test_loss,
-               "test_accuracy": test_acc, "epoch_seconds": t3 - t0, "train_seconds": t1 - t0,
+        row = {"epoch": epoch, "train_loss": total / n, **test, "epoch_seconds": t3 - t0,
+               "train_seconds": t1 - t0,
                "eval_seconds": t2 - t1, "evolution_seconds": t3 - t2,
                "n_connections": model.n_connections,
                "connections_per_layer": " ".join(str(la.nnz) for la in model.layers),
                "neurons_per_layer": " ".join(str(n) for n in model.sizes)}
-        tqdm.write(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
-                   f"test loss {test_loss:.4f}, test accuracy {test_acc:.4f}, "
-                   f"{row['epoch_seconds']:.2f} s")
+        if self.verbose:
+            scores = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in test.items())
+            tqdm.write(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
+                       f"{scores}, {row['epoch_seconds']:.2f} s")
         return row
 
     def prunes_after(self, epoch: int) -> bool:
@@ -215,7 +270,7 @@ class Trainer:
 
     def plot(self) -> None:
         """Learning curves (loss and test accuracy per epoch) as ``learning_curve.png``."""
-        if self.out_dir is None or not self.history:
+        if self.out_dir is None or not self.history or "test_accuracy" not in self.history[-1]:
             return
         from .plots import learning_curve
 

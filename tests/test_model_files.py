@@ -1,0 +1,216 @@
+"""Model files at the API level (sparsetrain.io): round trip, metadata, and one test per
+kind of damage: newer format version, unknown format name, truncation, tampered shapes,
+wrong dtype, missing entry, non-JSON metadata, and a pickle inside the npz."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from sparsetrain import __version__
+from sparsetrain.config import make_config
+from sparsetrain.errors import SparsetrainError
+from sparsetrain.io import FORMAT_NAME, FORMAT_VERSION, load_model, save_model
+from sparsetrain.model import SparseMLP
+from sparsetrain.trainer import Trainer, build_model
+
+
+@pytest.fixture
+def model(rng):
+    m = SparseMLP.create([12, 20, 16, 3], epsilon=3, rng=rng, activation="all-relu", alpha=0.5,
+                         input_mean=rng.standard_normal(12), input_std=rng.uniform(0.5, 2, 12))
+    for layer in m.layers:
+        layer.bias[:] = rng.standard_normal(layer.n_out)
+        layer.velocity[:] = rng.standard_normal(layer.nnz)
+    return m
+
+
+@pytest.fixture
+def saved(tmp_path, model):
+    path = tmp_path / "model.npz"
+    save_model(path, model, {"run": {"dataset": "synthetic", "preset": "paper"}, "epoch": 3})
+    return path
+
+
+def rewrite(src, dst, edit):
+    """Copy an npz, letting ``edit(arrays, meta)`` change it (meta is re-serialised)."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    edit(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(dst, **arrays)
+    return dst
+
+
+def refused(path, *fragments):
+    with pytest.raises(SparsetrainError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert str(path) in msg and "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+def test_round_trip_and_metadata(saved, model, rng):
+    loaded, meta = load_model(saved)
+    X = rng.standard_normal((30, 12)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
+    for a, b in zip(loaded.layers, model.layers, strict=True):
+        for key in ("row_ptr", "row_cols", "data", "velocity", "bias", "bias_velocity"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert meta["format"] == FORMAT_NAME and meta["format_version"] == FORMAT_VERSION
+    assert meta["library_version"] == __version__
+    assert meta["sizes"] == [12, 20, 16, 3] and meta["activation"] == "all-relu"
+    assert meta["alpha"] == 0.5 and meta["task"] == "classification"
+    assert meta["dataset"] == "synthetic" and meta["preset"] == "paper" and meta["epoch"] == 3
+
+
+def test_round_trip_regression(tmp_path, rng):
+    from sklearn.datasets import make_regression
+
+    X, Y = make_regression(100, 6, n_targets=2, random_state=0)
+    cfg = make_config(None, hidden=(16,), epsilon=3.0, epochs=2, loss="mse", seed=0)
+    m = build_model(cfg, X, 2, task="regression", y_train=Y * 10 + 5)
+    Trainer(cfg, progress=False, verbose=False).fit(m, X, Y * 10 + 5)
+    save_model(tmp_path / "r.npz", m)
+    loaded, meta = load_model(tmp_path / "r.npz")
+    assert meta["task"] == "regression" and meta["dataset"] is None
+    np.testing.assert_array_equal(loaded.target_mean, m.target_mean)
+    np.testing.assert_array_equal(loaded.predict(X), m.predict(X))
+
+
+def test_resumed_training_from_file_continues(tmp_path, rng):
+    """The file holds the momentum too: training on from a loaded model equals training on."""
+    X = rng.standard_normal((64, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    cfg = make_config(None, hidden=(20,), epsilon=3.0, epochs=2, seed=0)
+    m = build_model(cfg, X, 3)
+    Trainer(cfg, tmp_path, progress=False, verbose=False).fit(m, X, y)
+    trainer, loaded = Trainer.from_checkpoint(tmp_path, epochs=3, progress=False)
+    trainer.verbose = False
+    trainer.fit(loaded, X, y)
+    cfg3 = make_config(None, hidden=(20,), epsilon=3.0, epochs=3, seed=0)
+    ref = build_model(cfg3, X, 3)
+    Trainer(cfg3, progress=False, verbose=False).fit(ref, X, y)
+    np.testing.assert_array_equal(loaded.decision_function(X), ref.decision_function(X))
+
+
+def test_newer_format_version(tmp_path, saved):
+    bad = rewrite(saved, tmp_path / "new.npz", lambda a, m: m.update(format_version=FORMAT_VERSION + 1))
+    refused(bad, f"format version {FORMAT_VERSION + 1}", "upgrade sparsetrain")
+
+
+def test_unknown_format_name(tmp_path, saved):
+    bad = rewrite(saved, tmp_path / "other.npz", lambda a, m: m.update(format="keras.model"))
+    refused(bad, "'keras.model'", FORMAT_NAME)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.97])
+def test_truncated_file(tmp_path, saved, keep):
+    raw = saved.read_bytes()
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(raw[: int(len(raw) * keep)])
+    refused(bad, "truncated")
+
+
+def test_not_an_npz(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_text("hello")
+    refused(bad, "truncated or not a sparsetrain model")
+    with open(tmp_path / "pickled.npz", "wb") as f:  # a whole-file pickle is refused too
+        pickle.dump(_Payload(), f)
+    refused(tmp_path / "pickled.npz", "not a sparsetrain model", "pickled")
+
+
+def test_missing_file(tmp_path):
+    refused(tmp_path / "nothing.npz", "does not exist")
+
+
+def _drop_last(key):
+    def edit(arrays, meta):
+        arrays[key] = arrays[key][:-1]
+    return edit
+
+
+def _set(key, index, value):
+    def edit(arrays, meta):
+        arrays[key][index] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "fragments"), [
+    (_drop_last("layers.0.data"), ["12->20", "differ in length"]),
+    (_drop_last("layers.1.bias"), ["20->16", "bias has shape"]),
+    (_drop_last("layers.0.row_ptr"), ["row_ptr has shape"]),
+    (_set("layers.1.row_ptr", 5, 10**6), ["row_ptr is not a nondecreasing"]),
+    (_set("layers.0.row_cols", 0, 20), ["outside [0, 20)"]),
+    (_set("layers.2.row_cols", 0, -1), ["outside [0, 3)"]),
+    (_drop_last("input_mean"), ["input_mean/input_std must have shape (12,)"]),
+    (lambda a, m: m.update(sizes=[12, 20, 17, 3]), ["inconsistent"]),
+])
+def test_tampered_shapes(tmp_path, saved, edit, fragments):
+    refused(rewrite(saved, tmp_path / "bad.npz", edit), "inconsistent", *fragments)
+
+
+@pytest.mark.parametrize(("key", "dtype"), [("layers.1.row_cols", np.int64),
+                                            ("layers.0.data", np.float64),
+                                            ("layers.2.row_ptr", np.int32),
+                                            ("input_std", np.float64)])
+def test_wrong_dtype(tmp_path, saved, key, dtype):
+    def edit(arrays, meta):
+        arrays[key] = arrays[key].astype(dtype)
+
+    refused(rewrite(saved, tmp_path / "bad.npz", edit), key, np.dtype(dtype).name)
+
+
+@pytest.mark.parametrize("key", ["layers.1.velocity", "input_mean", "layers.2.bias"])
+def test_missing_array(tmp_path, saved, key):
+    refused(rewrite(saved, tmp_path / "bad.npz", lambda a, m: a.pop(key)), "lacks entry", key)
+
+
+def test_missing_metadata_entry(tmp_path, saved):
+    refused(rewrite(saved, tmp_path / "bad.npz", lambda a, m: m.pop("activation")),
+            "lacks entry", "activation")
+    refused(rewrite(saved, tmp_path / "bad2.npz", lambda a, m: m.update(layers=[])),
+            "malformed metadata")
+
+
+def test_metadata_not_json(tmp_path, saved):
+    with np.load(saved) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array("{not json")
+    np.savez(tmp_path / "bad.npz", **arrays)
+    refused(tmp_path / "bad.npz", "no readable metadata")
+
+
+class _Payload:
+    """Unpickling this would run code; the loader must never get that far."""
+
+    def __reduce__(self):
+        return (print, ("pickle executed",))
+
+
+def test_pickle_inside_npz_refused(tmp_path, saved, capsys):
+    with np.load(saved) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["layers.0.data"] = np.array([_Payload()], dtype=object)
+    np.savez(tmp_path / "evil.npz", **arrays)  # savez pickles object arrays
+    refused(tmp_path / "evil.npz", "pickle", "refusing")
+    assert "pickle executed" not in capsys.readouterr().out
+
+
+def test_estimator_model_saves(tmp_path):
+    from sklearn.datasets import make_classification
+
+    from sparsetrain.estimators import SETMLPClassifier
+
+    X, y = make_classification(100, 10, random_state=0)
+    clf = SETMLPClassifier((16,), epsilon=3.0, max_iter=2, random_state=0).fit(X, y)
+    save_model(tmp_path / "clf.npz", clf.model_)
+    loaded, _ = load_model(tmp_path / "clf.npz")
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X))
