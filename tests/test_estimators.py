@@ -133,7 +133,7 @@ def test_regression_gradient_against_torch_autograd(rng):
     ref = 0.5 * ((h - t) ** 2).sum(dim=1).mean()  # 0.5 * mean_b sum_k (z - t)^2
     ref.backward()
     assert loss == pytest.approx(ref.item(), rel=1e-5)
-    for layer, (g, gb), W, b in zip(m.layers, grads, Ws, bs, strict=True):
+    for layer, (g, gb, _), W, b in zip(m.layers, grads, Ws, bs, strict=True):
         rows, cols = layer.rows(), layer.row_cols
         np.testing.assert_allclose(g, W.grad.numpy()[rows, cols], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(gb, b.grad.numpy(), rtol=1e-4, atol=1e-6)

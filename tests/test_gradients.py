@@ -29,6 +29,8 @@ def torch_forward(m, X, y, activation, seed):
     """The same network in float64 PyTorch: dense weights, explicit dropout masks."""
     Ws = [torch.tensor(la.to_dense(), dtype=torch.float64, requires_grad=True) for la in m.layers]
     bs = [torch.tensor(la.bias, dtype=torch.float64, requires_grad=True) for la in m.layers]
+    ps = [None if la.neuron_params is None else
+          torch.tensor(la.neuron_params, dtype=torch.float64, requires_grad=True) for la in m.layers]
     h = (torch.tensor(X, dtype=torch.float64) - torch.tensor(m.input_mean, dtype=torch.float64)) \
         / torch.tensor(m.input_std, dtype=torch.float64)
     slopes = m.slopes()
@@ -38,7 +40,10 @@ def torch_forward(m, X, y, activation, seed):
         if l == len(m.layers) - 1:
             h = z
             break
-        if activation == "sigmoid":
+        if activation == "srelu":
+            tl, al, tr, ar = ps[l]
+            h = torch.where(z >= tr, tr + ar * (z - tr), torch.where(z <= tl, tl + al * (z - tl), z))
+        elif activation == "sigmoid":
             h = torch.sigmoid(z)
         else:
             h = torch.where(z > 0, z, slopes[l] * z)
@@ -52,7 +57,7 @@ def torch_forward(m, X, y, activation, seed):
     else:
         onehot = torch.nn.functional.one_hot(yt, SIZES[-1]).to(torch.float64)
         loss = 0.5 * ((h - onehot) ** 2).sum(1).mean()
-    return loss, Ws, bs
+    return loss, Ws, bs, ps
 
 
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
@@ -65,10 +70,14 @@ def test_gradients_equal_autograd(activation, loss, dropout):
     y = rng.integers(0, SIZES[-1], 16)
     seed = 424242
     ours_loss, grads = m.gradients(X, y, seed=seed)
-    ref_loss, Ws, bs = torch_forward(m, X, y, activation, seed)
+    ref_loss, Ws, bs, ps = torch_forward(m, X, y, activation, seed)
     ref_loss.backward()
     assert ours_loss == pytest.approx(ref_loss.item(), rel=1e-5)
-    for layer, (g, gb), W, b in zip(m.layers, grads, Ws, bs, strict=True):
+    for layer, (g, gb, pg), W, b, p in zip(m.layers, grads, Ws, bs, ps, strict=True):
+        assert (pg is None) == (p is None)
+        if p is not None:  # SReLU parameters (t_l, a_l, t_r, a_r) of this layer's neurons
+            ref = p.grad.numpy()
+            np.testing.assert_allclose(pg, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
         ref = W.grad.numpy()[layer.rows(), layer.row_cols]  # only existing connections
         scale = np.abs(ref).max()
         np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-4 * scale)
@@ -86,7 +95,7 @@ def test_train_step_equals_torch_sgd():
         layer.bias_velocity[:] = rng.standard_normal(layer.n_out) * 0.01
     X = rng.standard_normal((32, SIZES[0])).astype(np.float32)
     y = rng.integers(0, SIZES[-1], 32)
-    loss, Ws, bs = torch_forward(m, X, y, "all-relu", 0)
+    loss, Ws, bs, _ = torch_forward(m, X, y, "all-relu", 0)
     opt = torch.optim.SGD([{"params": Ws, "weight_decay": 2e-4}, {"params": bs}], lr=0.05,
                           momentum=0.9)
     for p, layer in zip(Ws, m.layers, strict=True):  # torch's buffer is -v/lr in our terms

@@ -121,3 +121,28 @@ def test_bad_ip_options(capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert re.search(message, err[0])
+
+
+def test_srelu_parameters_follow_pruning_and_files(rng, tmp_path):
+    """SReLU's per-neuron parameters shrink with their layer and survive a save/load."""
+    from sparsetrain.io import load_model, save_model
+
+    m = SparseMLP.create([30, 40, 25, 3], epsilon=4, rng=rng, activation="srelu", dropout=0.0)
+    X = rng.standard_normal((20, 30)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    for step in range(3):
+        m.train_step(X, y, np.arange(20), lr=0.05, momentum=0.9, weight_decay=0, seed=step)
+    second = m.layers[1]  # disconnect hidden neuron 0 of layer 1 so pruning removes it
+    keep = np.ones(second.nnz, bool)
+    keep[second.row_ptr[0]:second.row_ptr[1]] = False
+    second.replace_connections(keep, np.empty(0, np.int64), np.empty(0, np.float32))
+    m.layers[0].data[m.layers[0].row_cols == 0] *= 1e-3
+    params0 = m.layers[0].neuron_params.copy()
+    _, removed = prune_neurons(m.layers, 20)
+    m.invalidate_buffers()
+    assert removed[0] == 1
+    np.testing.assert_array_equal(m.layers[0].neuron_params, params0[:, 1:])
+    save_model(tmp_path / "m.npz", m)
+    back, _ = load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.layers[0].neuron_params, m.layers[0].neuron_params)
+    np.testing.assert_array_equal(back.decision_function(X), m.decision_function(X))

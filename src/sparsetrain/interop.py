@@ -59,10 +59,12 @@ def _torch_classes() -> dict:
         """
 
         def __init__(self, weights, biases, *, activation, alpha, slopes, dropout, loss, task,
-                     input_mean, input_std, target_mean, target_std):
+                     input_mean, input_std, target_mean, target_std, neuron_params=()):
             super().__init__()
             self.weights = nn.ParameterList([nn.Parameter(w) for w in weights])
             self.biases = nn.ParameterList([nn.Parameter(b) for b in biases])
+            # SReLU: (4, n) per hidden layer, rows t_l, a_l, t_r, a_r.
+            self.neuron_params = nn.ParameterList([nn.Parameter(p) for p in neuron_params])
             self.activation = activation
             self.alpha = float(alpha)
             self.dropout = float(dropout)
@@ -80,7 +82,11 @@ def _torch_classes() -> dict:
             sigmoid = self.activation == "sigmoid"
             for l, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
                 h = torch.sparse.mm(w, h) + b[:, None]  # (n_out, B)
-                if l < last:
+                if l < last and len(self.neuron_params):
+                    tl, al, tr, ar = (p[:, None] for p in self.neuron_params[l])
+                    h = torch.where(h >= tr, tr + ar * (h - tr),
+                                    torch.where(h <= tl, tl + al * (h - tl), h))
+                elif l < last:
                     h = torch.sigmoid(h) if sigmoid else torch.where(h > 0, h, self.slopes[l] * h)
                     if self.training and self.dropout > 0:
                         h = nn.functional.dropout(h, self.dropout, training=True)
@@ -151,7 +157,9 @@ def to_torch(model: SparseMLP, *, layout: str = "csr", dtype=None):
     module = cls(weights, biases, activation=model.activation, alpha=model.alpha,
                  slopes=model.slopes(), dropout=model.dropout, loss=model.loss, task=model.task,
                  input_mean=buf(model.input_mean), input_std=buf(model.input_std),
-                 target_mean=buf(model.target_mean), target_std=buf(model.target_std))
+                 target_mean=buf(model.target_mean), target_std=buf(model.target_std),
+                 neuron_params=[torch.as_tensor(la.neuron_params.copy(), dtype=dtype)
+                                for la in model.layers[:-1] if la.neuron_params is not None])
     return module.eval()
 
 
@@ -217,6 +225,9 @@ def from_torch(module, masks=None, *, activation=None, alpha=None, dropout=0.0,
             layers.append(SparseLinear.from_coo(w.shape[1], w.shape[0], rows, cols,
                                                 coo.values().numpy(), bias=_to_numpy(b),
                                                 init=init, fan_in=coo._nnz() / w.shape[0]))
+        for layer, params in zip(layers, getattr(module, "neuron_params", ()), strict=False):
+            layer.neuron_params = np.ascontiguousarray(_to_numpy(params), np.float32)
+            layer.neuron_velocity = np.zeros_like(layer.neuron_params)
         task = module.task
         return SparseMLP(layers, activation=module.activation, alpha=module.alpha,
                          dropout=module.dropout, loss=module.loss, task=task,

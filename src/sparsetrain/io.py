@@ -15,6 +15,8 @@ Model file format (``.npz``, never pickled; load with ``allow_pickle=False``)::
     layers.L.data              (nnz,) float32          connection values
     layers.L.velocity          (nnz,) float32          momentum of each connection
     layers.L.bias, layers.L.bias_velocity   (n_out,) float32
+    layers.L.neuron_params, .neuron_velocity (P, n_out) float32, only for activations with
+                               trainable per-neuron parameters (SReLU: t_l, a_l, t_r, a_r)
 
 Every write goes to a temporary file in the same folder, is flushed to disk,
 then renamed over the target, so a crash never leaves a half-written file.
@@ -89,6 +91,9 @@ def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
     for l, layer in enumerate(model.layers):
         for key in _LAYER_KEYS:
             arrays[f"layers.{l}.{key}"] = getattr(layer, key)
+        if layer.neuron_params is not None:  # (P, n_out): SReLU's t_l, a_l, t_r, a_r
+            arrays[f"layers.{l}.neuron_params"] = layer.neuron_params
+            arrays[f"layers.{l}.neuron_velocity"] = layer.neuron_velocity
     with atomic_write(path) as f:
         np.savez(f, **arrays)
 
@@ -143,10 +148,17 @@ def load_model(path) -> tuple[SparseMLP, dict]:
                                            f"{arr.ndim} dimensions, expected 1-D {np.dtype(dtype)}")
                 a[key] = arr
             info = meta["layers"][l]
+            neuron = {}
+            for key in ("neuron_params", "neuron_velocity"):
+                arr = arrays.get(f"layers.{l}.{key}")
+                if arr is not None and (arr.dtype != np.float32 or arr.ndim != 2):
+                    raise SparsetrainError(f"array layers.{l}.{key} must be 2-D float32; got "
+                                           f"{arr.dtype} with {arr.ndim} dimensions")
+                neuron[key] = arr
             layers.append(SparseLinear(sizes[l], sizes[l + 1], a["row_ptr"], a["row_cols"],
                                        a["data"], bias=a["bias"], velocity=a["velocity"],
                                        bias_velocity=a["bias_velocity"], init=info["init"],
-                                       fan_in=info["fan_in"]))
+                                       fan_in=info["fan_in"], **neuron))
         task = meta.get("task", "classification")
         stats = ("input_mean", "input_std") + (("target_mean", "target_std")
                                                 if task == "regression" else ())

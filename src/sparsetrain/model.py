@@ -32,6 +32,8 @@ Update (SPEC 1.3, decay inside the learning rate, on connection values only)::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _kernels
@@ -40,6 +42,15 @@ from .errors import SparsetrainError
 from .layers import SparseLinear, er_density, largest_epsilon_text
 
 LOSSES = ("cross-entropy", "mse")
+
+
+class LayerGradient(NamedTuple):
+    """Gradients of one layer: ``weights`` aligned with ``layer.data`` (nnz,), ``bias``
+    (n_out,), ``neuron`` (P, n_out) for per-neuron activation parameters or None."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    neuron: np.ndarray | None
 #: What the outputs mean: class scores (integer labels) or real-valued targets (MSE only).
 TASKS = ("classification", "regression")
 _EMPTY = np.empty((0, 0), np.float32)
@@ -153,6 +164,12 @@ class SparseMLP:
                                      fan_in=fan_in, allow_dense=(l == last or cap_density))
             for l in range(len(sizes) - 1)
         ]
+        act = get_activation(activation)
+        for layer in layers[:-1]:
+            params = act.init_params(rng, layer.n_out)
+            if params is not None:
+                layer.neuron_params = params
+                layer.neuron_velocity = np.zeros_like(params)
         return cls(layers, activation=activation, alpha=alpha, dropout=dropout, loss=loss,
                    input_mean=input_mean, input_std=input_std, task=task,
                    target_mean=target_mean, target_std=target_std)
@@ -187,7 +204,9 @@ class SparseMLP:
                     for n in self.sizes[1:-1]]
             delta = [np.empty((n, batch), np.float32) if training else None
                      for n in self.sizes[1:]]
-            bufs = {"acts": acts, "dfac": dfac, "delta": delta}
+            zbuf = [np.empty((n, batch), np.float32) if training and self._act.n_params
+                    else _EMPTY for n in self.sizes[1:-1]]  # pre-activations (SReLU)
+            bufs = {"acts": acts, "dfac": dfac, "delta": delta, "z": zbuf}
             self._buffers[key] = bufs
         return bufs
 
@@ -205,10 +224,18 @@ class SparseMLP:
                 rate = self.dropout if training else 0.0
             else:
                 code, slope, d, rate = _kernels.ACT_LINEAR, 0.0, _EMPTY, 0.0
-            layer_seed = (seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF
+            layer_seed = np.uint64((seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF)
+            if l < last and self._act.n_params:  # SReLU: linear product, then its own pass
+                _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
+                                        layer.data, layer.bias, _kernels.ACT_LINEAR,
+                                        np.float32(0.0), np.float32(0.0), layer_seed,
+                                        acts[l + 1], _EMPTY)
+                _kernels.srelu_forward(acts[l + 1], layer.neuron_params, np.float32(rate),
+                                       layer_seed, bufs["z"][l], d)
+                continue
             _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
                                     layer.data, layer.bias, code, np.float32(slope),
-                                    np.float32(rate), np.uint64(layer_seed), acts[l + 1], d)
+                                    np.float32(rate), layer_seed, acts[l + 1], d)
         return bufs
 
     def _batch_targets(self, y, idx):
@@ -257,6 +284,7 @@ class SparseMLP:
         acts, dfac, delta = bufs["acts"], bufs["dfac"], bufs["delta"]
         inv_batch = np.float32(1.0 / acts[0].shape[1])
         grads = [None] * len(self.layers)
+        neuron = [None] * len(self.layers)
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
             g = self._grad_buffer(l, layer.nnz)
@@ -266,8 +294,14 @@ class SparseMLP:
             _kernels.sparse_backward(acts[l], delta[l], layer.row_ptr, layer.row_cols,
                                      layer.data, prev_dfac, inv_batch, g, prev_delta)
             _kernels.row_mean(delta[l], gb)
+            below = self.layers[l - 1] if l > 0 else None
+            if below is not None and below.neuron_params is not None:
+                # delta[l-1] holds dL/da * dropout factor: SReLU turns it into dL/dz.
+                neuron[l - 1] = np.empty_like(below.neuron_params)
+                _kernels.srelu_backward(bufs["z"][l - 1], prev_delta, below.neuron_params,
+                                        inv_batch, neuron[l - 1])
             grads[l] = (g, gb)
-        return grads
+        return [LayerGradient(g, gb, pg) for (g, gb), pg in zip(grads, neuron, strict=True)]
 
     def gradients(self, X, y, idx=None, seed=0):
         """Training-mode loss and per-layer gradients ``[(dW, db), ...]`` on rows ``idx``.
@@ -284,12 +318,14 @@ class SparseMLP:
     def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed):
         """One momentum-SGD step on the mini-batch ``idx``; returns the batch loss."""
         loss, grads = self.gradients(X, y, idx, seed)
-        lr32, mom32 = np.float32(lr), np.float32(momentum)
-        for layer, (g, gb) in zip(self.layers, grads, strict=True):
-            _kernels.momentum_sgd(layer.data, layer.velocity, g, lr32, mom32,
+        lr32, mom32, zero = np.float32(lr), np.float32(momentum), np.float32(0.0)
+        for layer, grad in zip(self.layers, grads, strict=True):
+            _kernels.momentum_sgd(layer.data, layer.velocity, grad.weights, lr32, mom32,
                                   np.float32(weight_decay))
-            _kernels.momentum_sgd(layer.bias, layer.bias_velocity, gb, lr32, mom32,
-                                  np.float32(0.0))
+            _kernels.momentum_sgd(layer.bias, layer.bias_velocity, grad.bias, lr32, mom32, zero)
+            if grad.neuron is not None:
+                _kernels.momentum_sgd(layer.neuron_params.ravel(), layer.neuron_velocity.ravel(),
+                                      grad.neuron.ravel(), lr32, mom32, zero)
         return loss
 
     def _grad_buffer(self, l, nnz):
