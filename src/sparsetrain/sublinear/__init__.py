@@ -1,0 +1,42 @@
+"""Sublinear training of wide shifted-ReLU networks by activated-neuron identification.
+
+SPEC Part 2 (2.1-2.3, 2.5): the network ``f(W, x) = m^(-1/2) sum_r a_r
+relu(<w_r, x> - b)``, four fired-set indexes behind one interface
+(:data:`INDEXES`), SGD dense or with identification (:func:`train_sgd`), and
+the cost-per-iteration benchmark (:func:`run_sgd_bench`).
+"""
+
+from .bench import BenchConfig, run_sgd_bench
+from .data import fashion_mnist_two_class, synthetic
+from .indexes import EXACT_INDEXES, INDEXES, FiredIndex, make_index, recall
+from .network import (
+    ShiftedReLUNetwork,
+    default_shift,
+    dense_forward,
+    dense_gradient,
+    gaussian_tail,
+    sparse_forward,
+    sparse_gradient,
+)
+from .train import SGDResult, train_sgd
+
+__all__ = [
+    "BenchConfig",
+    "EXACT_INDEXES",
+    "FiredIndex",
+    "INDEXES",
+    "SGDResult",
+    "ShiftedReLUNetwork",
+    "default_shift",
+    "dense_forward",
+    "dense_gradient",
+    "fashion_mnist_two_class",
+    "gaussian_tail",
+    "make_index",
+    "recall",
+    "run_sgd_bench",
+    "sparse_forward",
+    "sparse_gradient",
+    "synthetic",
+    "train_sgd",
+]

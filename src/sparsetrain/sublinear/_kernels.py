@@ -1,0 +1,690 @@
+"""Numba kernels of the sublinear subpackage (network math and the four indexes).
+
+Every kernel is a module-level function over flat NumPy arrays; no Python
+objects cross the kernel boundary.  The Python classes in :mod:`.indexes` and
+:mod:`.network` check dtypes and dispatch here.
+
+Firing rule (the one definition every index shares)
+---------------------------------------------------
+Neuron ``r`` fires on ``x`` iff ``canonical_dot(w_r, x) > b`` where
+``canonical_dot`` is the float64 sum ``((w_0 x_0 + w_1 x_1) + ...) + w_{d-1}
+x_{d-1}`` taken strictly left to right (:func:`_dot`, no reassociation, no fast
+math).  Structures that compute inner products differently (BLAS in blocks,
+bounds over tree boxes, stored float32 values) only decide a pair on their own
+when it is farther from ``b`` than a rigorous rounding bound; every pair inside
+that band is settled by :func:`_dot`.  Ties (``canonical_dot == b``) therefore
+never fire, in every index.
+
+Rounding bound: for a sum of ``d`` products, ``|computed - exact| <= gamma_d *
+sum_j |w_j x_j|`` with ``gamma_d = d u / (1 - d u)``, ``u = 2^-53``.  We use the
+safety band ``TOL_REL * (d + 1) * S`` with ``TOL_REL = 1e-15 > 4 u`` and ``S`` an
+upper bound of ``sum_j |w_j x_j|``, which covers both the structure's own error
+and the canonical dot's error.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+TOL_REL = 1e-15  # > 4 * 2^-53: covers two dot-product rounding errors of gamma_d each
+F32_REL = 1.2e-7  # > 2^-24 (1 + tiny): relative error of rounding a float64 to float32
+
+
+@numba.njit(cache=True)
+def _dot(W, r, x):
+    """Canonical float64 inner product ``<W[r], x>``, summed left to right."""
+    s = 0.0
+    for j in range(x.shape[0]):
+        s += W[r, j] * x[j]
+    return s
+
+
+@numba.njit(cache=True)
+def canonical_dots(W, X):
+    """All canonical inner products ``Z[i, r] = _dot(W, r, X[i])`` (reference, O(n m d))."""
+    n = X.shape[0]
+    m = W.shape[0]
+    Z = np.empty((n, m))
+    for i in range(n):
+        for r in range(m):
+            Z[i, r] = _dot(W, r, X[i])
+    return Z
+
+
+@numba.njit(cache=True)
+def row_norm_max(W, rows):
+    """``max_{r in rows} ||w_r||`` (0.0 for no rows)."""
+    best = 0.0
+    for t in range(rows.shape[0]):
+        s = 0.0
+        for j in range(W.shape[1]):
+            s += W[rows[t], j] * W[rows[t], j]
+        if s > best:
+            best = s
+    return np.sqrt(best) * (1.0 + 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# brute force: BLAS block + threshold with a canonical re-check near b
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def bf_threshold_block(Z, W, r0, X, shift, tol, out, pos, cap):
+    """Append to ``out`` the rows of the block ``W[r0:r0+Z.shape[1]]`` that fire.
+
+    ``Z`` (B, blk) holds BLAS products of the block; ``tol`` (B,) the safety
+    band per query.  Entries with ``|Z - b| <= tol`` are re-decided by
+    :func:`_dot`.  Writes query ``q``'s hits after ``pos[q]`` into the
+    row-major buffer ``out`` (B, cap); returns the number of canonical
+    re-checks, or -1 when a row of the buffer is full.
+    """
+    B, blk = Z.shape
+    rechecks = 0
+    for q in range(B):
+        p = pos[q]
+        lo = shift - tol[q]
+        hi = shift + tol[q]
+        for c in range(blk):
+            z = Z[q, c]
+            if z <= lo:
+                continue
+            if z <= hi:
+                rechecks += 1
+                if not (_dot(W, r0 + c, X[q]) > shift):
+                    continue
+            if p >= cap:
+                return -1
+            out[q, p] = r0 + c
+            p += 1
+        pos[q] = p
+    return rechecks
+
+
+# ---------------------------------------------------------------------------
+# half-space tree: kd-tree with axis-aligned boxes over the weights
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _select(perm, keys, lo, hi, k):
+    """Quickselect on ``perm[lo:hi]`` by ``keys[perm]`` so position ``k`` holds the k-th."""
+    while hi - lo > 1:
+        pivot = keys[perm[(lo + hi) // 2]]
+        i = lo
+        j = hi - 1
+        while i <= j:
+            while keys[perm[i]] < pivot:
+                i += 1
+            while keys[perm[j]] > pivot:
+                j -= 1
+            if i <= j:
+                t = perm[i]
+                perm[i] = perm[j]
+                perm[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j + 1
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(cache=True)
+def kd_build(W, leaf_size):
+    """Build a kd-tree over the rows of ``W`` (m, d) as flat arrays.
+
+    Returns ``perm`` (m,) rows in tree order, ``start``/``end`` (nn,) point
+    ranges, ``left``/``right``/``parent`` (nn,) links (-1 = none), ``lo``/``hi``
+    (nn, d) bounding boxes, ``leaf_of`` (m,) leaf node of each tree position and
+    the node count.  Splits at the median of the dimension of largest spread;
+    a node whose points all coincide becomes a leaf whatever its size
+    (duplicate weights).
+    """
+    m, d = W.shape
+    cap = 4 * (m // max(leaf_size, 1)) + 8
+    start = np.empty(cap, np.int64)
+    end = np.empty(cap, np.int64)
+    left = np.full(cap, -1, np.int64)
+    right = np.full(cap, -1, np.int64)
+    parent = np.full(cap, -1, np.int64)
+    lo = np.empty((cap, d))
+    hi = np.empty((cap, d))
+    perm = np.arange(m)
+    leaf_of = np.empty(m, np.int64)
+    keys = np.empty(m)
+    stack = np.empty(cap, np.int64)
+    nn = 1
+    start[0] = 0
+    end[0] = m
+    sp = 0
+    stack[sp] = 0
+    sp += 1
+    while sp > 0:
+        sp -= 1
+        node = stack[sp]
+        s = start[node]
+        e = end[node]
+        for j in range(d):
+            lo[node, j] = np.inf
+            hi[node, j] = -np.inf
+        for p in range(s, e):
+            r = perm[p]
+            for j in range(d):
+                v = W[r, j]
+                if v < lo[node, j]:
+                    lo[node, j] = v
+                if v > hi[node, j]:
+                    hi[node, j] = v
+        best = -1
+        spread = 0.0
+        for j in range(d):
+            sj = hi[node, j] - lo[node, j]
+            if sj > spread:
+                spread = sj
+                best = j
+        if e - s <= leaf_size or best < 0:
+            for p in range(s, e):
+                leaf_of[p] = node
+            continue
+        for p in range(s, e):
+            keys[perm[p]] = W[perm[p], best]
+        mid = (s + e) // 2
+        _select(perm, keys, s, e, mid)
+        for child, cs, ce in ((nn, s, mid), (nn + 1, mid, e)):
+            start[child] = cs
+            end[child] = ce
+            parent[child] = node
+            stack[sp] = child
+            sp += 1
+        left[node] = nn
+        right[node] = nn + 1
+        nn += 2
+    return perm, start[:nn], end[:nn], left[:nn], right[:nn], parent[:nn], lo[:nn], hi[:nn], leaf_of, nn
+
+
+@numba.njit(cache=True)
+def kd_query_batch(Wp, perm, start, end, left, right, lo, hi, X, shift, out, cap, stack):
+    """Report ``{perm[p] : _dot(Wp, p, x) > b}`` for every row ``x`` of ``X``.
+
+    Walk from the root with an explicit stack.  For a box ``[lo, hi]`` the
+    extreme inner products are ``ub = sum_j max(lo_j x_j, hi_j x_j)`` and
+    ``lb = sum_j min(lo_j x_j, hi_j x_j)``.  With ``S = sum_j max(|lo_j|,
+    |hi_j|) |x_j|`` and ``tol = TOL_REL (d+1) S``: prune if ``ub < b - tol``;
+    report the whole subtree if ``lb > b + tol``; at a leaf decide each point
+    with :func:`_dot`.  Results go to ``out`` (B, cap) row by row; returns
+    (counts (B,), nodes visited, leaf points checked) or counts[0] = -1 when
+    a row is full.
+    """
+    B, d = X.shape
+    counts = np.zeros(B, np.int64)
+    visited = 0
+    checked = 0
+    for q in range(B):
+        x = X[q]
+        c = 0
+        sp = 0
+        stack[sp] = 0
+        sp += 1
+        while sp > 0:
+            sp -= 1
+            node = stack[sp]
+            visited += 1
+            ub = 0.0
+            lb = 0.0
+            S = 0.0
+            for j in range(d):
+                a = lo[node, j] * x[j]
+                b2 = hi[node, j] * x[j]
+                if a > b2:
+                    ub += a
+                    lb += b2
+                else:
+                    ub += b2
+                    lb += a
+                S += max(abs(a), abs(b2))
+            tol = TOL_REL * (d + 1) * S
+            if ub < shift - tol:
+                continue
+            if lb > shift + tol:
+                n_here = end[node] - start[node]
+                if c + n_here > cap:
+                    counts[0] = -1
+                    return counts, visited, checked
+                for p in range(start[node], end[node]):
+                    out[q, c] = perm[p]
+                    c += 1
+                continue
+            if left[node] < 0:
+                for p in range(start[node], end[node]):
+                    checked += 1
+                    if _dot(Wp, p, x) > shift:
+                        if c >= cap:
+                            counts[0] = -1
+                            return counts, visited, checked
+                        out[q, c] = perm[p]
+                        c += 1
+                continue
+            stack[sp] = left[node]
+            sp += 1
+            stack[sp] = right[node]
+            sp += 1
+        counts[q] = c
+    return counts, visited, checked
+
+
+@numba.njit(cache=True)
+def kd_update(W, rows, Wp, pos, leaf_of, parent, lo, hi):
+    """Copy ``W[rows]`` into the tree and grow the boxes on the leaf-to-root path.
+
+    Boxes only grow, so answers stay exact; the caller rebuilds once enough
+    rows moved.  Stops climbing as soon as a box already contains the point
+    (its ancestors then do too).  Returns the number of nodes touched.
+    """
+    d = W.shape[1]
+    touched = 0
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        p = pos[r]
+        for j in range(d):
+            Wp[p, j] = W[r, j]
+        node = leaf_of[p]
+        while node >= 0:
+            touched += 1
+            grew = False
+            for j in range(d):
+                v = W[r, j]
+                if v < lo[node, j]:
+                    lo[node, j] = v
+                    grew = True
+                if v > hi[node, j]:
+                    hi[node, j] = v
+                    grew = True
+            if not grew:
+                break
+            node = parent[node]
+    return touched
+
+
+# ---------------------------------------------------------------------------
+# correlation tree: per training point, a max-tree over <w_r(ref), x_i>
+# ---------------------------------------------------------------------------
+
+
+def ct_levels(n_blocks, fanout):
+    """Level offsets of an F-ary max tree over ``n_blocks`` leaf blocks.
+
+    Level 0 holds the ``n_blocks`` block maxima, level ``l`` holds
+    ``ceil(size_{l-1} / F)`` maxima, up to a single root.  Returns ``offsets``
+    (levels + 1,): level ``l`` occupies ``[offsets[l], offsets[l + 1])``.
+    """
+    sizes = [max(1, n_blocks)]
+    while sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // fanout))
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+@numba.njit(cache=True)
+def ct_build_maxima(V, leaf_block, fanout, offsets, tmax):
+    """Fill the per-point F-ary max trees ``tmax`` (n, offsets[-1]) from ``V`` (n, m).
+
+    Leaf ``k`` (level 0) is the max of neurons ``k L .. k L + L - 1``; node
+    ``j`` of level ``l`` is the max of nodes ``j F .. j F + F - 1`` of level
+    ``l - 1``.  Each level is contiguous, so a visited node scans its ``F``
+    children in one cache line.
+    """
+    n, m = V.shape
+    n_lev = offsets.shape[0] - 1
+    nb = offsets[1]
+    for i in range(n):
+        for k in range(nb):
+            mx = -np.inf
+            r0 = k * leaf_block
+            for r in range(r0, min(r0 + leaf_block, m)):
+                if V[i, r] > mx:
+                    mx = V[i, r]
+            tmax[i, k] = mx
+        for lev in range(1, n_lev):
+            lo = offsets[lev - 1]
+            size_below = offsets[lev] - lo
+            for j in range(offsets[lev + 1] - offsets[lev]):
+                mx = -np.inf
+                for c in range(j * fanout, min(j * fanout + fanout, size_below)):
+                    if tmax[i, lo + c] > mx:
+                        mx = tmax[i, lo + c]
+                tmax[i, offsets[lev] + j] = mx
+
+
+@numba.njit(cache=True)
+def ct_query_batch(
+    V,
+    tmax,
+    leaf_block,
+    fanout,
+    offsets,
+    W,
+    drift,
+    X,
+    ids,
+    xnorm,
+    shift,
+    band,
+    tol,
+    out,
+    cap,
+    stack,
+):
+    """Exact fired sets of training points ``ids`` from the per-point max trees.
+
+    ``V[i, r]`` is ``<w_r(ref), x_i>`` rounded to float32 (error ``e(v) =
+    F32_REL |v|``); ``drift[r] >= ||w_r - w_r(ref)||``.  By Cauchy-Schwarz
+    ``|<w_r, x_i> - <w_r(ref), x_i>| <= drift[r] ||x_i||``, so pair (r, i):
+
+    * fires for sure if ``v - e(v) - drift[r] ||x_i|| > b + tol``;
+    * cannot fire if ``v + e(v) + drift[r] ||x_i|| < b - tol``;
+    * otherwise (the band near the threshold) is refreshed with :func:`_dot`.
+
+    A subtree is entered only if ``max + e(max) >= b - tol - band ||x_i||``
+    with ``band >= max_r drift[r]``.  ``stack`` holds (level, node) pairs.
+    Returns (counts, nodes visited, pairs refreshed); counts[0] = -1 when a
+    row of ``out`` is full.
+    """
+    B = ids.shape[0]
+    n, m = V.shape
+    n_lev = offsets.shape[0] - 1
+    counts = np.zeros(B, np.int64)
+    visited = 0
+    refreshed = 0
+    for q in range(B):
+        i = ids[q]
+        xn = xnorm[i]
+        cut = shift - tol - band * xn
+        c = 0
+        sp = 0
+        root = offsets[n_lev - 1]
+        if tmax[i, root] + F32_REL * abs(tmax[i, root]) >= cut:
+            stack[0] = n_lev - 1
+            stack[1] = 0
+            sp = 2
+        while sp > 0:
+            sp -= 2
+            lev = stack[sp]
+            j = stack[sp + 1]
+            visited += 1
+            if lev > 0:
+                lo = offsets[lev - 1]
+                hi_c = min(j * fanout + fanout, offsets[lev] - lo)
+                for ch in range(hi_c - 1, j * fanout - 1, -1):  # pushed high to low
+                    mx = tmax[i, lo + ch]
+                    if mx + F32_REL * abs(mx) >= cut:
+                        stack[sp] = lev - 1
+                        stack[sp + 1] = ch
+                        sp += 2
+                continue
+            r0 = j * leaf_block
+            for r in range(r0, min(r0 + leaf_block, m)):
+                v = np.float64(V[i, r])
+                if v + F32_REL * abs(v) < cut:  # below the band: skip without reading drift
+                    continue
+                e = F32_REL * abs(v) + drift[r] * xn
+                if v + e < shift - tol:
+                    continue
+                if v - e <= shift + tol:
+                    refreshed += 1
+                    if not (_dot(W, r, X[q]) > shift):
+                        continue
+                if c >= cap:
+                    counts[0] = -1
+                    return counts, visited, refreshed
+                out[q, c] = r
+                c += 1
+        counts[q] = c
+    return counts, visited, refreshed
+
+
+@numba.njit(cache=True)
+def ct_update(W, rows, Wref, drift, radius, V, tmax, leaf_block, fanout, offsets, Xtrain):
+    """Tell the correlation tree that ``W[rows]`` changed.
+
+    For each row: ``drift[r] = ||w_r - w_r(ref)|| (1 + 1e-12)`` (O(d)).  Only
+    when it exceeds ``radius`` is the neuron re-anchored: ``w_r(ref) <- w_r``,
+    its ``n`` stored products are recomputed canonically and the ``n`` leaf
+    blocks and root paths are refreshed (O(n (d + L + F log_F m))).  Returns
+    (neurons re-anchored, pairs recomputed, max drift among the rows).
+    """
+    n, m = V.shape
+    d = W.shape[1]
+    n_lev = offsets.shape[0] - 1
+    reanchored = 0
+    pairs = 0
+    dmax = 0.0
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        s = 0.0
+        for j in range(d):
+            df = W[r, j] - Wref[r, j]
+            s += df * df
+        dr = np.sqrt(s) * (1.0 + 1e-12)
+        if dr <= radius:
+            drift[r] = dr
+            if dr > dmax:
+                dmax = dr
+            continue
+        reanchored += 1
+        for j in range(d):
+            Wref[r, j] = W[r, j]
+        drift[r] = 0.0
+        k = r // leaf_block
+        r0 = k * leaf_block
+        r1 = min(r0 + leaf_block, m)
+        for i in range(n):
+            V[i, r] = np.float32(_dot(W, r, Xtrain[i]))
+            pairs += 1
+            mx = -np.inf
+            for rr in range(r0, r1):
+                if V[i, rr] > mx:
+                    mx = V[i, rr]
+            tmax[i, k] = mx
+            node = k
+            for lev in range(1, n_lev):
+                lo = offsets[lev - 1]
+                parent = node // fanout
+                mx = -np.inf
+                for ch in range(parent * fanout, min(parent * fanout + fanout, offsets[lev] - lo)):
+                    if tmax[i, lo + ch] > mx:
+                        mx = tmax[i, lo + ch]
+                if tmax[i, offsets[lev] + parent] == mx:
+                    break
+                tmax[i, offsets[lev] + parent] = mx
+                node = parent
+    return reanchored, pairs, dmax
+
+
+# ---------------------------------------------------------------------------
+# SimHash LSH: L tables of K sign bits, buckets as doubly linked lists
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def lsh_codes(H, n_tables, n_bits):
+    """Codes (n_tables, N) from projections ``H`` (N, n_tables * n_bits): bit = H > 0."""
+    N = H.shape[0]
+    codes = np.empty((n_tables, N), np.int32)
+    for t in range(n_tables):
+        for q in range(N):
+            c = 0
+            for k in range(n_bits):
+                if H[q, t * n_bits + k] > 0.0:
+                    c |= 1 << k
+            codes[t, q] = c
+    return codes
+
+
+@numba.njit(cache=True)
+def lsh_link_all(codes, head, nxt, prv):
+    """Insert every neuron into the bucket of its code in every table."""
+    L, m = codes.shape
+    for t in range(L):
+        for r in range(m - 1, -1, -1):  # ids ascending inside each bucket
+            c = codes[t, r]
+            h = head[t, c]
+            nxt[t, r] = h
+            prv[t, r] = -1
+            if h >= 0:
+                prv[t, h] = r
+            head[t, c] = r
+
+
+@numba.njit(cache=True)
+def lsh_relink(rows, new_codes, codes, head, nxt, prv):
+    """Move ``rows`` to the buckets of ``new_codes`` (L, k); O(1) per move."""
+    L = codes.shape[0]
+    moved = 0
+    for t in range(L):
+        for s in range(rows.shape[0]):
+            r = rows[s]
+            c_new = new_codes[t, s]
+            c_old = codes[t, r]
+            if c_new == c_old:
+                continue
+            moved += 1
+            p = prv[t, r]
+            nx = nxt[t, r]
+            if p >= 0:
+                nxt[t, p] = nx
+            else:
+                head[t, c_old] = nx
+            if nx >= 0:
+                prv[t, nx] = p
+            h = head[t, c_new]
+            nxt[t, r] = h
+            prv[t, r] = -1
+            if h >= 0:
+                prv[t, h] = r
+            head[t, c_new] = r
+            codes[t, r] = c_new
+    return moved
+
+
+@numba.njit(cache=True)
+def lsh_query_batch(qcodes, head, nxt, W, X, shift, stamp, out, cap):
+    """Union of the query's buckets over all tables, kept if ``_dot > b``.
+
+    ``stamp`` (m,) de-duplicates candidates (a query number per neuron).
+    Returns (counts, candidates checked); counts[0] = -1 when ``out`` is full.
+    """
+    L, B = qcodes.shape
+    counts = np.zeros(B, np.int64)
+    checked = 0
+    for q in range(B):
+        tag = stamp[-1] + 1  # last slot holds the running query number
+        stamp[-1] = tag
+        c = 0
+        for t in range(L):
+            r = head[t, qcodes[t, q]]
+            while r >= 0:
+                if stamp[r] != tag:
+                    stamp[r] = tag
+                    checked += 1
+                    if _dot(W, r, X[q]) > shift:
+                        if c >= cap:
+                            counts[0] = -1
+                            return counts, checked
+                        out[q, c] = r
+                        c += 1
+                r = nxt[t, r]
+        counts[q] = c
+    return counts, checked
+
+
+# ---------------------------------------------------------------------------
+# network math from fired sets (CSR: indptr (B+1,), indices (nnz,))
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def sparse_forward(W, a, shift, X, indptr, indices):
+    """``f(x_q) = m^(-1/2) sum_{r in S_q} a_r (<w_r, x_q> - b)`` over given fired sets."""
+    B = X.shape[0]
+    m = W.shape[0]
+    f = np.zeros(B)
+    for q in range(B):
+        s = 0.0
+        for p in range(indptr[q], indptr[q + 1]):
+            r = indices[p]
+            s += a[r] * (_dot(W, r, X[q]) - shift)
+        f[q] = s / np.sqrt(m)
+    return f
+
+
+@numba.njit(cache=True)
+def sparse_sgd_update(W, a, step, X, coef, indptr, indices, stamp, acc):
+    """``w_r -= step * a_r * sum_{q : r in S_q} coef_q x_q`` for fired neurons only.
+
+    ``stamp`` (m + 1,) marks touched rows (last slot: running tag); ``acc``
+    (m,) is zero on entry and exit.  Returns the updated rows (in order of
+    first touch) and, per row, the bound ``sum_q |step coef_q a_r| ||x_q||
+    >= ||w_r(new) - w_r(old)||`` (triangle inequality), which lets an index
+    track drift without re-reading the weights.
+    """
+    B, d = X.shape
+    tag = stamp[-1] + 1
+    stamp[-1] = tag
+    touched = np.empty(indices.shape[0], np.int64)
+    xn = np.empty(B)
+    for q in range(B):
+        s = 0.0
+        for j in range(d):
+            s += X[q, j] * X[q, j]
+        xn[q] = np.sqrt(s)
+    k = 0
+    for q in range(B):
+        cq = step * coef[q]
+        for p in range(indptr[q], indptr[q + 1]):
+            r = indices[p]
+            g = cq * a[r]
+            for j in range(d):
+                W[r, j] -= g * X[q, j]
+            acc[r] += abs(g) * xn[q]
+            if stamp[r] != tag:
+                stamp[r] = tag
+                touched[k] = r
+                k += 1
+    norms = np.empty(k)
+    for t in range(k):
+        norms[t] = acc[touched[t]]
+        acc[touched[t]] = 0.0
+    return touched[:k], norms
+
+
+@numba.njit(cache=True)
+def ct_add_drift(W, rows, step_norms, Wref, drift, radius, V, tmax, leaf_block, fanout, offsets, Xtrain):
+    """Drift bound by the triangle inequality: ``drift[r] += ||step_r||`` (1 + 1e-12).
+
+    Reads neither ``W[r]`` nor ``w_r(ref)`` unless the bound passes
+    ``radius``, in which case the neuron is re-anchored exactly as in
+    :func:`ct_update`.  Returns (re-anchored, pairs recomputed, max drift).
+    """
+    dmax = 0.0
+    n_re = 0
+    pairs = 0
+    far = np.empty(rows.shape[0], np.int64)
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        dr = drift[r] + step_norms[t] * (1.0 + 1e-12)
+        if dr <= radius:
+            drift[r] = dr
+            if dr > dmax:
+                dmax = dr
+        else:
+            far[n_re] = r
+            n_re += 1
+    if n_re:
+        n_re, pairs, dm2 = ct_update(
+            W, far[:n_re], Wref, drift, 0.0, V, tmax, leaf_block, fanout, offsets, Xtrain
+        )
+        dmax = max(dmax, dm2)
+    return n_re, pairs, dmax

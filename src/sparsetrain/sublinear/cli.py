@@ -1,0 +1,226 @@
+"""Command line: ``sparsetrain sublinear train`` and ``sparsetrain sublinear bench sgd``.
+
+The package CLI calls :func:`add_subcommand` on its subparsers and then
+``args.func(args)``; ``python -m sparsetrain.sublinear`` does the same on its
+own parser (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import SparsetrainError
+from .indexes import INDEXES
+
+__all__ = ["add_subcommand", "main", "cmd_train", "cmd_bench"]
+
+METHODS = ("sgd",)
+DATASETS = ("synthetic", "fashion-mnist")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """``"12:20"`` -> 12..20, ``"0,1,2"`` -> (0, 1, 2)."""
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'A:B' or 'a,b,c' integers; got {text!r}") from None
+
+
+def add_subcommand(subparsers) -> None:
+    """Register ``sublinear`` with subcommands ``train`` and ``bench sgd``."""
+    p = subparsers.add_parser(
+        "sublinear", help="wide shifted-ReLU networks trained by activated-neuron identification"
+    )
+    sub = p.add_subparsers(dest="sublinear_cmd", required=True)
+
+    t = sub.add_parser("train", help="train a shifted-ReLU network by SGD (dense or with an index)")
+    t.add_argument("--width", "-m", type=int, default=4096, help="number of neurons m")
+    t.add_argument("--dim", "-d", type=int, default=16, help="input dimension d (projection for real data)")
+    t.add_argument("--n", type=int, default=256, help="training-set size n")
+    t.add_argument("--method", choices=METHODS, default="sgd")
+    t.add_argument("--index", default="dense", help="'dense' or one of: " + ", ".join(INDEXES))
+    t.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="index parameter, repeatable (e.g. radius=0.2, leaf_size=16)",
+    )
+    t.add_argument("--shift", type=float, default=None, help="b; default sqrt(0.4 ln m)")
+    t.add_argument("--lr", type=float, default=0.5)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--iters", type=int, default=200)
+    t.add_argument("--eval-every", type=int, default=10, help="full training loss every k iterations")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data", choices=DATASETS, default="synthetic")
+    t.add_argument("--labels", choices=("teacher", "sign"), default="teacher", help="synthetic targets")
+    t.add_argument("--classes", default="0,6", help="two Fashion-MNIST classes, e.g. 0,6")
+    t.add_argument("--raw-dim", action="store_true", help="real data: keep all 784 pixels (no projection)")
+    t.add_argument("--data-dir", default=None, help="folder with fashion_mnist/ (else $SPARSETRAIN_DATA)")
+    t.add_argument("--out", default=None, help="run folder (config.json, metrics.csv, loss.png)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    b.add_argument("which", choices=("sgd",), help="what to benchmark")
+    b.add_argument("--log2-widths", type=_ints, default=(12, 13, 14, 15, 16, 17, 18, 19, 20))
+    b.add_argument("--dim", "-d", type=int, default=16)
+    b.add_argument("--n", type=int, default=256)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--seeds", type=_ints, default=(0, 1, 2))
+    b.add_argument("--iters", type=int, default=8, help="timed iterations per run (after warm-up)")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--lr", type=float, default=0.5)
+    b.add_argument("--methods", default=None, help="comma list; default all")
+    b.add_argument("--d-sweep", type=_ints, default=(4, 8, 16, 64), help="half-space tree d trend ('' none)")
+    b.add_argument("--d-sweep-log2-widths", type=_ints, default=(12, 14, 16, 18))
+    b.add_argument("--out", default="docs/sublinear")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+
+def _positive(name: str, v: int) -> None:
+    if v < 1:
+        raise SparsetrainError(f"--{name} must be an integer >= 1; got {v}.")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run one training and write the run folder; returns the exit code."""
+    import numpy as np
+
+    from .data import fashion_mnist_two_class, synthetic
+    from .network import ShiftedReLUNetwork
+    from .train import DENSE, METRIC_COLUMNS, train_sgd
+
+    for name in ("width", "dim", "n", "batch_size", "iters"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.index != DENSE and args.index not in INDEXES:
+        raise SparsetrainError(f"--index must be 'dense' or one of {', '.join(INDEXES)}; got {args.index!r}.")
+    index_params = {}
+    for item in args.index_param:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise SparsetrainError(f"--index-param must look like KEY=VALUE; got {item!r}.")
+        try:
+            index_params[key] = json.loads(val)
+        except json.JSONDecodeError:
+            index_params[key] = val
+    if args.data == "synthetic":
+        X, y = synthetic(args.n, args.dim, labels=args.labels, seed=args.seed)
+    else:
+        try:
+            classes = tuple(int(c) for c in args.classes.split(","))
+        except ValueError:
+            raise SparsetrainError(
+                f"--classes must be two integers like 0,6; got {args.classes!r}."
+            ) from None
+        X, y = fashion_mnist_two_class(
+            args.data_dir, classes=classes, n=args.n, dim=None if args.raw_dim else args.dim,
+            seed=args.seed,
+        )  # fmt: skip
+    net = ShiftedReLUNetwork.init(args.width, X.shape[1], shift=args.shift, seed=args.seed)
+    t0 = time.perf_counter()
+    res = train_sgd(
+        net, X, y, index=args.index, index_params=index_params, lr=args.lr,
+        batch_size=args.batch_size, n_iter=args.iters, seed=args.seed,
+        eval_every=args.eval_every, progress=not args.no_progress,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    h = res.history
+    final = h["train_loss"][-1] if args.eval_every else net.loss(X, y)
+    summary = dict(
+        final_train_loss=final, t_build=res.t_build, wall_s=wall,
+        mean_fired_per_input=float(np.mean(h["fired_per_input"])),
+        mean_t_identify=float(np.mean(h["t_identify"])),
+        mean_t_maintain=float(np.mean(h["t_maintain"])),
+        mean_t_gradient=float(np.mean(h["t_gradient"])),
+        accuracy_sign=float(np.mean(np.sign(net.predict(X)) == np.sign(y))),
+    )  # fmt: skip
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = {k: v for k, v in vars(args).items() if k != "func"}
+        cfg.update(shift_used=net.shift, dim_used=X.shape[1], summary=summary)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        with open(out / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(METRIC_COLUMNS)
+            for k in range(len(h["iteration"])):
+                w.writerow(
+                    [f"{h[c][k]:.6g}" if isinstance(h[c][k], float) else h[c][k] for c in METRIC_COLUMNS]
+                )
+        _plot_loss(h, out / "loss.png", f"sgd[{args.index}] m={args.width} d={X.shape[1]}")
+    print(
+        f"final train loss {final:.5g}; fired/input {summary['mean_fired_per_input']:.1f} of "
+        f"{args.width}; {wall:.2f}s" + (f"; run folder {args.out}" if args.out else "")
+    )
+    return 0
+
+
+def _plot_loss(h, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(h["iteration"], h["batch_loss"], alpha=0.4, label="batch loss")
+    ev = [(i, v) for i, v in zip(h["iteration"], h["train_loss"], strict=True) if not math.isnan(v)]
+    if ev:
+        ax.plot(*zip(*ev, strict=True), "o-", label="training loss")
+    ax.set(xlabel="iteration", ylabel="loss 1/2 mean (f - y)^2", yscale="log", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``bench sgd`` and write its CSV/PNG/Markdown into ``--out``."""
+    from .bench import BenchConfig, method_table, run_sgd_bench
+
+    for name in ("dim", "n", "batch_size", "iters"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    methods = tuple(method_table()) if not args.methods else tuple(args.methods.split(","))
+    cfg = BenchConfig(
+        log2_widths=tuple(args.log2_widths), dim=args.dim, n=args.n, batch=args.batch_size,
+        seeds=tuple(args.seeds), iters=args.iters, warmup=args.warmup, lr=args.lr,
+        methods=methods, d_sweep=tuple(args.d_sweep),
+        d_sweep_log2_widths=tuple(args.d_sweep_log2_widths),
+    )  # fmt: skip
+    if args.batch_size > args.n:
+        raise SparsetrainError(f"--batch-size must be at most --n = {args.n}; got {args.batch_size}.")
+    s = run_sgd_bench(cfg, args.out, progress=not args.quiet)
+    print(f"wrote {args.out}/sgd_bench.csv, sgd_bench.png, sgd_bench_summary.md in {s['wall_s']:.0f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m sparsetrain.sublinear {train,bench} ...``."""
+    parser = argparse.ArgumentParser(prog="python -m sparsetrain.sublinear")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_subcommand(subparsers)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "sublinear":
+        argv = ["sublinear", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SparsetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    raise SystemExit(main())

@@ -1,0 +1,510 @@
+"""Activated-neuron identification: one interface, four structures, one table.
+
+Every index answers, for a batch of inputs ``X`` (B, d), the fired sets
+
+    S(x) = { r : canonical_dot(w_r, x) > b }
+
+(see :mod:`._kernels` for the canonical dot) as CSR arrays ``indptr`` (B+1,)
+and ``indices`` (nnz,), and is told which rows of ``W`` changed.  The weights
+``W`` (m, d) float64 are owned by the caller and read in place; an index keeps
+only its own derived arrays.
+
+Interface (SPEC 2.2)::
+
+    idx = INDEXES[name](**params)
+    idx.build(W, shift, X_train=None)   # preprocessing
+    indptr, indices = idx.query(X, ids=None)   # ids: training-set rows of X
+    idx.update(rows, step_norms=None)   # W[rows] changed in place; optional
+                                        # bounds step_norms[s] >= ||change of W[rows[s]]||
+    idx.stats                           # work counters since the last reset
+
+``brute-force``, ``halfspace-tree`` and ``correlation-tree`` are exact;
+``simhash-lsh`` is approximate (a subset of the fired set: every candidate is
+verified, some fired neurons are missed), so its recall must be reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import SparsetrainError
+from . import _kernels as K
+
+__all__ = [
+    "INDEXES",
+    "EXACT_INDEXES",
+    "FiredIndex",
+    "BruteForceIndex",
+    "HalfspaceTreeIndex",
+    "CorrelationTreeIndex",
+    "SimHashLSHIndex",
+    "make_index",
+    "recall",
+]
+
+
+def _check_weights(W: np.ndarray) -> None:
+    if not (isinstance(W, np.ndarray) and W.ndim == 2 and W.dtype == np.float64):
+        raise SparsetrainError(
+            f"W must be a 2-D float64 array (m, d); got {type(W).__name__} "
+            f"{getattr(W, 'dtype', '')} with shape {getattr(W, 'shape', None)}."
+        )
+    if not W.flags.c_contiguous:
+        raise SparsetrainError("W must be C-contiguous; got a strided view (use np.ascontiguousarray).")
+    if W.shape[0] < 1 or W.shape[1] < 1:
+        raise SparsetrainError(f"W must have m >= 1 rows and d >= 1 columns; got shape {W.shape}.")
+
+
+def _as_queries(X: np.ndarray, d: int) -> np.ndarray:
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2 or X.shape[1] != d:
+        raise SparsetrainError(f"X must have shape (B, {d}); got {X.shape}.")
+    return X
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise SparsetrainError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _to_csr(out: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.zeros(counts.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(indptr[-1], np.int64)
+    for q, c in enumerate(counts):
+        indices[indptr[q] : indptr[q + 1]] = out[q, :c]
+    return indptr, indices
+
+
+class FiredIndex:
+    """Base class: buffer management and counters shared by all indexes.
+
+    Attributes
+    ----------
+    stats : dict
+        Work counters since :meth:`reset_stats`: ``queries``, ``fired``
+        (total reported), ``nodes_visited`` (tree nodes or LSH candidates),
+        ``pairs_refreshed`` (canonical re-checks / recomputed stored
+        products), ``rows_updated``, ``rebuilds``.
+    """
+
+    exact: bool = True
+    needs_ids: bool = False
+
+    def __init__(self) -> None:
+        self.W: np.ndarray | None = None
+        self.shift = 0.0
+        self._cap = 64
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.stats = dict.fromkeys(
+            ("queries", "fired", "nodes_visited", "pairs_refreshed", "rows_updated", "rebuilds"),
+            0,
+        )
+
+    def _common_build(self, W: np.ndarray, shift: float) -> None:
+        _check_weights(W)
+        if not math.isfinite(float(shift)):
+            raise SparsetrainError(f"shift must be a finite float; got {shift!r}.")
+        self.W = W
+        self.shift = float(shift)
+        self.m, self.d = W.shape
+        self._cap = max(64, min(self.m, 1024))
+
+    def _run(self, fn):
+        """Call ``fn(out, cap)`` growing the output buffer until it fits."""
+        while True:
+            res = fn(self._cap)
+            if res is not None:
+                return res
+            self._cap = min(self.m, 4 * self._cap) if self._cap < self.m else self.m
+
+    def build(self, W: np.ndarray, shift: float, X_train: np.ndarray | None = None) -> FiredIndex:
+        raise NotImplementedError
+
+    def query(self, X: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def update(self, rows: np.ndarray, step_norms: np.ndarray | None = None) -> None:
+        """``W[rows]`` changed in place; ``step_norms`` optionally bounds each change's norm."""
+        raise NotImplementedError
+
+    def _count(self, indptr: np.ndarray, B: int) -> None:
+        self.stats["queries"] += B
+        self.stats["fired"] += int(indptr[-1])
+
+
+class BruteForceIndex(FiredIndex):
+    """Blocked BLAS product plus threshold: ``Z = X W_blk^T`` then ``Z > b``.
+
+    Costs ``m d`` per input, like a dense forward pass; the baseline every
+    structure must beat.  Entries within the rounding band of ``b`` are
+    re-decided by the canonical dot so the answer is exactly the shared
+    firing rule.
+
+    Parameters
+    ----------
+    block : int
+        Neurons per BLAS block (bounds the temporary ``(B, block)`` array).
+    """
+
+    def __init__(self, block: int = 65536) -> None:
+        super().__init__()
+        self.block = _positive_int("block", block)
+
+    def build(self, W, shift, X_train=None):
+        self._common_build(W, shift)
+        self._wmax = float(np.sqrt(np.einsum("ij,ij->i", W, W)).max())
+        return self
+
+    def query(self, X, ids=None):
+        X = _as_queries(X, self.d)
+        B = X.shape[0]
+        W = self.W
+        tol = K.TOL_REL * (self.d + 1) * self._wmax * np.linalg.norm(X, axis=1)  # (B,)
+        while True:
+            cap = self._cap
+            out = np.empty((B, cap), np.int64)
+            pos = np.zeros(B, np.int64)
+            ok = True
+            rechecks = 0
+            for r0 in range(0, self.m, self.block):
+                Z = X @ W[r0 : r0 + self.block].T  # (B, blk) BLAS
+                rc = K.bf_threshold_block(Z, W, r0, X, self.shift, tol, out, pos, cap)
+                if rc < 0:
+                    ok = False
+                    break
+                rechecks += rc
+            if ok:
+                break
+            self._cap = min(self.m, 4 * cap)
+        self.stats["pairs_refreshed"] += rechecks
+        self.stats["nodes_visited"] += B * self.m
+        indptr, indices = _to_csr(out, pos)
+        self._count(indptr, B)
+        return indptr, indices
+
+    def update(self, rows, step_norms=None):
+        rows = np.ascontiguousarray(rows, np.int64)
+        if rows.size and step_norms is not None:
+            self._wmax += float(np.max(step_norms)) * (1 + 1e-12)  # ||w + s|| <= wmax + ||s||
+        elif rows.size:
+            self._wmax = max(self._wmax, K.row_norm_max(self.W, rows))
+        self.stats["rows_updated"] += rows.size
+
+
+class HalfspaceTreeIndex(FiredIndex):
+    """Exact half-space reporting over the weights: a kd-tree with boxes.
+
+    Reports ``{r : <w_r, x> > b}`` by walking a flat kd-tree (median splits on
+    the widest dimension, ``leaf_size`` points per leaf, an axis-aligned box
+    per node).  A box is pruned when its largest inner product with ``x`` is
+    below ``b``, reported whole when its smallest is above ``b``, and scanned
+    at the leaves otherwise.  Query cost grows like ``m^(1 - 1/d)`` for
+    axis-aligned partitions, so it only pays at small ``d`` (SPEC 2.2).
+
+    Updates copy the row into the tree and grow the boxes on its root path
+    (``O(d log m)``); after ``rebuild_factor * m`` row updates the tree is
+    rebuilt so loosened boxes do not accumulate.  Departure from the paper:
+    seed 000 uses a partition-tree half-space reporting structure with
+    ``O~(m^(1 - 1/floor(d/2)) + k)`` query time; a kd-tree is the practical
+    stand-in and is exact all the same.
+    """
+
+    def __init__(self, leaf_size: int = 32, rebuild_factor: float = 1.0) -> None:
+        super().__init__()
+        self.leaf_size = _positive_int("leaf_size", leaf_size)
+        if not (isinstance(rebuild_factor, int | float) and rebuild_factor > 0):
+            raise SparsetrainError(f"rebuild_factor must be a float in (0, inf); got {rebuild_factor!r}.")
+        self.rebuild_factor = float(rebuild_factor)
+
+    def build(self, W, shift, X_train=None):
+        self._common_build(W, shift)
+        self._rebuild()
+        return self
+
+    def _rebuild(self):
+        W = self.W
+        (perm, start, end, left, right, parent, lo, hi, leaf_of, nn) = K.kd_build(W, self.leaf_size)
+        self._perm, self._start, self._end = perm, start, end  # (m,), (nn,), (nn,)
+        self._left, self._right, self._parent = left, right, parent  # (nn,) links
+        self._lo, self._hi = lo, hi  # (nn, d) boxes
+        self._leaf_of = leaf_of  # (m,) leaf of each tree position
+        self._Wp = np.ascontiguousarray(W[perm])  # (m, d) rows in tree order
+        self._pos = np.empty(self.m, np.int64)  # row -> tree position
+        self._pos[perm] = np.arange(self.m)
+        self._stack = np.empty(nn + 2, np.int64)
+        self._since_rebuild = 0
+        self.n_nodes = nn
+
+    def query(self, X, ids=None):
+        X = _as_queries(X, self.d)
+        B = X.shape[0]
+
+        def attempt(cap):
+            out = np.empty((B, cap), np.int64)
+            counts, visited, checked = K.kd_query_batch(
+                self._Wp, self._perm, self._start, self._end, self._left, self._right,
+                self._lo, self._hi, X, self.shift, out, cap, self._stack,
+            )  # fmt: skip
+            if counts[0] < 0:
+                return None
+            return out, counts, visited, checked
+
+        out, counts, visited, checked = self._run(attempt)
+        self.stats["nodes_visited"] += int(visited)
+        self.stats["pairs_refreshed"] += int(checked)
+        indptr, indices = _to_csr(out, counts)
+        self._count(indptr, B)
+        return indptr, indices
+
+    def update(self, rows, step_norms=None):
+        rows = np.ascontiguousarray(rows, np.int64)
+        self.stats["rows_updated"] += rows.size
+        self._since_rebuild += rows.size
+        if self._since_rebuild >= self.rebuild_factor * self.m:
+            self._rebuild()
+            self.stats["rebuilds"] += 1
+            return
+        K.kd_update(self.W, rows, self._Wp, self._pos, self._leaf_of, self._parent, self._lo, self._hi)
+
+
+class CorrelationTreeIndex(FiredIndex):
+    """Exact threshold search over weight-data inner products (seed 002).
+
+    For a fixed training set ``X_train`` (n, d) keep, per point ``i``, a max
+    tree over ``v[i, r] = <w_r(ref), x_i>``: float32 values in leaf blocks of
+    ``leaf_block`` neurons, and above them an F-ary tree of maxima (``fanout``
+    children per node, one contiguous array per level, so a visited node
+    scans its children in one cache line).  A query for training point ``i``
+    walks only subtrees whose max can exceed ``b``: ``O(k F log_F m)``.
+
+    Drift bounds (SPEC 2.2 b): each neuron keeps a reference copy
+    ``w_r(ref)`` and ``drift_r >= ||w_r - w_r(ref)||``.  A pair can change
+    status only if ``|v[i, r] - b| <= drift_r ||x_i||``; only such pairs are
+    refreshed (one canonical dot each) when queried.  A neuron whose drift
+    exceeds ``radius`` is re-anchored: its ``n`` stored products are
+    recomputed and its ``n`` root paths updated (``O(n (d + log m))``).  In
+    the wide regime weights barely move, so re-anchoring is rare.
+
+    Departure from SPEC 2.2 (a): re-anchoring recomputes ``<w_r, x_i>``
+    directly (``O(n d)``) instead of through the Gram matrix ``X X^T``
+    (``O(n s)`` for an update spanned by ``s`` inputs); for the ``d <= 64``
+    of our benchmarks the two cost the same and the direct form stays exact.
+
+    Memory: ``n m`` float32 plus about ``n m / leaf_block`` float32.
+    """
+
+    needs_ids = True
+
+    def __init__(self, radius: float = 0.05, leaf_block: int = 16, fanout: int = 16) -> None:
+        super().__init__()
+        self.fanout = _positive_int("fanout", fanout, minimum=2)
+        if not (isinstance(radius, int | float) and radius >= 0 and math.isfinite(radius)):
+            raise SparsetrainError(f"radius must be a float in [0, inf); got {radius!r}.")
+        self.radius = float(radius)
+        self.leaf_block = _positive_int("leaf_block", leaf_block)
+
+    def build(self, W, shift, X_train=None):
+        self._common_build(W, shift)
+        if X_train is None:
+            raise SparsetrainError(
+                "X_train is required by the correlation-tree index (it indexes a fixed "
+                "training set); got None."
+            )
+        X_train = np.ascontiguousarray(X_train, np.float64)
+        if X_train.ndim != 2 or X_train.shape[1] != self.d or X_train.shape[0] < 1:
+            raise SparsetrainError(f"X_train must have shape (n, {self.d}) with n >= 1; got {X_train.shape}.")
+        self._X = X_train
+        self.n = X_train.shape[0]
+        self._xnorm = np.linalg.norm(X_train, axis=1)  # (n,)
+        self._Wref = W.copy()  # (m, d) anchors w_r(ref)
+        self._drift = np.zeros(self.m)  # (m,) ||w_r - w_r(ref)|| upper bounds
+        self._band = 0.0  # running max of drift since build
+        self._wmax = float(np.sqrt(np.einsum("ij,ij->i", W, W)).max()) * (1 + 1e-12)
+        self._wref_max = self._wmax  # max anchor norm
+        # (n, m) float32 products <w_r(ref), x_i> (BLAS is fine: every pair
+        # within the float32/rounding band of b is refreshed canonically).
+        self._V = np.empty((self.n, self.m), np.float32)
+        for r0 in range(0, self.m, 65536):
+            self._V[:, r0 : r0 + 65536] = X_train @ W[r0 : r0 + 65536].T
+        n_blocks = -(-self.m // self.leaf_block)
+        self._offsets = K.ct_levels(n_blocks, self.fanout)  # (levels + 1,) level offsets
+        # (n, ~n_blocks F / (F - 1)) float32: per point, the F-ary max tree level by level
+        self._tmax = np.empty((self.n, int(self._offsets[-1])), np.float32)
+        K.ct_build_maxima(self._V, self.leaf_block, self.fanout, self._offsets, self._tmax)
+        self._stack = np.empty(2 * self.fanout * len(self._offsets) + 4, np.int64)
+        return self
+
+    def _tol(self) -> float:
+        # canonical-dot error + BLAS error of the stored anchors + rounding of the tests
+        xmax = float(self._xnorm.max())
+        return K.TOL_REL * (self.d + 2) * self._wmax * xmax * 2 + 1e-14 * (1 + abs(self.shift))
+
+    def query(self, X, ids=None):
+        X = _as_queries(X, self.d)
+        B = X.shape[0]
+        if ids is None:
+            raise SparsetrainError(
+                "ids is required by the correlation-tree index (rows of the training set "
+                "for each query); got None."
+            )
+        ids = np.ascontiguousarray(ids, np.int64)
+        if ids.shape != (B,) or (B and (ids.min() < 0 or ids.max() >= self.n)):
+            raise SparsetrainError(f"ids must be {B} training-set rows in [0, {self.n}); got {ids!r}.")
+        tol = self._tol()
+
+        def attempt(cap):
+            out = np.empty((B, cap), np.int64)
+            counts, visited, refreshed = K.ct_query_batch(
+                self._V, self._tmax, self.leaf_block, self.fanout, self._offsets, self.W,
+                self._drift, X, ids,
+                self._xnorm, self.shift, self._band, tol, out, cap, self._stack,
+            )  # fmt: skip
+            if counts[0] < 0:
+                return None
+            return out, counts, visited, refreshed
+
+        out, counts, visited, refreshed = self._run(attempt)
+        self.stats["nodes_visited"] += int(visited)
+        self.stats["pairs_refreshed"] += int(refreshed)
+        indptr, indices = _to_csr(out, counts)
+        self._count(indptr, B)
+        return indptr, indices
+
+    def update(self, rows, step_norms=None):
+        rows = np.ascontiguousarray(rows, np.int64)
+        if rows.size == 0:
+            return
+        args = (self._Wref, self._drift, self.radius, self._V, self._tmax, self.leaf_block,
+                self.fanout, self._offsets, self._X)  # fmt: skip
+        if step_norms is None:  # exact drift ||w_r - w_r(ref)||: reads both rows
+            reanchored, pairs, dmax = K.ct_update(self.W, rows, *args)
+            self._wmax = max(self._wmax, K.row_norm_max(self.W, rows))
+        else:  # drift_r += ||step_r|| (triangle inequality): reads neither row
+            norms = np.ascontiguousarray(step_norms, np.float64)
+            reanchored, pairs, dmax = K.ct_add_drift(self.W, rows, norms, *args)
+            # ||w_r|| <= ||w_r(ref)|| + drift_r; re-anchored rows may hold new maxima
+            self._wmax = max(self._wmax, self._wref_max + max(self._band, dmax))
+            if reanchored:
+                self._wref_max = max(self._wref_max, K.row_norm_max(self.W, rows))
+                self._wmax = max(self._wmax, self._wref_max)
+        self._band = max(self._band, dmax)
+        self.stats["rows_updated"] += rows.size
+        self.stats["rebuilds"] += int(reanchored)
+        self.stats["pairs_refreshed"] += int(pairs)
+
+
+class SimHashLSHIndex(FiredIndex):
+    """Approximate identification by SimHash (SLIDE-style), verified exactly.
+
+    ``n_tables`` tables, each hashing a vector to ``n_bits`` signs of random
+    Gaussian projections: ``h_t(v) = (sign <g_{t,k}, v>)_k``.  Two vectors at
+    angle ``theta`` collide in a table with probability ``(1 - theta/pi)^K``.
+    A query takes the union of its buckets and keeps the candidates with
+    ``canonical_dot > b``: no false positives, some misses (recall < 1).
+
+    ``n_bits=None`` picks ``K = max(1, round(log2(m) / 3))`` so a bucket holds
+    about ``m^(2/3)`` neurons.  Updates rehash the changed rows and move them
+    between buckets (doubly linked lists, ``O(L K d)`` per row).
+    """
+
+    exact = False
+
+    def __init__(self, n_tables: int = 32, n_bits: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.n_tables = _positive_int("n_tables", n_tables)
+        if n_bits is not None:
+            n_bits = _positive_int("n_bits", n_bits)
+            if n_bits > 30:
+                raise SparsetrainError(f"n_bits must be an integer in [1, 30]; got {n_bits}.")
+        self.n_bits = n_bits
+        self.seed = seed
+
+    def build(self, W, shift, X_train=None):
+        self._common_build(W, shift)
+        K_ = self.n_bits or max(1, round(math.log2(max(self.m, 2)) / 3))
+        self.bits_ = K_
+        rng = np.random.default_rng(self.seed)
+        self._P = rng.standard_normal((self.d, self.n_tables * K_))  # (d, L K) projections
+        self._codes = np.empty((self.n_tables, self.m), np.int32)
+        for r0 in range(0, self.m, 65536):
+            H = W[r0 : r0 + 65536] @ self._P
+            self._codes[:, r0 : r0 + 65536] = K.lsh_codes(H, self.n_tables, K_)
+        self._head = np.full((self.n_tables, 1 << K_), -1, np.int32)  # (L, 2^K) bucket heads
+        self._nxt = np.empty((self.n_tables, self.m), np.int32)  # (L, m) links, -1 = end
+        self._prv = np.empty((self.n_tables, self.m), np.int32)
+        K.lsh_link_all(self._codes, self._head, self._nxt, self._prv)
+        self._stamp = np.zeros(self.m + 1, np.int64)
+        return self
+
+    def query(self, X, ids=None):
+        X = _as_queries(X, self.d)
+        B = X.shape[0]
+        qcodes = K.lsh_codes(X @ self._P, self.n_tables, self.bits_)  # (L, B)
+
+        def attempt(cap):
+            out = np.empty((B, cap), np.int64)
+            counts, checked = K.lsh_query_batch(
+                qcodes, self._head, self._nxt, self.W, X, self.shift, self._stamp, out, cap
+            )
+            if counts[0] < 0:
+                return None
+            return out, counts, checked
+
+        out, counts, checked = self._run(attempt)
+        self.stats["nodes_visited"] += int(checked)
+        indptr, indices = _to_csr(out, counts)
+        self._count(indptr, B)
+        return indptr, indices
+
+    def update(self, rows, step_norms=None):
+        rows = np.ascontiguousarray(rows, np.int64)
+        if rows.size == 0:
+            return
+        new = K.lsh_codes(self.W[rows] @ self._P, self.n_tables, self.bits_)  # (L, k)
+        K.lsh_relink(rows, new, self._codes, self._head, self._nxt, self._prv)
+        self.stats["rows_updated"] += rows.size
+
+
+INDEXES: dict[str, type[FiredIndex]] = {
+    "brute-force": BruteForceIndex,
+    "halfspace-tree": HalfspaceTreeIndex,
+    "correlation-tree": CorrelationTreeIndex,
+    "simhash-lsh": SimHashLSHIndex,
+}
+"""Name -> index class.  Adding a structure is one entry here."""
+
+EXACT_INDEXES = tuple(name for name, cls in INDEXES.items() if cls.exact)
+
+
+def make_index(name: str, **params: Any) -> FiredIndex:
+    """Instantiate the index ``name`` from :data:`INDEXES` with ``params``."""
+    if name not in INDEXES:
+        raise SparsetrainError(f"index must be one of {', '.join(INDEXES)}; got {name!r}.")
+    try:
+        return INDEXES[name](**params)
+    except TypeError as exc:
+        raise SparsetrainError(f"index {name!r} got an unknown parameter: {exc}.") from None
+
+
+def recall(got: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray]) -> float:
+    """Fraction of true fired (input, neuron) pairs that ``got`` reports.
+
+    ``recall = sum_q |S_q(got) & S_q(truth)| / sum_q |S_q(truth)|`` (1.0 when
+    nothing fires).
+    """
+    gi, gx = got
+    ti, tx = truth
+    hit = 0
+    for q in range(ti.shape[0] - 1):
+        hit += np.intersect1d(gx[gi[q] : gi[q + 1]], tx[ti[q] : ti[q + 1]]).size
+    total = int(ti[-1])
+    return 1.0 if total == 0 else hit / total
