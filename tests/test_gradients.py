@@ -115,3 +115,37 @@ def test_train_step_equals_torch_sgd():
         dense = layer.to_dense()
         np.testing.assert_allclose(dense, W.detach().numpy() * (dense != 0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(layer.bias, b.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["srelu", "all-relu"])
+def test_fused_train_step_equals_gradients_plus_manual_step(activation):
+    """The kernels' in-place update (weights, biases, SReLU parameters) equals the
+    unfused gradients followed by the SPEC 1.3 step written out in NumPy."""
+    import copy
+
+    rng = np.random.default_rng(11)
+    m = make_model(rng, activation, "cross-entropy", 0.3)
+    for layer in m.layers:
+        layer.velocity[:] = rng.standard_normal(layer.nnz) * 0.01
+        if layer.neuron_params is not None:
+            layer.neuron_velocity[:] = rng.standard_normal(layer.neuron_params.shape) * 0.01
+    ref = copy.deepcopy(m)
+    X = rng.standard_normal((24, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], 24)
+    lr, mom, wd = 0.05, 0.9, 2e-4
+    _, grads = ref.gradients(X, y, seed=5)
+    for layer, (g, gb, pg) in zip(ref.layers, grads, strict=True):
+        layer.velocity[:] = mom * layer.velocity - lr * (g + wd * layer.data)
+        layer.data += layer.velocity
+        layer.bias_velocity[:] = mom * layer.bias_velocity - lr * gb
+        layer.bias += layer.bias_velocity
+        if pg is not None:
+            layer.neuron_velocity[:] = mom * layer.neuron_velocity - lr * pg
+            layer.neuron_params += layer.neuron_velocity
+    m.train_step(X, y, np.arange(24), lr=lr, momentum=mom, weight_decay=wd, seed=5)
+    for a, b in zip(m.layers, ref.layers, strict=True):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.velocity, b.velocity, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+        if a.neuron_params is not None:
+            np.testing.assert_allclose(a.neuron_params, b.neuron_params, rtol=1e-5, atol=1e-6)

@@ -111,7 +111,8 @@ def test_sparse_backward_matches_dense(rng, want_prev):
         prev = np.empty((41, batch), np.float32) if want_prev else EMPTY
         return (a, delta, layer.row_ptr, layer.row_cols, layer.data,
                 dfac if want_prev else EMPTY, np.float32(1 / batch),
-                np.empty(layer.nnz, np.float32), prev)
+                np.empty(layer.nnz, np.float32), prev, np.empty(0, np.float32),
+                np.float32(0), np.float32(0), np.float32(0), False)
 
     one, many = threads_agree(K.sparse_backward, make)
     np.testing.assert_array_equal(one[7], many[7])
@@ -122,6 +123,47 @@ def test_sparse_backward_matches_dense(rng, want_prev):
         np.testing.assert_array_equal(one[8], many[8])
         expect = (layer.to_dense() @ delta) * dfac
         np.testing.assert_allclose(one[8], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_backward_fused_update(rng):
+    """With update=True the kernel applies momentum SGD in place, using the gradient it
+    would have returned and the pre-update weights for the delta."""
+    layer = random_layer(rng, 41, 29, 500)
+    batch = 19
+    a = rng.standard_normal((41, batch)).astype(np.float32)
+    delta = rng.standard_normal((29, batch)).astype(np.float32)
+    dfac = rng.standard_normal((41, batch)).astype(np.float32)
+    v0 = rng.standard_normal(layer.nnz).astype(np.float32)
+    grad = np.empty(layer.nnz, np.float32)
+    plain = np.empty((41, batch), np.float32)
+    K.sparse_backward(a, delta, layer.row_ptr, layer.row_cols, layer.data, dfac,
+                      np.float32(1 / batch), grad, plain, np.empty(0, np.float32),
+                      np.float32(0), np.float32(0), np.float32(0), False)
+
+    def make():
+        return (a, delta, layer.row_ptr, layer.row_cols, layer.data.copy(), dfac,
+                np.float32(1 / batch), np.empty(0, np.float32), np.empty((41, batch), np.float32),
+                v0.copy(), np.float32(0.05), np.float32(0.9), np.float32(2e-4), True)
+
+    one, many = threads_agree(K.sparse_backward, make)
+    for k in (4, 8, 9):
+        np.testing.assert_array_equal(one[k], many[k])
+    np.testing.assert_array_equal(one[8], plain)  # delta from the weights before the step
+    v = 0.9 * v0.astype(np.float64) - 0.05 * (grad + 2e-4 * layer.data)
+    np.testing.assert_allclose(one[9], v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one[4], layer.data + v, rtol=1e-5, atol=1e-7)
+
+
+def test_bias_step(rng):
+    d = rng.standard_normal((31, 45)).astype(np.float32)
+    b0 = rng.standard_normal(31).astype(np.float32)
+    v0 = rng.standard_normal(31).astype(np.float32)
+    one, many = threads_agree(K.bias_step, lambda: (d, b0.copy(), v0.copy(), np.float32(0.1),
+                                                    np.float32(0.9)))
+    np.testing.assert_array_equal(one[1], many[1])
+    v = 0.9 * v0.astype(np.float64) - 0.1 * d.mean(axis=1)
+    np.testing.assert_allclose(one[2], v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one[1], b0 + v, rtol=1e-5, atol=1e-7)
 
 
 def test_gather_standardize(rng):

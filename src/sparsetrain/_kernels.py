@@ -35,6 +35,11 @@ ACT_SIGMOID = 2  # f(z) = 1 / (1 + exp(-z))
 # SReLU (Jin et al. 2016) runs as a second pass (srelu_forward) after a linear sparse_forward.
 SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) parameter array
 
+# Smallest normal float32. Subnormal operands make x86 multiply-adds ~100x slower; a
+# confident softmax underflows to them and they spread through deltas and momentum, so
+# values below this are flushed to zero where they arise (no information is lost).
+TINY = np.float32(np.finfo(np.float32).tiny)
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -156,21 +161,42 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
                     dfac[j, b] *= keep
 
 
+@numba.njit(inline="always")
+def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
+    """Either store the gradient of connection ``k``, or apply momentum SGD to it at once."""
+    if update:
+        vk = momentum * velocity[k] - lr * (g + weight_decay * data[k])
+        vk = vk if abs(vk) >= TINY else np.float32(0.0)
+        velocity[k] = vk
+        data[k] += vk
+    else:
+        grad[k] = g
+
+
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
 def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch,
-                    grad, delta_prev):
-    """Fused transposed product and sampled dense-dense product (SDDMM).
+                    grad, delta_prev, velocity, lr, momentum, weight_decay, update):
+    """Fused transposed product and sampled dense-dense product (SDDMM), optionally with
+    the momentum-SGD step of every connection.
 
     For every connection ``k = (i -> j)`` of the layer::
 
-        grad[k] = inv_batch * sum_b a_prev[i, b] * delta[j, b]        # dL/dw only where w exists
+        g[k] = inv_batch * sum_b a_prev[i, b] * delta[j, b]        # dL/dw only where w exists
         delta_prev[i, b] = dfac_prev[i, b] * sum_{k in row i} data[k] * delta[j, b]
 
     Both read ``delta[j, :]`` once per connection; the loop is unrolled by 4
     connections. ``delta_prev`` is skipped when it has no columns (first layer:
-    nobody needs the input's delta).
+    nobody needs the input's delta). With ``update`` False, ``grad[k] = g[k]``;
+    with ``update`` True the step is applied in place instead (SPEC 1.3)::
 
-    Shapes: a_prev and dfac_prev (n_in, B), delta (n_out, B), grad (nnz,).
+        velocity[k] <- momentum * velocity[k] - lr * (g[k] + weight_decay * data[k])
+        data[k]     <- data[k] + velocity[k]
+
+    which is safe inside the kernel: row ``i`` (its connections, its ``delta_prev``
+    row) belongs to one thread, and ``data[k]`` is read for ``delta_prev`` before it
+    is updated.
+
+    Shapes: a_prev and dfac_prev (n_in, B), delta (n_out, B), grad/velocity (nnz,).
     """
     n_in = row_ptr.shape[0] - 1
     batch = a_prev.shape[1]
@@ -214,10 +240,13 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
                     g1 += ai * delta[j1, b]
                     g2 += ai * delta[j2, b]
                     g3 += ai * delta[j3, b]
-            grad[k] = g0 * inv_batch
-            grad[k + 1] = g1 * inv_batch
-            grad[k + 2] = g2 * inv_batch
-            grad[k + 3] = g3 * inv_batch
+            _finish(k, g0 * inv_batch, data, grad, velocity, lr, momentum, weight_decay, update)
+            _finish(k + 1, g1 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
+                    update)
+            _finish(k + 2, g2 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
+                    update)
+            _finish(k + 3, g3 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
+                    update)
             k += 4
         while k < end:
             j = row_cols[k]
@@ -231,11 +260,31 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
             else:
                 for b in range(batch):
                     g += a_prev[i, b] * delta[j, b]
-            grad[k] = g * inv_batch
+            _finish(k, g * inv_batch, data, grad, velocity, lr, momentum, weight_decay, update)
             k += 1
         if want_prev:
             for b in range(batch):
-                delta_prev[i, b] *= dfac_prev[i, b]
+                d = delta_prev[i, b] * dfac_prev[i, b]
+                delta_prev[i, b] = d if abs(d) >= TINY else zero
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+def bias_step(delta, bias, velocity, lr, momentum):
+    """Bias gradient ``g_j = mean_b delta[j, b]`` and its momentum step, fused::
+
+        velocity[j] <- momentum * velocity[j] - lr * g_j;   bias[j] <- bias[j] + velocity[j]
+    """
+    n = delta.shape[0]
+    batch = delta.shape[1]
+    inv = np.float32(1.0) / np.float32(batch)
+    for j in prange(n):
+        s = np.float32(0.0)
+        for b in range(batch):
+            s += delta[j, b]
+        vj = momentum * velocity[j] - lr * (s * inv)
+        vj = vj if abs(vj) >= TINY else np.float32(0.0)
+        velocity[j] = vj
+        bias[j] += vj
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -343,6 +392,7 @@ def momentum_sgd(w, v, g, lr, momentum, weight_decay):
     """
     for k in prange(w.shape[0]):
         vk = momentum * v[k] - lr * (g[k] + weight_decay * w[k])
+        vk = vk if abs(vk) >= TINY else np.float32(0.0)  # no subnormal momentum
         v[k] = vk
         w[k] += vk
 

@@ -54,6 +54,7 @@ class LayerGradient(NamedTuple):
 #: What the outputs mean: class scores (integer labels) or real-valued targets (MSE only).
 TASKS = ("classification", "regression")
 _EMPTY = np.empty((0, 0), np.float32)
+_EMPTY_1D = np.empty(0, np.float32)
 _SEED_MIX = 0x9E3779B97F4A7C15
 
 
@@ -267,6 +268,8 @@ class SparseMLP:
                 if delta is not None:
                     np.divide(e, s, out=delta)
                     delta[y, cols] -= 1.0
+                    # Underflowed probabilities are subnormal: flush them (see _kernels.TINY).
+                    delta[np.abs(delta) < _kernels.TINY] = 0.0
             else:
                 diff = z.copy()
                 diff[y, cols] -= 1.0
@@ -275,32 +278,45 @@ class SparseMLP:
                     delta[...] = diff
         return loss
 
-    def _backward(self, bufs):
-        """Per-layer ``(dW values aligned with layer.data, db)`` after a training forward + loss.
+    def _backward(self, bufs, step=None):
+        """Per-layer gradients after a training forward + loss, or, with
+        ``step=(lr, momentum, weight_decay)``, the momentum-SGD update applied inside the
+        kernels as the gradients come (then the returned weight/bias entries are None).
 
-        Each layer's delta uses only its own (not yet updated) weights, so updating
-        all layers afterwards equals updating each right after its backward kernel.
+        Each layer's delta uses only its own (not yet updated) weights, so updating a
+        layer right after its backward kernel equals updating all layers at the end.
         """
         acts, dfac, delta = bufs["acts"], bufs["dfac"], bufs["delta"]
         inv_batch = np.float32(1.0 / acts[0].shape[1])
-        grads = [None] * len(self.layers)
-        neuron = [None] * len(self.layers)
+        update = step is not None
+        lr, mom, wd = (np.float32(v) for v in (step if update else (0.0, 0.0, 0.0)))
+        grads = [None] * len(self.layers)  # (weights, bias) of layer l
+        neuron = [None] * len(self.layers)  # activation parameters of layer l's outputs
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
-            g = self._grad_buffer(l, layer.nnz)
-            gb = np.empty(layer.n_out, np.float32)
             prev_delta = delta[l - 1] if l > 0 else _EMPTY
             prev_dfac = dfac[l - 1] if l > 0 else _EMPTY
+            g = _EMPTY_1D if update else self._grad_buffer(l, layer.nnz)
             _kernels.sparse_backward(acts[l], delta[l], layer.row_ptr, layer.row_cols,
-                                     layer.data, prev_dfac, inv_batch, g, prev_delta)
-            _kernels.row_mean(delta[l], gb)
+                                     layer.data, prev_dfac, inv_batch, g, prev_delta,
+                                     layer.velocity, lr, mom, wd, update)
+            if update:
+                _kernels.bias_step(delta[l], layer.bias, layer.bias_velocity, lr, mom)
+                gb = None
+            else:
+                gb = np.empty(layer.n_out, np.float32)
+                _kernels.row_mean(delta[l], gb)
             below = self.layers[l - 1] if l > 0 else None
             if below is not None and below.neuron_params is not None:
                 # delta[l-1] holds dL/da * dropout factor: SReLU turns it into dL/dz.
-                neuron[l - 1] = np.empty_like(below.neuron_params)
+                pg = neuron[l - 1] = np.empty_like(below.neuron_params)
                 _kernels.srelu_backward(bufs["z"][l - 1], prev_delta, below.neuron_params,
-                                        inv_batch, neuron[l - 1])
-            grads[l] = (g, gb)
+                                        inv_batch, pg)
+                if update:  # its parameters are not used again in this backward pass
+                    _kernels.momentum_sgd(below.neuron_params.ravel(),
+                                          below.neuron_velocity.ravel(), pg.ravel(), lr, mom,
+                                          np.float32(0.0))
+            grads[l] = (None if update else g, gb)
         return [LayerGradient(g, gb, pg) for (g, gb), pg in zip(grads, neuron, strict=True)]
 
     def gradients(self, X, y, idx=None, seed=0):
@@ -317,15 +333,9 @@ class SparseMLP:
 
     def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed):
         """One momentum-SGD step on the mini-batch ``idx``; returns the batch loss."""
-        loss, grads = self.gradients(X, y, idx, seed)
-        lr32, mom32, zero = np.float32(lr), np.float32(momentum), np.float32(0.0)
-        for layer, grad in zip(self.layers, grads, strict=True):
-            _kernels.momentum_sgd(layer.data, layer.velocity, grad.weights, lr32, mom32,
-                                  np.float32(weight_decay))
-            _kernels.momentum_sgd(layer.bias, layer.bias_velocity, grad.bias, lr32, mom32, zero)
-            if grad.neuron is not None:
-                _kernels.momentum_sgd(layer.neuron_params.ravel(), layer.neuron_velocity.ravel(),
-                                      grad.neuron.ravel(), lr32, mom32, zero)
+        bufs = self._forward(X, idx, training=True, seed=seed)
+        loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, idx), bufs["delta"][-1])
+        self._backward(bufs, step=(lr, momentum, weight_decay))
         return loss
 
     def _grad_buffer(self, l, nnz):
