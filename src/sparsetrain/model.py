@@ -196,17 +196,32 @@ class SparseMLP:
         """Negative-side slope of each hidden layer (1-based layer index in the rule)."""
         return [self._act.slope(l + 1, self.alpha) for l in range(len(self.layers) - 1)]
 
+    def _pool(self, name: str, n: int, batch: int) -> np.ndarray:
+        """A C-contiguous ``(n, batch)`` float32 view of a flat pool shared by every batch
+        size (the last partial batch and inference reuse the training memory)."""
+        pool = self._buffers.get(name)
+        if pool is None or pool.size < n * batch:
+            # Views cached for other batch sizes would keep the old pool alive: drop them.
+            for key in [k for k in self._buffers if isinstance(k, tuple)]:
+                del self._buffers[key]
+            pool = np.empty(n * batch, np.float32)
+            self._buffers[name] = pool
+        return pool[:n * batch].reshape(n, batch)
+
     def _bufs(self, batch: int, training: bool):
+        """Work arrays for one forward (+ backward) pass, all (n_l, B) feature-major."""
         key = (batch, training)
         bufs = self._buffers.get(key)
         if bufs is None:
-            acts = [np.empty((n, batch), np.float32) for n in self.sizes]  # (n_l, B)
-            dfac = [np.empty((n, batch), np.float32) if training else _EMPTY
-                    for n in self.sizes[1:-1]]
-            delta = [np.empty((n, batch), np.float32) if training else None
-                     for n in self.sizes[1:]]
-            zbuf = [np.empty((n, batch), np.float32) if training and self._act.n_params
-                    else _EMPTY for n in self.sizes[1:-1]]  # pre-activations (SReLU)
+            sizes = self.sizes
+            hidden = range(1, len(sizes) - 1)
+            acts = [self._pool(f"acts{l}", n, batch) for l, n in enumerate(sizes)]
+            dfac = [self._pool(f"dfac{l}", sizes[l], batch) if training else _EMPTY
+                    for l in hidden]
+            delta = [self._pool(f"delta{l}", sizes[l], batch) if training else None
+                     for l in range(1, len(sizes))]
+            zbuf = [self._pool(f"z{l}", sizes[l], batch) if training and self._act.n_params
+                    else _EMPTY for l in hidden]  # pre-activations (SReLU)
             bufs = {"acts": acts, "dfac": dfac, "delta": delta, "z": zbuf}
             self._buffers[key] = bufs
         return bufs
