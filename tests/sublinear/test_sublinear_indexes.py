@@ -175,3 +175,116 @@ def test_bad_parameters_raise():
         make_index("brute-force").build(W.astype(np.float32), 0.1)
     with pytest.raises(SparsetrainError, match="X must have shape"):
         make_index("brute-force").build(W, 0.1).query(np.ones((2, 3)))
+
+
+# ---------------------------------------------------------------------------
+# correlation tree: Gram-matrix maintenance (SPEC 2.2 a)
+# ---------------------------------------------------------------------------
+
+
+def sgd_steps(idx, W, a, X, y, n_steps, seed, lr=3.0, batch=8, coefs=True):
+    """SGD on the shifted-ReLU net with the index's fired sets; tells the index each step."""
+    from sparsetrain.sublinear.indexes import SpanUpdate
+
+    rng = np.random.default_rng(seed)
+    m = W.shape[0]
+    step = lr / (batch * np.sqrt(m))
+    stamp, acc = np.zeros(m + 1, np.int64), np.zeros(m)
+    for _ in range(n_steps):
+        ids = np.sort(rng.choice(X.shape[0], size=batch, replace=False))
+        indptr, indices = idx.query(X[ids], ids)
+        f = K.sparse_forward(W, a, idx.shift, X[ids], indptr, indices)
+        res = f - y[ids]
+        rows, norms = K.sparse_sgd_update(W, a, step, X[ids], res, indptr, indices, stamp, acc)
+        idx.update(rows, norms, SpanUpdate(ids, indptr, indices, -(step * res), a) if coefs else None)
+
+
+def stored_value_bound(idx, W, X):
+    """|V[i, r] - canonical <w_r, x_i>| and the bound the index relies on (same shapes)."""
+    Z = K.canonical_dots(W, X)  # (n, m)
+    V = idx._V.astype(np.float64)
+    err = np.abs(V - Z)
+    bound = (K.F32_REL * np.abs(V) + idx._drift[None, :] * idx._xnorm[:, None] + idx._aerr[None, :]
+             + idx._tol())  # fmt: skip
+    return err, bound
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.02], ids=["eager", "lazy"])
+def test_gram_updates_keep_values_and_fired_sets_exact(radius):
+    rng = np.random.default_rng(21)
+    m, d, n = 1500, 6, 40
+    W = rng.standard_normal((m, d))
+    a = rng.choice([-1.0, 1.0], m)
+    X = unit_rows(rng, n, d)
+    y = rng.standard_normal(n)
+    shift = 1.0
+    idx = make_index("correlation-tree", radius=radius, leaf_block=4, fanout=3, span_slots=4).build(W, shift, X)
+    sgd_steps(idx, W, a, X, y, n_steps=150, seed=5)
+    st = idx.stats
+    assert st["reanchored_gram"] > 0, st
+    if radius == 0.0:  # eager: every re-anchor spans one step's inputs, so Gram nearly always
+        assert st["reanchored_gram"] > 10 * st["reanchored_direct"], st
+        assert idx._aerr.max() > 0  # Gram-derived anchors carry a (bounded) error
+    err, bound = stored_value_bound(idx, W, X)
+    assert (err <= bound).all(), float((err - bound).max())
+    assert idx._aerr.max() <= 128 * K.F32_REL * idx._wmax * idx._xmax
+    got = fired_lists(idx, X)
+    want = truth_sets(W, X, shift)
+    for q in range(n):
+        np.testing.assert_array_equal(got[q], want[q])
+
+
+def test_gram_anchor_values_match_direct_recompute():
+    # eager Gram maintenance vs an index that recomputes every anchor directly
+    rng = np.random.default_rng(8)
+    m, d, n = 600, 5, 24
+    W0 = rng.standard_normal((m, d))
+    a = rng.choice([-1.0, 1.0], m)
+    X = unit_rows(rng, n, d)
+    y = rng.standard_normal(n)
+    W1, W2 = W0.copy(), W0.copy()
+    gram = make_index("correlation-tree", radius=0.0, span_slots=2).build(W1, 0.8, X)
+    direct = make_index("correlation-tree", radius=0.0, span_slots=0).build(W2, 0.8, X)
+    sgd_steps(gram, W1, a, X, y, n_steps=60, seed=1)
+    sgd_steps(direct, W2, a, X, y, n_steps=60, seed=1)
+    np.testing.assert_array_equal(W1, W2)  # same fired sets, so the same SGD trajectory
+    assert gram.stats["reanchored_gram"] > 0 and direct.stats["reanchored_gram"] == 0
+    Vg, Vd = gram._V.astype(np.float64), direct._V.astype(np.float64)
+    bound = K.F32_REL * (np.abs(Vg) + np.abs(Vd)) + gram._aerr[None, :] + gram._tol() + direct._tol()
+    assert (np.abs(Vg - Vd) <= bound).all()
+    assert np.abs(Vg - Vd).max() > 0  # the Gram path really produced its own values
+    np.testing.assert_array_equal(gram._tmax, K_tmax_from(gram))
+
+
+def K_tmax_from(idx):
+    """Max trees rebuilt from scratch from the index's stored values."""
+    t = np.empty_like(idx._tmax)
+    K.ct_build_maxima(idx._V, idx.leaf_block, idx.fanout, idx._offsets, t)
+    return t
+
+
+def test_wrong_or_missing_coefficients_fall_back_to_direct():
+    from sparsetrain.sublinear.indexes import SpanUpdate
+
+    rng = np.random.default_rng(4)
+    m, d, n = 300, 4, 10
+    W = rng.standard_normal((m, d))
+    X = unit_rows(rng, n, d)
+    idx = make_index("correlation-tree", radius=0.0, leaf_block=4, fanout=3).build(W, 0.9, X)
+    rows = np.arange(0, m, 3)
+    ids = np.array([2])
+    old = W[rows].copy()
+    W[rows] += 0.3 * X[2]  # the true change: +0.3 x_2 ...
+    coefs = SpanUpdate(ids, np.array([0, rows.size]), rows, np.array([0.1]))  # ... claimed: +0.1 x_2
+    idx.update(rows, np.linalg.norm(W[rows] - old, axis=1), coefs)
+    assert idx.stats["reanchored_direct"] == rows.size and idx.stats["reanchored_gram"] == 0
+    W[rows] -= 0.05 * X[5]
+    idx.update(rows, np.full(rows.size, 0.05))  # no coefficients: direct
+    assert idx.stats["reanchored_gram"] == 0
+    err, bound = stored_value_bound(idx, W, X)
+    assert (err <= bound).all()
+    got, want = fired_lists(idx, X), truth_sets(W, X, 0.9)
+    for q in range(n):
+        np.testing.assert_array_equal(got[q], want[q])
+    with pytest.raises(SparsetrainError, match="coefs must be a SpanUpdate"):
+        idx.update(rows, None, SpanUpdate(ids, np.array([0, 1]), rows, np.array([0.1])))

@@ -70,7 +70,7 @@ def row_norm_max(W, rows):
 # ---------------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def bf_threshold_block(Z, W, r0, X, shift, tol, out, pos, cap):
     """Append to ``out`` the rows of the block ``W[r0:r0+Z.shape[1]]`` that fire.
 
@@ -78,28 +78,36 @@ def bf_threshold_block(Z, W, r0, X, shift, tol, out, pos, cap):
     band per query.  Entries with ``|Z - b| <= tol`` are re-decided by
     :func:`_dot`.  Writes query ``q``'s hits after ``pos[q]`` into the
     row-major buffer ``out`` (B, cap); returns the number of canonical
-    re-checks, or -1 when a row of the buffer is full.
+    re-checks, or -1 when a row of the buffer is full.  Parallel over
+    queries: each thread owns whole rows of ``out``, so the result does not
+    depend on the thread count.
     """
     B, blk = Z.shape
-    rechecks = 0
-    for q in range(B):
+    rechecks = np.zeros(B, np.int64)
+    full = np.zeros(B, np.bool_)
+    for q in numba.prange(B):
         p = pos[q]
         lo = shift - tol[q]
         hi = shift + tol[q]
+        nre = 0
         for c in range(blk):
             z = Z[q, c]
             if z <= lo:
                 continue
             if z <= hi:
-                rechecks += 1
+                nre += 1
                 if not (_dot(W, r0 + c, X[q]) > shift):
                     continue
             if p >= cap:
-                return -1
+                full[q] = True
+                break
             out[q, p] = r0 + c
             p += 1
         pos[q] = p
-    return rechecks
+        rechecks[q] = nre
+    if full.any():
+        return -1
+    return rechecks.sum()
 
 
 # ---------------------------------------------------------------------------
@@ -207,73 +215,84 @@ def kd_build(W, leaf_size):
 
 
 @numba.njit(cache=True)
-def kd_query_batch(Wp, perm, start, end, left, right, lo, hi, X, shift, out, cap, stack):
-    """Report ``{perm[p] : _dot(Wp, p, x) > b}`` for every row ``x`` of ``X``.
-
-    Walk from the root with an explicit stack.  For a box ``[lo, hi]`` the
-    extreme inner products are ``ub = sum_j max(lo_j x_j, hi_j x_j)`` and
-    ``lb = sum_j min(lo_j x_j, hi_j x_j)``.  With ``S = sum_j max(|lo_j|,
-    |hi_j|) |x_j|`` and ``tol = TOL_REL (d+1) S``: prune if ``ub < b - tol``;
-    report the whole subtree if ``lb > b + tol``; at a leaf decide each point
-    with :func:`_dot`.  Results go to ``out`` (B, cap) row by row; returns
-    (counts (B,), nodes visited, leaf points checked) or counts[0] = -1 when
-    a row is full.
-    """
-    B, d = X.shape
-    counts = np.zeros(B, np.int64)
+def _kd_query_one(Wp, perm, start, end, left, right, lo, hi, x, shift, out, q, cap, stack):
+    """One query of :func:`kd_query_batch`: returns (count or -1 if full, visited, checked)."""
+    d = x.shape[0]
     visited = 0
     checked = 0
-    for q in range(B):
-        x = X[q]
-        c = 0
-        sp = 0
-        stack[sp] = 0
-        sp += 1
-        while sp > 0:
-            sp -= 1
-            node = stack[sp]
-            visited += 1
-            ub = 0.0
-            lb = 0.0
-            S = 0.0
-            for j in range(d):
-                a = lo[node, j] * x[j]
-                b2 = hi[node, j] * x[j]
-                if a > b2:
-                    ub += a
-                    lb += b2
-                else:
-                    ub += b2
-                    lb += a
-                S += max(abs(a), abs(b2))
-            tol = TOL_REL * (d + 1) * S
-            if ub < shift - tol:
-                continue
-            if lb > shift + tol:
-                n_here = end[node] - start[node]
-                if c + n_here > cap:
-                    counts[0] = -1
-                    return counts, visited, checked
-                for p in range(start[node], end[node]):
+    c = 0
+    sp = 0
+    stack[sp] = 0
+    sp += 1
+    while sp > 0:
+        sp -= 1
+        node = stack[sp]
+        visited += 1
+        ub = 0.0
+        lb = 0.0
+        S = 0.0
+        for j in range(d):
+            a = lo[node, j] * x[j]
+            b2 = hi[node, j] * x[j]
+            if a > b2:
+                ub += a
+                lb += b2
+            else:
+                ub += b2
+                lb += a
+            S += max(abs(a), abs(b2))
+        tol = TOL_REL * (d + 1) * S
+        if ub < shift - tol:
+            continue
+        if lb > shift + tol:
+            n_here = end[node] - start[node]
+            if c + n_here > cap:
+                return -1, visited, checked
+            for p in range(start[node], end[node]):
+                out[q, c] = perm[p]
+                c += 1
+            continue
+        if left[node] < 0:
+            for p in range(start[node], end[node]):
+                checked += 1
+                if _dot(Wp, p, x) > shift:
+                    if c >= cap:
+                        return -1, visited, checked
                     out[q, c] = perm[p]
                     c += 1
-                continue
-            if left[node] < 0:
-                for p in range(start[node], end[node]):
-                    checked += 1
-                    if _dot(Wp, p, x) > shift:
-                        if c >= cap:
-                            counts[0] = -1
-                            return counts, visited, checked
-                        out[q, c] = perm[p]
-                        c += 1
-                continue
-            stack[sp] = left[node]
-            sp += 1
-            stack[sp] = right[node]
-            sp += 1
+            continue
+        stack[sp] = left[node]
+        sp += 1
+        stack[sp] = right[node]
+        sp += 1
+    return c, visited, checked
+
+
+@numba.njit(parallel=True, cache=True)
+def kd_query_batch(Wp, perm, start, end, left, right, lo, hi, X, shift, out, cap, stack_len):
+    """Report ``{perm[p] : _dot(Wp, p, x) > b}`` for every row ``x`` of ``X``.
+
+    Walk from the root with an explicit stack (``stack_len`` entries, one
+    stack per query).  For a box ``[lo, hi]`` the extreme inner products are
+    ``ub = sum_j max(lo_j x_j, hi_j x_j)`` and ``lb = sum_j min(lo_j x_j,
+    hi_j x_j)``.  With ``S = sum_j max(|lo_j|, |hi_j|) |x_j|`` and ``tol =
+    TOL_REL (d+1) S``: prune if ``ub < b - tol``; report the whole subtree if
+    ``lb > b + tol``; at a leaf decide each point with :func:`_dot`.  Results
+    go to ``out`` (B, cap) row by row; returns (counts (B,), nodes visited,
+    leaf points checked); ``counts[q] = -1`` when row ``q`` is full.
+    Parallel over queries (each thread owns whole rows of ``out``).
+    """
+    B = X.shape[0]
+    counts = np.zeros(B, np.int64)
+    visited = np.zeros(B, np.int64)
+    checked = np.zeros(B, np.int64)
+    for q in numba.prange(B):
+        stack = np.empty(stack_len, np.int64)
+        c, v, k = _kd_query_one(Wp, perm, start, end, left, right, lo, hi, X[q], shift, out, q, cap, stack)
         counts[q] = c
-    return counts, visited, checked
+        visited[q] = v
+        checked[q] = k
+    return counts, visited.sum(), checked.sum()
 
 
 @numba.njit(cache=True)
@@ -327,19 +346,19 @@ def ct_levels(n_blocks, fanout):
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def ct_build_maxima(V, leaf_block, fanout, offsets, tmax):
     """Fill the per-point F-ary max trees ``tmax`` (n, offsets[-1]) from ``V`` (n, m).
 
     Leaf ``k`` (level 0) is the max of neurons ``k L .. k L + L - 1``; node
     ``j`` of level ``l`` is the max of nodes ``j F .. j F + F - 1`` of level
     ``l - 1``.  Each level is contiguous, so a visited node scans its ``F``
-    children in one cache line.
+    children in one cache line.  Parallel over training points (rows).
     """
     n, m = V.shape
     n_lev = offsets.shape[0] - 1
     nb = offsets[1]
-    for i in range(n):
+    for i in numba.prange(n):
         for k in range(nb):
             mx = -np.inf
             r0 = k * leaf_block
@@ -359,148 +378,321 @@ def ct_build_maxima(V, leaf_block, fanout, offsets, tmax):
 
 
 @numba.njit(cache=True)
-def ct_query_batch(
-    V,
-    tmax,
-    leaf_block,
-    fanout,
-    offsets,
-    W,
-    drift,
-    X,
-    ids,
-    xnorm,
-    shift,
-    band,
-    tol,
-    out,
-    cap,
-    stack,
-):
-    """Exact fired sets of training points ``ids`` from the per-point max trees.
-
-    ``V[i, r]`` is ``<w_r(ref), x_i>`` rounded to float32 (error ``e(v) =
-    F32_REL |v|``); ``drift[r] >= ||w_r - w_r(ref)||``.  By Cauchy-Schwarz
-    ``|<w_r, x_i> - <w_r(ref), x_i>| <= drift[r] ||x_i||``, so pair (r, i):
-
-    * fires for sure if ``v - e(v) - drift[r] ||x_i|| > b + tol``;
-    * cannot fire if ``v + e(v) + drift[r] ||x_i|| < b - tol``;
-    * otherwise (the band near the threshold) is refreshed with :func:`_dot`.
-
-    A subtree is entered only if ``max + e(max) >= b - tol - band ||x_i||``
-    with ``band >= max_r drift[r]``.  ``stack`` holds (level, node) pairs.
-    Returns (counts, nodes visited, pairs refreshed); counts[0] = -1 when a
-    row of ``out`` is full.
-    """
-    B = ids.shape[0]
-    n, m = V.shape
+def _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn, shift, band, amax, tol,
+                  out, q, cap, stack):  # fmt: skip
+    """One query of :func:`ct_query_batch`: returns (count or -1 if full, visited, refreshed)."""
+    m = V.shape[1]
     n_lev = offsets.shape[0] - 1
-    counts = np.zeros(B, np.int64)
     visited = 0
     refreshed = 0
-    for q in range(B):
-        i = ids[q]
-        xn = xnorm[i]
-        cut = shift - tol - band * xn
-        c = 0
-        sp = 0
-        root = offsets[n_lev - 1]
-        if tmax[i, root] + F32_REL * abs(tmax[i, root]) >= cut:
-            stack[0] = n_lev - 1
-            stack[1] = 0
-            sp = 2
-        while sp > 0:
-            sp -= 2
-            lev = stack[sp]
-            j = stack[sp + 1]
-            visited += 1
-            if lev > 0:
-                lo = offsets[lev - 1]
-                hi_c = min(j * fanout + fanout, offsets[lev] - lo)
-                for ch in range(hi_c - 1, j * fanout - 1, -1):  # pushed high to low
-                    mx = tmax[i, lo + ch]
-                    if mx + F32_REL * abs(mx) >= cut:
-                        stack[sp] = lev - 1
-                        stack[sp + 1] = ch
-                        sp += 2
+    cut = shift - tol - band * xn - amax
+    c = 0
+    sp = 0
+    root = offsets[n_lev - 1]
+    if tmax[i, root] + F32_REL * abs(tmax[i, root]) >= cut:
+        stack[0] = n_lev - 1
+        stack[1] = 0
+        sp = 2
+    while sp > 0:
+        sp -= 2
+        lev = stack[sp]
+        j = stack[sp + 1]
+        visited += 1
+        if lev > 0:
+            lo = offsets[lev - 1]
+            hi_c = min(j * fanout + fanout, offsets[lev] - lo)
+            for ch in range(hi_c - 1, j * fanout - 1, -1):  # pushed high to low
+                mx = tmax[i, lo + ch]
+                if mx + F32_REL * abs(mx) >= cut:
+                    stack[sp] = lev - 1
+                    stack[sp + 1] = ch
+                    sp += 2
+            continue
+        r0 = j * leaf_block
+        for r in range(r0, min(r0 + leaf_block, m)):
+            v = np.float64(V[i, r])
+            if v + F32_REL * abs(v) < cut:  # below the band: skip without reading drift
                 continue
-            r0 = j * leaf_block
-            for r in range(r0, min(r0 + leaf_block, m)):
-                v = np.float64(V[i, r])
-                if v + F32_REL * abs(v) < cut:  # below the band: skip without reading drift
+            e = F32_REL * abs(v) + drift[r] * xn + aerr[r]
+            if v + e < shift - tol:
+                continue
+            if v - e <= shift + tol:
+                refreshed += 1
+                if not (_dot(W, r, x) > shift):
                     continue
-                e = F32_REL * abs(v) + drift[r] * xn
-                if v + e < shift - tol:
-                    continue
-                if v - e <= shift + tol:
-                    refreshed += 1
-                    if not (_dot(W, r, X[q]) > shift):
-                        continue
-                if c >= cap:
-                    counts[0] = -1
-                    return counts, visited, refreshed
-                out[q, c] = r
-                c += 1
+            if c >= cap:
+                return -1, visited, refreshed
+            out[q, c] = r
+            c += 1
+    return c, visited, refreshed
+
+
+@numba.njit(parallel=True, cache=True)
+def ct_query_batch(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift, band, amax, tol,
+                   out, cap):  # fmt: skip
+    """Exact fired sets of training points ``ids`` from the per-point max trees.
+
+    ``V[i, r]`` approximates ``<w_r(ref), x_i>``: ``|V[i, r] - <w_r(ref), x_i>|
+    <= F32_REL |V[i, r]| + aerr[r]`` (+ the build's BLAS error, inside
+    ``tol``); ``drift[r] >= ||w_r - w_r(ref)||``.  By Cauchy-Schwarz
+    ``|<w_r, x_i> - <w_r(ref), x_i>| <= drift[r] ||x_i||``, so with ``e =
+    F32_REL |v| + drift[r] ||x_i|| + aerr[r]`` the pair (r, i):
+
+    * fires for sure if ``v - e > b + tol``;
+    * cannot fire if ``v + e < b - tol``;
+    * otherwise (the band near the threshold) is refreshed with :func:`_dot`.
+
+    A subtree is entered only if ``max + F32_REL |max| >= b - tol - band
+    ||x_i|| - amax`` with ``band >= max_r drift[r]`` and ``amax >= max_r
+    aerr[r]``.  Parallel over queries, one (level, node) stack each; returns
+    (counts (B,), nodes visited, pairs refreshed), ``counts[q] = -1`` when
+    row ``q`` of ``out`` is full.
+    """
+    B = ids.shape[0]
+    counts = np.zeros(B, np.int64)
+    visited = np.zeros(B, np.int64)
+    refreshed = np.zeros(B, np.int64)
+    stack_len = 2 * fanout * offsets.shape[0] + 4
+    for q in numba.prange(B):
+        stack = np.empty(stack_len, np.int64)
+        i = ids[q]
+        c, v, k = _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X[q], i, xnorm[i],
+                                shift, band, amax, tol, out, q, cap, stack)  # fmt: skip
         counts[q] = c
-    return counts, visited, refreshed
+        visited[q] = v
+        refreshed[q] = k
+    return counts, visited.sum(), refreshed.sum()
+
+
+ROUND_W = 2.3e-16  # > 2 u (1 + u): rounding of one SGD row update, relative to ||w|| + ||step||
 
 
 @numba.njit(cache=True)
-def ct_update(W, rows, Wref, drift, radius, V, tmax, leaf_block, fanout, offsets, Xtrain):
-    """Tell the correlation tree that ``W[rows]`` changed.
+def ct_note_update(W, rows, step_norms, exact_drift, Wref, drift, radius, wref_max,
+                   has_coefs, cids, cptr, cidx, qcoef, rcoef, slot_cnt, slot_ids, slot_c, mark):  # fmt: skip
+    """Maintenance phase 1 (serial, ``O(k + nnz S)``): drift bounds, span slots, neurons to re-anchor.
 
-    For each row: ``drift[r] = ||w_r - w_r(ref)|| (1 + 1e-12)`` (O(d)).  Only
-    when it exceeds ``radius`` is the neuron re-anchored: ``w_r(ref) <- w_r``,
-    its ``n`` stored products are recomputed canonically and the ``n`` leaf
-    blocks and root paths are refreshed (O(n (d + L + F log_F m))).  Returns
-    (neurons re-anchored, pairs recomputed, max drift among the rows).
+    *Span slots.*  Neuron ``r`` keeps up to ``S = slot_ids.shape[1]``
+    coefficients with ``w_r - w_r(ref) ~ sum_s slot_c[r, s] x_{slot_ids[r, s]}``
+    (``slot_cnt[r] = -1``: unknown, e.g. after an update given without
+    coefficients or with more than ``S`` distinct inputs).  With
+    ``has_coefs`` the batch CSR (``cids`` (B,) training rows, ``cptr``
+    (B+1,), ``cidx`` (nnz,) neurons) adds ``qcoef[q] rcoef[r] x_{cids[q]}``
+    to neuron ``r``; equal inputs are merged.  The slots are only a hint:
+    :func:`ct_plan_reanchor` verifies them against ``W`` before use.
+
+    *Drift.*  ``exact_drift``: ``drift[r] = ||w_r - w_r(ref)|| (1 + 1e-12)``
+    (reads both rows); else ``drift[r] += step_norms[t] (1 + 1e-12)`` plus,
+    with coefficients, the rounding of the row update (``ROUND_W (||w|| +
+    ||step||)`` per input, ``||w|| <= wref_max + drift``).  Rows whose drift
+    passes ``radius`` are returned (sorted, unique; ``mark`` (m,) is zero on
+    entry and exit) for re-anchoring.  Returns (far rows, max kept drift).
     """
-    n, m = V.shape
+    k = rows.shape[0]
+    S = slot_ids.shape[1]
     d = W.shape[1]
-    n_lev = offsets.shape[0] - 1
-    reanchored = 0
-    pairs = 0
+    n_sub = 1
+    if has_coefs:
+        n_sub = max(1, cids.shape[0])
+        if S > 0:
+            for q in range(cids.shape[0]):
+                xi = cids[q]
+                for p in range(cptr[q], cptr[q + 1]):
+                    r = cidx[p]
+                    cnt = slot_cnt[r]
+                    if cnt < 0:
+                        continue
+                    c = qcoef[q] * rcoef[r]
+                    s = 0
+                    while s < cnt and slot_ids[r, s] != xi:
+                        s += 1
+                    if s < cnt:
+                        slot_c[r, s] += c
+                    elif cnt < S:
+                        slot_ids[r, cnt] = xi
+                        slot_c[r, cnt] = c
+                        slot_cnt[r] = cnt + 1
+                    else:
+                        slot_cnt[r] = -1  # more than S distinct inputs: unknown from now on
+    elif S > 0:
+        for t in range(k):
+            slot_cnt[rows[t]] = -1
+    far = np.empty(k, np.int64)
+    nf = 0
     dmax = 0.0
-    for t in range(rows.shape[0]):
+    for t in range(k):
         r = rows[t]
-        s = 0.0
-        for j in range(d):
-            df = W[r, j] - Wref[r, j]
-            s += df * df
-        dr = np.sqrt(s) * (1.0 + 1e-12)
+        if exact_drift:
+            s2 = 0.0
+            for j in range(d):
+                df = W[r, j] - Wref[r, j]
+                s2 += df * df
+            dr = np.sqrt(s2) * (1.0 + 1e-12)
+        else:
+            dr = drift[r] + step_norms[t] * (1.0 + 1e-12)
+            if has_coefs:
+                dr += ROUND_W * n_sub * (wref_max + dr + step_norms[t])
         if dr <= radius:
             drift[r] = dr
             if dr > dmax:
                 dmax = dr
-            continue
-        reanchored += 1
+        elif mark[r] == 0:
+            mark[r] = 1
+            far[nf] = r
+            nf += 1
+    far = np.sort(far[:nf])
+    for t in range(nf):
+        mark[far[t]] = 0
+    return far, dmax
+
+
+@numba.njit(cache=True)
+def ct_plan_reanchor(W, Wref, drift, far, slot_cnt, slot_ids, slot_c, Xtrain, xnorm, xmax, aerr, cap, gram_on):
+    """Maintenance phase 2 (serial, ``O(|far| S d)``): choose Gram or direct per neuron.
+
+    Neuron ``r`` is re-anchored through the Gram matrix iff its span slots
+    are known (``0 <= cnt <= d``, so ``cnt`` terms cost no more than a
+    ``d``-term dot) and the resulting error bound stays below ``cap``.  The
+    slots are verified a posteriori: ``P`` bounds ``||w_r - w_r(ref) - sum_s
+    c_s x_s||`` from the computed residual plus its own rounding, so wrong or
+    partial coefficients only make ``P`` large (then the neuron takes the
+    direct path); they never make an answer wrong.  New anchor error, for
+    every training point (``VB >= |V[i, r]|``, ``CX = sum_s |c_s| ||x_s||``)::
+
+        aerr <- aerr + F32_REL VB + P xmax + TOL_REL (d + cnt + 2) (VB + 1.01 CX xmax)
+
+    (old float32 rounding, unexplained residual, Gram and summation rounding;
+    ``TOL_REL >= 4u`` covers ``gamma_d + gamma_(cnt+1)``).  The direct path
+    resets ``aerr`` to 0.  Then ``w_r(ref) <- w_r`` and ``drift[r] <- 0``.
+    Returns (use_gram (|far|,) bool, max ||w_r|| over ``far``).
+    """
+    nf = far.shape[0]
+    d = W.shape[1]
+    use = np.zeros(nf, np.bool_)
+    res = np.empty(d)
+    wn_max = 0.0
+    for t in range(nf):
+        r = far[t]
+        nw = 0.0
+        nr = 0.0
+        for j in range(d):
+            nw += W[r, j] * W[r, j]
+            nr += Wref[r, j] * Wref[r, j]
+        nw = np.sqrt(nw) * (1.0 + 1e-12)
+        nr = np.sqrt(nr) * (1.0 + 1e-12)
+        if nw > wn_max:
+            wn_max = nw
+        cnt = slot_cnt[r]
+        if gram_on and cnt >= 0 and cnt <= d:
+            cx = 0.0
+            for j in range(d):
+                res[j] = W[r, j] - Wref[r, j]
+            for s in range(cnt):
+                c = slot_c[r, s]
+                xi = slot_ids[r, s]
+                cx += abs(c) * xnorm[xi]
+                for j in range(d):
+                    res[j] -= c * Xtrain[xi, j]
+            p2 = 0.0
+            for j in range(d):
+                p2 += res[j] * res[j]
+            P = np.sqrt(p2) * (1.0 + 1e-12) + TOL_REL * (cnt + 3) * (nw + nr + 1.01 * cx)
+            VB = nr * xmax * (1.0 + 3.0 * F32_REL) + aerr[r]
+            a_new = (aerr[r] + F32_REL * VB + P * xmax
+                     + TOL_REL * (d + cnt + 2) * (VB + 1.01 * cx * xmax))  # fmt: skip
+            if a_new <= cap:
+                use[t] = True
+                aerr[r] = a_new
+        if not use[t]:
+            aerr[r] = 0.0
         for j in range(d):
             Wref[r, j] = W[r, j]
         drift[r] = 0.0
-        k = r // leaf_block
-        r0 = k * leaf_block
-        r1 = min(r0 + leaf_block, m)
-        for i in range(n):
-            V[i, r] = np.float32(_dot(W, r, Xtrain[i]))
-            pairs += 1
-            mx = -np.inf
-            for rr in range(r0, r1):
-                if V[i, rr] > mx:
-                    mx = V[i, rr]
-            tmax[i, k] = mx
-            node = k
-            for lev in range(1, n_lev):
-                lo = offsets[lev - 1]
-                parent = node // fanout
+    return use, wn_max
+
+
+@numba.njit(parallel=True, cache=True)
+def ct_refresh_columns(W, far, use_gram, slot_cnt, slot_ids, slot_c, G, Xtrain, V, tmax, leaf_block, fanout,
+                       offsets):  # fmt: skip
+    """Maintenance phase 3: new anchor values of the neurons ``far`` (sorted) and their max-tree paths.
+
+    For every training point ``i`` and re-anchored neuron ``r``:
+
+    * Gram path (SPEC 2.2 a): ``V[i, r] <- fl32(V[i, r] + sum_s c_s G[i, s_id])``,
+      ``O(cnt)`` per pair, no ``d``;
+    * direct path: ``V[i, r] <- fl32(_dot(w_r, x_i))``, ``O(d)`` per pair.
+
+    Then the leaf blocks holding ``far`` are rescanned and changed maxima
+    climb level by level (each node once, stopping where a max is unchanged).
+    Parallel over chunks of training points: a thread owns whole rows of
+    ``V`` and ``tmax``, so there are no races and the result does not depend
+    on the thread count.  Inside a chunk, neurons go in tiles so the rows of
+    ``W`` and the slots stay in cache across the chunk's points.  Returns the
+    number of (point, neuron) values recomputed.
+    """
+    n, m = V.shape
+    nf = far.shape[0]
+    n_lev = offsets.shape[0] - 1
+    blocks = np.empty(max(nf, 1), np.int64)  # distinct leaf blocks of far, ascending
+    nb = 0
+    for t in range(nf):
+        kb = far[t] // leaf_block
+        if nb == 0 or blocks[nb - 1] != kb:
+            blocks[nb] = kb
+            nb += 1
+    tile = 512  # neurons per tile: W rows + slots of a tile fit in L2
+    chunk = 8  # training points per parallel task
+    n_chunks = (n + chunk - 1) // chunk
+    for ch in numba.prange(n_chunks):
+        i0 = ch * chunk
+        i1 = min(i0 + chunk, n)
+        for t0 in range(0, nf, tile):
+            t1 = min(t0 + tile, nf)
+            for i in range(i0, i1):
+                for t in range(t0, t1):
+                    r = far[t]
+                    if use_gram[t]:
+                        v = np.float64(V[i, r])
+                        for s in range(slot_cnt[r]):
+                            v += slot_c[r, s] * G[i, slot_ids[r, s]]
+                        V[i, r] = np.float32(v)
+                    else:
+                        V[i, r] = np.float32(_dot(W, r, Xtrain[i]))
+        changed = np.empty(max(nb, 1), np.int64)
+        for i in range(i0, i1):
+            nc = 0
+            for kb in range(nb):
+                k = blocks[kb]
                 mx = -np.inf
-                for ch in range(parent * fanout, min(parent * fanout + fanout, offsets[lev] - lo)):
-                    if tmax[i, lo + ch] > mx:
-                        mx = tmax[i, lo + ch]
-                if tmax[i, offsets[lev] + parent] == mx:
+                for rr in range(k * leaf_block, min(k * leaf_block + leaf_block, m)):
+                    if V[i, rr] > mx:
+                        mx = V[i, rr]
+                if mx != tmax[i, k]:
+                    tmax[i, k] = mx
+                    changed[nc] = k
+                    nc += 1
+            for lev in range(1, n_lev):
+                if nc == 0:
                     break
-                tmax[i, offsets[lev] + parent] = mx
-                node = parent
-    return reanchored, pairs, dmax
+                lo = offsets[lev - 1]
+                size_below = offsets[lev] - lo
+                nn = 0
+                last = -1
+                for t in range(nc):
+                    par = changed[t] // fanout
+                    if par == last:
+                        continue
+                    last = par
+                    mx = -np.inf
+                    for c in range(par * fanout, min(par * fanout + fanout, size_below)):
+                        if tmax[i, lo + c] > mx:
+                            mx = tmax[i, lo + c]
+                    if mx != tmax[i, offsets[lev] + par]:
+                        tmax[i, offsets[lev] + par] = mx
+                        changed[nn] = par
+                        nn += 1
+                nc = nn
+    return n * nf
 
 
 # ---------------------------------------------------------------------------
@@ -605,13 +797,16 @@ def lsh_query_batch(qcodes, head, nxt, W, X, shift, stamp, out, cap):
 # ---------------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def sparse_forward(W, a, shift, X, indptr, indices):
-    """``f(x_q) = m^(-1/2) sum_{r in S_q} a_r (<w_r, x_q> - b)`` over given fired sets."""
+    """``f(x_q) = m^(-1/2) sum_{r in S_q} a_r (<w_r, x_q> - b)`` over given fired sets.
+
+    Parallel over queries; each ``f[q]`` is summed in CSR order by one thread.
+    """
     B = X.shape[0]
     m = W.shape[0]
     f = np.zeros(B)
-    for q in range(B):
+    for q in numba.prange(B):
         s = 0.0
         for p in range(indptr[q], indptr[q + 1]):
             r = indices[p]
@@ -658,33 +853,3 @@ def sparse_sgd_update(W, a, step, X, coef, indptr, indices, stamp, acc):
         norms[t] = acc[touched[t]]
         acc[touched[t]] = 0.0
     return touched[:k], norms
-
-
-@numba.njit(cache=True)
-def ct_add_drift(W, rows, step_norms, Wref, drift, radius, V, tmax, leaf_block, fanout, offsets, Xtrain):
-    """Drift bound by the triangle inequality: ``drift[r] += ||step_r||`` (1 + 1e-12).
-
-    Reads neither ``W[r]`` nor ``w_r(ref)`` unless the bound passes
-    ``radius``, in which case the neuron is re-anchored exactly as in
-    :func:`ct_update`.  Returns (re-anchored, pairs recomputed, max drift).
-    """
-    dmax = 0.0
-    n_re = 0
-    pairs = 0
-    far = np.empty(rows.shape[0], np.int64)
-    for t in range(rows.shape[0]):
-        r = rows[t]
-        dr = drift[r] + step_norms[t] * (1.0 + 1e-12)
-        if dr <= radius:
-            drift[r] = dr
-            if dr > dmax:
-                dmax = dr
-        else:
-            far[n_re] = r
-            n_re += 1
-    if n_re:
-        n_re, pairs, dm2 = ct_update(
-            W, far[:n_re], Wref, drift, 0.0, V, tmax, leaf_block, fanout, offsets, Xtrain
-        )
-        dmax = max(dmax, dm2)
-    return n_re, pairs, dmax

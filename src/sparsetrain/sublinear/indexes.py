@@ -14,8 +14,11 @@ Interface (SPEC 2.2)::
     idx = INDEXES[name](**params)
     idx.build(W, shift, X_train=None)   # preprocessing
     indptr, indices = idx.query(X, ids=None)   # ids: training-set rows of X
-    idx.update(rows, step_norms=None)   # W[rows] changed in place; optional
-                                        # bounds step_norms[s] >= ||change of W[rows[s]]||
+    idx.update(rows, step_norms=None, coefs=None)
+        # W[rows] changed in place; optional bounds step_norms[s] >=
+        # ||change of W[rows[s]]||, optional coefs: the change as a
+        # combination of training inputs (SpanUpdate; used by the
+        # correlation tree's Gram path, ignored by the others)
     idx.stats                           # work counters since the last reset
 
 ``brute-force``, ``halfspace-tree`` and ``correlation-tree`` are exact;
@@ -26,7 +29,7 @@ verified, some fired neurons are missed), so its recall must be reported.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +44,7 @@ __all__ = [
     "HalfspaceTreeIndex",
     "CorrelationTreeIndex",
     "SimHashLSHIndex",
+    "SpanUpdate",
     "make_index",
     "recall",
 ]
@@ -82,6 +86,26 @@ def _to_csr(out: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return indptr, indices
 
 
+class SpanUpdate(NamedTuple):
+    """An update of ``W`` that lies in the span of the training inputs (SPEC 2.2 a).
+
+    ``w_r(new) - w_r(old) = sum_q sum_{p in [indptr[q], indptr[q+1]), indices[p] = r}
+    query_coef[q] * row_coef[r] * X_train[ids[q]]``: a batch CSR over
+    training rows ``ids`` (B,), ``indptr`` (B+1,), neurons ``indices``
+    (nnz,), with per-input coefficients ``query_coef`` (B,) and optional
+    per-neuron factors ``row_coef`` (m,) (``None``: 1).  For SGD on the
+    shifted-ReLU network, ``query_coef = -eta (f - y) / (B sqrt(m))`` and
+    ``row_coef = a``.  Arbitrary per-pair coefficients fit too: give each pair
+    its own "query" (repeat ids).  Indexes that cannot use it ignore it.
+    """
+
+    ids: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    query_coef: np.ndarray
+    row_coef: np.ndarray | None = None
+
+
 class FiredIndex:
     """Base class: buffer management and counters shared by all indexes.
 
@@ -91,7 +115,9 @@ class FiredIndex:
         Work counters since :meth:`reset_stats`: ``queries``, ``fired``
         (total reported), ``nodes_visited`` (tree nodes or LSH candidates),
         ``pairs_refreshed`` (canonical re-checks / recomputed stored
-        products), ``rows_updated``, ``rebuilds``.
+        products), ``rows_updated``, ``rebuilds`` (correlation tree:
+        re-anchored neurons, split into ``reanchored_gram`` and
+        ``reanchored_direct``).
     """
 
     exact: bool = True
@@ -105,7 +131,8 @@ class FiredIndex:
 
     def reset_stats(self) -> None:
         self.stats = dict.fromkeys(
-            ("queries", "fired", "nodes_visited", "pairs_refreshed", "rows_updated", "rebuilds"),
+            ("queries", "fired", "nodes_visited", "pairs_refreshed", "rows_updated", "rebuilds",
+             "reanchored_gram", "reanchored_direct"),
             0,
         )
 
@@ -132,8 +159,14 @@ class FiredIndex:
     def query(self, X: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def update(self, rows: np.ndarray, step_norms: np.ndarray | None = None) -> None:
-        """``W[rows]`` changed in place; ``step_norms`` optionally bounds each change's norm."""
+    def update(
+        self, rows: np.ndarray, step_norms: np.ndarray | None = None, coefs: SpanUpdate | None = None
+    ) -> None:
+        """``W[rows]`` changed in place; ``step_norms`` optionally bounds each change's norm.
+
+        ``coefs`` optionally gives the change as a :class:`SpanUpdate`
+        (a combination of training inputs); indexes that cannot use it ignore it.
+        """
         raise NotImplementedError
 
     def _count(self, indptr: np.ndarray, B: int) -> None:
@@ -191,7 +224,7 @@ class BruteForceIndex(FiredIndex):
         self._count(indptr, B)
         return indptr, indices
 
-    def update(self, rows, step_norms=None):
+    def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
         if rows.size and step_norms is not None:
             self._wmax += float(np.max(step_norms)) * (1 + 1e-12)  # ||w + s|| <= wmax + ||s||
@@ -240,7 +273,7 @@ class HalfspaceTreeIndex(FiredIndex):
         self._Wp = np.ascontiguousarray(W[perm])  # (m, d) rows in tree order
         self._pos = np.empty(self.m, np.int64)  # row -> tree position
         self._pos[perm] = np.arange(self.m)
-        self._stack = np.empty(nn + 2, np.int64)
+        self._stack_len = nn + 2  # per-query stack of the tree walk
         self._since_rebuild = 0
         self.n_nodes = nn
 
@@ -252,9 +285,9 @@ class HalfspaceTreeIndex(FiredIndex):
             out = np.empty((B, cap), np.int64)
             counts, visited, checked = K.kd_query_batch(
                 self._Wp, self._perm, self._start, self._end, self._left, self._right,
-                self._lo, self._hi, X, self.shift, out, cap, self._stack,
+                self._lo, self._hi, X, self.shift, out, cap, self._stack_len,
             )  # fmt: skip
-            if counts[0] < 0:
+            if (counts < 0).any():
                 return None
             return out, counts, visited, checked
 
@@ -265,7 +298,7 @@ class HalfspaceTreeIndex(FiredIndex):
         self._count(indptr, B)
         return indptr, indices
 
-    def update(self, rows, step_norms=None):
+    def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
         self.stats["rows_updated"] += rows.size
         self._since_rebuild += rows.size
@@ -280,7 +313,7 @@ class CorrelationTreeIndex(FiredIndex):
     """Exact threshold search over weight-data inner products (seed 002).
 
     For a fixed training set ``X_train`` (n, d) keep, per point ``i``, a max
-    tree over ``v[i, r] = <w_r(ref), x_i>``: float32 values in leaf blocks of
+    tree over ``v[i, r] ~ <w_r(ref), x_i>``: float32 values in leaf blocks of
     ``leaf_block`` neurons, and above them an F-ary tree of maxima (``fanout``
     children per node, one contiguous array per level, so a visited node
     scans its children in one cache line).  A query for training point ``i``
@@ -288,29 +321,70 @@ class CorrelationTreeIndex(FiredIndex):
 
     Drift bounds (SPEC 2.2 b): each neuron keeps a reference copy
     ``w_r(ref)`` and ``drift_r >= ||w_r - w_r(ref)||``.  A pair can change
-    status only if ``|v[i, r] - b| <= drift_r ||x_i||``; only such pairs are
+    status only if ``|v[i, r] - b| <= drift_r ||x_i|| + aerr_r`` (``aerr_r``:
+    accumulated error of Gram-derived anchors, below); only such pairs are
     refreshed (one canonical dot each) when queried.  A neuron whose drift
-    exceeds ``radius`` is re-anchored: its ``n`` stored products are
-    recomputed and its ``n`` root paths updated (``O(n (d + log m))``).  In
-    the wide regime weights barely move, so re-anchoring is rare.
+    exceeds ``radius`` is re-anchored: ``w_r(ref) <- w_r``, its ``n`` stored
+    values and ``n`` root paths are refreshed.  ``radius=0`` refreshes every
+    updated neuron at every update (eager maintenance).
 
-    Departure from SPEC 2.2 (a): re-anchoring recomputes ``<w_r, x_i>``
-    directly (``O(n d)``) instead of through the Gram matrix ``X X^T``
-    (``O(n s)`` for an update spanned by ``s`` inputs); for the ``d <= 64``
-    of our benchmarks the two cost the same and the direct form stays exact.
+    Gram updates (SPEC 2.2 a): an SGD step moves ``w_r`` by a combination
+    of training inputs, so with ``G = X X^T`` (n, n), computed once at build,
+    the new values are ``v[i, r] + sum_s c_s G[i, s]``: ``O(n s)`` per
+    re-anchored neuron instead of ``O(n d)``.  Each neuron keeps up to
+    ``span_slots`` coefficients of ``w_r - w_r(ref)`` (fed by
+    ``update(..., coefs=SpanUpdate(...))``); a neuron with more distinct
+    inputs, or updated without coefficients, falls back to direct dot
+    products.  Exactness does not rest on the coefficients: before use they
+    are checked against ``W`` (residual norm), and the rounding they add is
+    bounded per neuron (``aerr_r``, capped at ``128 F32_REL wmax xmax``; past
+    the cap the neuron is re-anchored directly, which resets it).  Pairs near
+    ``b`` are decided by the canonical dot as before.
 
-    Memory: ``n m`` float32 plus about ``n m / leaf_block`` float32.
+    Departure from seed 002: the stored values are anchors refreshed only
+    when the drift bound says a neuron may have left its band, not updated
+    at every step (at ``n = 256`` an eager refresh of all ``n`` values of
+    every updated neuron costs 100x the lazy drift bookkeeping, see
+    ``docs/sublinear``).
+
+    Parameters
+    ----------
+    radius : float
+        Re-anchor a neuron once its drift bound exceeds this.
+    leaf_block, fanout : int
+        Neurons per leaf block; children per inner node.
+    span_slots : int
+        Coefficients kept per neuron for Gram re-anchoring (0, the default:
+        never use the Gram matrix).  The Gram matrix is only built when
+        ``n <= gram_max_n``.  Measured (d = 16, n = 256, B = 16, one thread):
+        with ``radius=0`` (every updated neuron refreshed each step) 4 slots make
+        maintenance 1.1-1.5x faster than direct dot products; with the default
+        lazy ``radius`` no neuron is re-anchored within a benchmark run, so the
+        per-pair bookkeeping is pure overhead (2-14x the maintenance time at
+        m = 2^16..2^20). Hence off by default; ``--index-param span_slots=4``.
+
+    Memory: ``n m`` float32 plus about ``n m / leaf_block`` float32, plus
+    ``m (4 + 12 span_slots + 16)`` bytes and ``8 n^2`` for ``G``.
     """
 
     needs_ids = True
 
-    def __init__(self, radius: float = 0.05, leaf_block: int = 16, fanout: int = 16) -> None:
+    def __init__(
+        self,
+        radius: float = 0.05,
+        leaf_block: int = 16,
+        fanout: int = 16,
+        span_slots: int = 0,
+        gram_max_n: int = 8192,
+    ) -> None:
         super().__init__()
         self.fanout = _positive_int("fanout", fanout, minimum=2)
         if not (isinstance(radius, int | float) and radius >= 0 and math.isfinite(radius)):
             raise SparsetrainError(f"radius must be a float in [0, inf); got {radius!r}.")
         self.radius = float(radius)
         self.leaf_block = _positive_int("leaf_block", leaf_block)
+        self.span_slots = _positive_int("span_slots", span_slots, minimum=0)
+        self.gram_max_n = _positive_int("gram_max_n", gram_max_n, minimum=0)
 
     def build(self, W, shift, X_train=None):
         self._common_build(W, shift)
@@ -325,11 +399,23 @@ class CorrelationTreeIndex(FiredIndex):
         self._X = X_train
         self.n = X_train.shape[0]
         self._xnorm = np.linalg.norm(X_train, axis=1)  # (n,)
+        self._xmax = float(self._xnorm.max()) * (1 + 1e-12)
         self._Wref = W.copy()  # (m, d) anchors w_r(ref)
         self._drift = np.zeros(self.m)  # (m,) ||w_r - w_r(ref)|| upper bounds
+        self._aerr = np.zeros(self.m)  # (m,) extra error of Gram-derived anchors
         self._band = 0.0  # running max of drift since build
+        self._amax = 0.0  # running max of aerr since build
         self._wmax = float(np.sqrt(np.einsum("ij,ij->i", W, W)).max()) * (1 + 1e-12)
         self._wref_max = self._wmax  # max anchor norm
+        # Gram matrix and per-neuron span slots (SPEC 2.2 a)
+        self.gram_ = self.span_slots > 0 and self.n <= self.gram_max_n
+        S = self.span_slots if self.gram_ else 0
+        self._G = X_train @ X_train.T if self.gram_ else np.zeros((1, 1))  # (n, n) G = X X^T
+        self._slot_cnt = np.full(self.m, 0 if S else -1, np.int32)  # (m,) -1 = unknown span
+        self._slot_ids = np.zeros((self.m, S), np.int32)  # (m, S) training rows
+        self._slot_c = np.zeros((self.m, S))  # (m, S) w_r - w_r(ref) ~ sum_s c x_s
+        self._mark = np.zeros(self.m, np.uint8)  # scratch, zero between calls
+        self._ones = None  # lazily allocated row_coef = 1
         # (n, m) float32 products <w_r(ref), x_i> (BLAS is fine: every pair
         # within the float32/rounding band of b is refreshed canonically).
         self._V = np.empty((self.n, self.m), np.float32)
@@ -340,13 +426,11 @@ class CorrelationTreeIndex(FiredIndex):
         # (n, ~n_blocks F / (F - 1)) float32: per point, the F-ary max tree level by level
         self._tmax = np.empty((self.n, int(self._offsets[-1])), np.float32)
         K.ct_build_maxima(self._V, self.leaf_block, self.fanout, self._offsets, self._tmax)
-        self._stack = np.empty(2 * self.fanout * len(self._offsets) + 4, np.int64)
         return self
 
     def _tol(self) -> float:
         # canonical-dot error + BLAS error of the stored anchors + rounding of the tests
-        xmax = float(self._xnorm.max())
-        return K.TOL_REL * (self.d + 2) * self._wmax * xmax * 2 + 1e-14 * (1 + abs(self.shift))
+        return K.TOL_REL * (self.d + 2) * self._wmax * self._xmax * 2 + 1e-14 * (1 + abs(self.shift))
 
     def query(self, X, ids=None):
         X = _as_queries(X, self.d)
@@ -365,10 +449,10 @@ class CorrelationTreeIndex(FiredIndex):
             out = np.empty((B, cap), np.int64)
             counts, visited, refreshed = K.ct_query_batch(
                 self._V, self._tmax, self.leaf_block, self.fanout, self._offsets, self.W,
-                self._drift, X, ids,
-                self._xnorm, self.shift, self._band, tol, out, cap, self._stack,
+                self._drift, self._aerr, X, ids, self._xnorm, self.shift, self._band, self._amax,
+                tol, out, cap,
             )  # fmt: skip
-            if counts[0] < 0:
+            if (counts < 0).any():
                 return None
             return out, counts, visited, refreshed
 
@@ -379,27 +463,89 @@ class CorrelationTreeIndex(FiredIndex):
         self._count(indptr, B)
         return indptr, indices
 
-    def update(self, rows, step_norms=None):
+    def _span_arrays(self, coefs):
+        """Validate a :class:`SpanUpdate` and return kernel arrays (or empty ones)."""
+        if coefs is None:
+            e = np.zeros(0, np.int64)
+            return False, e, np.zeros(1, np.int64), e, np.zeros(0), np.zeros(1)
+        ids, indptr, indices, qc, rc = SpanUpdate(*coefs)
+        ids = np.ascontiguousarray(ids, np.int64)
+        indptr = np.ascontiguousarray(indptr, np.int64)
+        indices = np.ascontiguousarray(indices, np.int64)
+        qc = np.ascontiguousarray(qc, np.float64)
+        B = ids.shape[0]
+        if (
+            ids.ndim != 1 or qc.shape != (B,) or indptr.shape != (B + 1,) or indptr[0] != 0
+            or indptr[-1] != indices.shape[0] or (B and (ids.min() < 0 or ids.max() >= self.n))
+            or (indices.size and (indices.min() < 0 or indices.max() >= self.m))
+        ):  # fmt: skip
+            raise SparsetrainError(
+                "coefs must be a SpanUpdate(ids (B,) in [0, n), indptr (B+1,) from 0 to nnz, "
+                f"indices (nnz,) in [0, m), query_coef (B,), row_coef (m,) or None); got ids "
+                f"{ids.shape}, indptr {indptr.shape}, indices {indices.shape}, query_coef {qc.shape}."
+            )
+        if rc is None:
+            if self._ones is None:
+                self._ones = np.ones(self.m)
+            rc = self._ones
+        rc = np.ascontiguousarray(rc, np.float64)
+        if rc.shape != (self.m,):
+            raise SparsetrainError(f"coefs.row_coef must have shape ({self.m},) or be None; got {rc.shape}.")
+        return True, ids, indptr, indices, qc, rc
+
+    def update(self, rows, step_norms=None, coefs=None):
+        """``W[rows]`` changed in place.
+
+        Parameters
+        ----------
+        rows : (k,) int
+            Changed rows of ``W``.
+        step_norms : (k,) float, optional
+            ``step_norms[s] >= ||change of W[rows[s]]||``; without it the
+            drift is computed exactly from ``W`` and the anchors (``O(k d)``).
+        coefs : SpanUpdate, optional
+            The change as a combination of training inputs; enables the Gram
+            path when a neuron is re-anchored.  Without it re-anchoring uses
+            direct dot products.
+        """
         rows = np.ascontiguousarray(rows, np.int64)
         if rows.size == 0:
             return
-        args = (self._Wref, self._drift, self.radius, self._V, self._tmax, self.leaf_block,
-                self.fanout, self._offsets, self._X)  # fmt: skip
-        if step_norms is None:  # exact drift ||w_r - w_r(ref)||: reads both rows
-            reanchored, pairs, dmax = K.ct_update(self.W, rows, *args)
+        has_c, cids, cptr, cidx, qc, rc = self._span_arrays(coefs)
+        exact = step_norms is None
+        norms = np.zeros(0) if exact else np.ascontiguousarray(step_norms, np.float64)
+        if not exact and norms.shape != rows.shape:
+            raise SparsetrainError(f"step_norms must have shape {rows.shape}; got {norms.shape}.")
+        far, dmax = K.ct_note_update(
+            self.W, rows, norms, exact, self._Wref, self._drift, self.radius, self._wref_max,
+            has_c, cids, cptr, cidx, qc, rc, self._slot_cnt, self._slot_ids, self._slot_c, self._mark,
+        )  # fmt: skip
+        if exact:
             self._wmax = max(self._wmax, K.row_norm_max(self.W, rows))
-        else:  # drift_r += ||step_r|| (triangle inequality): reads neither row
-            norms = np.ascontiguousarray(step_norms, np.float64)
-            reanchored, pairs, dmax = K.ct_add_drift(self.W, rows, norms, *args)
-            # ||w_r|| <= ||w_r(ref)|| + drift_r; re-anchored rows may hold new maxima
+        else:  # ||w_r|| <= ||w_r(ref)|| + drift_r
             self._wmax = max(self._wmax, self._wref_max + max(self._band, dmax))
-            if reanchored:
-                self._wref_max = max(self._wref_max, K.row_norm_max(self.W, rows))
-                self._wmax = max(self._wmax, self._wref_max)
+        if far.size:
+            cap = 128 * K.F32_REL * self._wmax * self._xmax
+            use_gram, wn = K.ct_plan_reanchor(
+                self.W, self._Wref, self._drift, far, self._slot_cnt, self._slot_ids, self._slot_c,
+                self._X, self._xnorm, self._xmax, self._aerr, cap, self.gram_,
+            )  # fmt: skip
+            K.ct_refresh_columns(
+                self.W, far, use_gram, self._slot_cnt, self._slot_ids, self._slot_c, self._G, self._X,
+                self._V, self._tmax, self.leaf_block, self.fanout, self._offsets,
+            )  # fmt: skip
+            if self.gram_:
+                self._slot_cnt[far] = 0
+            self._wref_max = max(self._wref_max, wn)
+            self._wmax = max(self._wmax, wn)
+            n_gram = int(np.count_nonzero(use_gram))
+            self._amax = max(self._amax, float(self._aerr[far].max()))
+            self.stats["reanchored_gram"] += n_gram
+            self.stats["reanchored_direct"] += far.size - n_gram
         self._band = max(self._band, dmax)
         self.stats["rows_updated"] += rows.size
-        self.stats["rebuilds"] += int(reanchored)
-        self.stats["pairs_refreshed"] += int(pairs)
+        self.stats["rebuilds"] += int(far.size)
+        self.stats["pairs_refreshed"] += int(far.size) * self.n
 
 
 class SimHashLSHIndex(FiredIndex):
@@ -465,7 +611,7 @@ class SimHashLSHIndex(FiredIndex):
         self._count(indptr, B)
         return indptr, indices
 
-    def update(self, rows, step_norms=None):
+    def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
         if rows.size == 0:
             return

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import NonFiniteLossError, SparsetrainError
 from . import _kernels as K
-from .indexes import INDEXES, FiredIndex, make_index
+from .indexes import INDEXES, FiredIndex, SpanUpdate, make_index
 from .network import ShiftedReLUNetwork, dense_forward
 
 __all__ = ["SGDResult", "train_sgd", "DENSE", "METRIC_COLUMNS"]
@@ -175,7 +175,8 @@ def train_sgd(
             res = f - yb
             rows, step_norms = K.sparse_sgd_update(W, a, step, Xb, res, indptr, indices, stamp, acc)
             t2 = time.perf_counter()
-            idx.update(rows, step_norms)
+            # the step as a combination of batch inputs: coefficient -(step res_q) a_r (Gram path)
+            idx.update(rows, step_norms, SpanUpdate(ids, indptr, indices, -(step * res), a))
             t3 = time.perf_counter()
             t_id, t_gr, t_mt = t1 - t0, t2 - t1, t3 - t2
             fired = indices.size / batch_size

@@ -1,0 +1,175 @@
+"""Every parallel kernel of the sublinear module: 1 thread == all threads == a NumPy reference."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from sublinear_helpers import unit_rows
+
+from sparsetrain.sublinear import _kernels as K
+from sparsetrain.sublinear.indexes import make_index
+
+THREADS = sorted({1, numba.config.NUMBA_NUM_THREADS})
+
+
+def on_threads(fn):
+    """Run ``fn()`` on 1 thread and on all threads; return the list of results."""
+    before = numba.get_num_threads()
+    out = []
+    try:
+        for t in THREADS:
+            numba.set_num_threads(t)
+            out.append(fn())
+    finally:
+        numba.set_num_threads(before)
+    return out
+
+
+def assert_same(results):
+    for r in results[1:]:
+        for a, b in zip(results[0], r, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(2)
+    m, d, n = 2000, 5, 48
+    W = rng.standard_normal((m, d))
+    X = unit_rows(rng, n, d)
+    shift = 1.1
+    Z = K.canonical_dots(W, X)  # (n, m)
+    truth = [np.flatnonzero(Z[q] > shift) for q in range(n)]
+    return W, X, shift, truth
+
+
+def rows_of(out, counts):
+    return [np.sort(out[q, : counts[q]]) for q in range(counts.shape[0])]
+
+
+def test_bf_threshold_block(problem):
+    W, X, shift, truth = problem
+    tol = np.full(X.shape[0], 1e-12)
+
+    def run():
+        out = np.full((X.shape[0], W.shape[0]), -1, np.int64)
+        pos = np.zeros(X.shape[0], np.int64)
+        rc = K.bf_threshold_block(X @ W.T, W, 0, X, shift, tol, out, pos, W.shape[0])
+        return out.copy(), pos.copy(), np.array([rc])
+
+    res = on_threads(run)
+    assert_same(res)
+    for q, got in enumerate(rows_of(res[0][0], res[0][1])):
+        np.testing.assert_array_equal(got, truth[q])
+    small = np.empty((X.shape[0], 2), np.int64)  # a full buffer reports -1 on any thread count
+    assert all(
+        r == -1
+        for r in on_threads(
+            lambda: K.bf_threshold_block(X @ W.T, W, 0, X, shift, tol, small, np.zeros(X.shape[0], np.int64), 2)
+        )
+    )
+
+
+@pytest.mark.parametrize("name", ["halfspace-tree", "correlation-tree"])
+def test_tree_queries(problem, name):
+    W, X, shift, truth = problem
+    params = {"halfspace-tree": {"leaf_size": 8}, "correlation-tree": {"leaf_block": 4, "fanout": 3}}[name]
+    idx = make_index(name, **params).build(W, shift, X)
+    ids = np.arange(X.shape[0])
+
+    res = on_threads(lambda: idx.query(X, ids))
+    assert_same(res)  # the same sets in the same order
+    indptr, indices = res[0]
+    for q in range(X.shape[0]):
+        np.testing.assert_array_equal(np.sort(indices[indptr[q] : indptr[q + 1]]), truth[q])
+
+
+def test_ct_query_batch_counters_and_full_buffer(problem):
+    W, X, shift, _ = problem
+    idx = make_index("correlation-tree", leaf_block=4, fanout=3).build(W, shift, X)
+    ids = np.arange(X.shape[0])
+    args = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets, W, idx._drift, idx._aerr, X, ids,
+            idx._xnorm, shift, 0.01, 0.0, idx._tol())  # fmt: skip
+
+    def run(cap):
+        out = np.full((X.shape[0], cap), -1, np.int64)
+        counts, vis, ref = K.ct_query_batch(*args, out, cap)
+        return out, counts, np.array([vis, ref])
+
+    assert_same(on_threads(lambda: run(W.shape[0])))
+    assert all((r[1] < 0).any() for r in on_threads(lambda: run(1)))
+
+
+def test_ct_build_maxima(problem):
+    W, X, shift, _ = problem
+    V = (X @ W.T).astype(np.float32)  # (n, m)
+    L, F = 4, 3
+    offsets = K.ct_levels(-(-W.shape[0] // L), F)
+
+    def run():
+        t = np.empty((X.shape[0], int(offsets[-1])), np.float32)
+        K.ct_build_maxima(V, L, F, offsets, t)
+        return (t,)
+
+    res = on_threads(run)
+    assert_same(res)
+    # NumPy reference: block maxima, then maxima of groups of F, level by level
+    pad = -(-V.shape[1] // L) * L
+    level = np.pad(V, ((0, 0), (0, pad - V.shape[1])), constant_values=-np.inf).reshape(V.shape[0], -1, L).max(2)
+    for lev in range(len(offsets) - 1):
+        np.testing.assert_array_equal(res[0][0][:, offsets[lev] : offsets[lev + 1]], level)
+        g = -(-level.shape[1] // F) * F
+        level = np.pad(level, ((0, 0), (0, g - level.shape[1])), constant_values=-np.inf).reshape(
+            V.shape[0], -1, F
+        ).max(2)
+
+
+def test_ct_refresh_columns(problem):
+    W0, X, shift, _ = problem
+    rng = np.random.default_rng(9)
+    base = make_index("correlation-tree", leaf_block=4, fanout=3, radius=0.0, span_slots=3).build(W0, shift, X)
+    m, n = W0.shape[0], X.shape[0]
+    far = np.sort(rng.choice(m, 300, replace=False))
+    use = rng.random(300) < 0.5  # half Gram, half direct
+    cnt = np.zeros(m, np.int32)
+    cnt[far] = rng.integers(0, 4, far.size)
+    sid = rng.integers(0, n, (m, 3)).astype(np.int32)
+    sc = rng.standard_normal((m, 3)) * 1e-2
+    W = W0.copy()
+    W[far] += rng.standard_normal((far.size, W.shape[1])) * 0.1
+
+    def run():
+        V, T = base._V.copy(), base._tmax.copy()
+        K.ct_refresh_columns(W, far, use, cnt, sid, sc, base._G, X, V, T, 4, 3, base._offsets)
+        return V, T
+
+    res = on_threads(run)
+    assert_same(res)
+    V, T = res[0]
+    # NumPy reference: Gram columns, direct columns, untouched columns, rebuilt maxima
+    ref = base._V.astype(np.float64)
+    for t, r in enumerate(far):
+        if use[t]:
+            col = ref[:, r].copy()
+            for s in range(cnt[r]):
+                col += sc[r, s] * base._G[:, sid[r, s]]
+        else:
+            col = X @ W[r]
+        np.testing.assert_allclose(V[:, r], col.astype(np.float32), rtol=1e-6, atol=1e-6)
+    other = np.setdiff1d(np.arange(m), far)
+    np.testing.assert_array_equal(V[:, other], base._V[:, other])
+    T2 = np.empty_like(T)
+    K.ct_build_maxima(V, 4, 3, base._offsets, T2)
+    np.testing.assert_array_equal(T, T2)
+
+
+def test_sparse_forward(problem):
+    W, X, shift, truth = problem
+    a = np.random.default_rng(0).choice([-1.0, 1.0], W.shape[0])
+    indptr = np.concatenate([[0], np.cumsum([t.size for t in truth])]).astype(np.int64)
+    indices = np.concatenate(truth).astype(np.int64)
+    res = on_threads(lambda: (K.sparse_forward(W, a, shift, X, indptr, indices),))
+    assert_same(res)
+    ref = np.maximum(X @ W.T - shift, 0.0) @ a / np.sqrt(W.shape[0])
+    np.testing.assert_allclose(res[0][0], ref, rtol=1e-12, atol=1e-12)
