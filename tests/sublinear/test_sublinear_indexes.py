@@ -218,7 +218,9 @@ def test_gram_updates_keep_values_and_fired_sets_exact(radius):
     X = unit_rows(rng, n, d)
     y = rng.standard_normal(n)
     shift = 1.0
-    idx = make_index("correlation-tree", radius=radius, leaf_block=4, fanout=3, span_slots=4).build(W, shift, X)
+    idx = make_index("correlation-tree", radius=radius, leaf_block=4, fanout=3, span_slots=4).build(
+        W, shift, X
+    )
     sgd_steps(idx, W, a, X, y, n_steps=150, seed=5)
     st = idx.stats
     assert st["reanchored_gram"] > 0, st

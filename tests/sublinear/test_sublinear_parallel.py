@@ -66,7 +66,9 @@ def test_bf_threshold_block(problem):
     assert all(
         r == -1
         for r in on_threads(
-            lambda: K.bf_threshold_block(X @ W.T, W, 0, X, shift, tol, small, np.zeros(X.shape[0], np.int64), 2)
+            lambda: K.bf_threshold_block(
+                X @ W.T, W, 0, X, shift, tol, small, np.zeros(X.shape[0], np.int64), 2
+            )
         )
     )
 
@@ -116,19 +118,25 @@ def test_ct_build_maxima(problem):
     assert_same(res)
     # NumPy reference: block maxima, then maxima of groups of F, level by level
     pad = -(-V.shape[1] // L) * L
-    level = np.pad(V, ((0, 0), (0, pad - V.shape[1])), constant_values=-np.inf).reshape(V.shape[0], -1, L).max(2)
+    level = (
+        np.pad(V, ((0, 0), (0, pad - V.shape[1])), constant_values=-np.inf).reshape(V.shape[0], -1, L).max(2)
+    )
     for lev in range(len(offsets) - 1):
         np.testing.assert_array_equal(res[0][0][:, offsets[lev] : offsets[lev + 1]], level)
         g = -(-level.shape[1] // F) * F
-        level = np.pad(level, ((0, 0), (0, g - level.shape[1])), constant_values=-np.inf).reshape(
-            V.shape[0], -1, F
-        ).max(2)
+        level = (
+            np.pad(level, ((0, 0), (0, g - level.shape[1])), constant_values=-np.inf)
+            .reshape(V.shape[0], -1, F)
+            .max(2)
+        )
 
 
 def test_ct_refresh_columns(problem):
     W0, X, shift, _ = problem
     rng = np.random.default_rng(9)
-    base = make_index("correlation-tree", leaf_block=4, fanout=3, radius=0.0, span_slots=3).build(W0, shift, X)
+    base = make_index("correlation-tree", leaf_block=4, fanout=3, radius=0.0, span_slots=3).build(
+        W0, shift, X
+    )
     m, n = W0.shape[0], X.shape[0]
     far = np.sort(rng.choice(m, 300, replace=False))
     use = rng.random(300) < 0.5  # half Gram, half direct

@@ -428,8 +428,8 @@ def _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn
 
 
 @numba.njit(parallel=True, cache=True)
-def ct_query_batch(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift, band, amax, tol,
-                   out, cap):  # fmt: skip
+def ct_query_batch(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift,
+                   band, amax, tol, out, cap):  # fmt: skip
     """Exact fired sets of training points ``ids`` from the per-point max trees.
 
     ``V[i, r]`` approximates ``<w_r(ref), x_i>``: ``|V[i, r] - <w_r(ref), x_i>|
@@ -547,7 +547,9 @@ def ct_note_update(W, rows, step_norms, exact_drift, Wref, drift, radius, wref_m
 
 
 @numba.njit(cache=True)
-def ct_plan_reanchor(W, Wref, drift, far, slot_cnt, slot_ids, slot_c, Xtrain, xnorm, xmax, aerr, cap, gram_on):
+def ct_plan_reanchor(
+    W, Wref, drift, far, slot_cnt, slot_ids, slot_c, Xtrain, xnorm, xmax, aerr, cap, gram_on
+):
     """Maintenance phase 2 (serial, ``O(|far| S d)``): choose Gram or direct per neuron.
 
     Neuron ``r`` is re-anchored through the Gram matrix iff its span slots

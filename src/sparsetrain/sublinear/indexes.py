@@ -131,8 +131,16 @@ class FiredIndex:
 
     def reset_stats(self) -> None:
         self.stats = dict.fromkeys(
-            ("queries", "fired", "nodes_visited", "pairs_refreshed", "rows_updated", "rebuilds",
-             "reanchored_gram", "reanchored_direct"),
+            (
+                "queries",
+                "fired",
+                "nodes_visited",
+                "pairs_refreshed",
+                "rows_updated",
+                "rebuilds",
+                "reanchored_gram",
+                "reanchored_direct",
+            ),
             0,
         )
 
