@@ -95,8 +95,9 @@ def brute_force_removed(values, zeta):
     return set(neg[len(neg) - k_neg:]) | set(pos[:k_pos])
 
 
+@pytest.mark.parametrize("regrow", ["zero", "init"])
 @pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 0.99])
-def test_evolution_removes_spec_sets_and_keeps_counts(rng, zeta):
+def test_evolution_removes_spec_sets_and_keeps_counts(rng, zeta, regrow):
     layer = SparseLinear.erdos_renyi(30, 40, 4, rng)
     layer.data[:5] = 0.0  # exact zeros count with the positives, as the weakest
     layer.velocity[:] = rng.standard_normal(layer.nnz)
@@ -105,7 +106,7 @@ def test_evolution_removes_spec_sets_and_keeps_counts(rng, zeta):
 
     keys0, vals0, vel0 = layer.keys(), layer.data.copy(), layer.velocity.copy()
     counts_before = layer.nnz
-    n = evolve_layer(layer, zeta, rng)
+    n = evolve_layer(layer, zeta, rng, regrow=regrow)
     layer.check()
     assert n == len(removed)
     assert layer.nnz == counts_before
@@ -116,11 +117,16 @@ def test_evolution_removes_spec_sets_and_keeps_counts(rng, zeta):
     np.testing.assert_array_equal(new_keys[pos], keys0[kept])
     np.testing.assert_array_equal(layer.data[pos], vals0[kept])
     np.testing.assert_array_equal(layer.velocity[pos], vel0[kept])
-    # Regrown connections: zero momentum, values from the initialiser, never a survivor.
+    # Regrown connections: zero momentum, value zero or from the initialiser, never a
+    # survivor's position.
     grown = np.setdiff1d(np.arange(new_keys.size), pos)
     assert grown.size == len(removed)
     assert np.all(layer.velocity[grown] == 0)
-    assert np.all(np.abs(layer.data[grown]) <= math.sqrt(6 / layer.fan_in) + 1e-6)
+    if regrow == "zero":
+        assert np.all(layer.data[grown] == 0)
+    else:
+        assert np.all(np.abs(layer.data[grown]) <= math.sqrt(6 / layer.fan_in) + 1e-6)
+        assert grown.size == 0 or np.count_nonzero(layer.data[grown]) == grown.size
     # CSC index rebuilt consistently with the new CSR arrays.
     csc = layer.to_scipy().tocsc()
     csc.sort_indices()

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float)
     t.add_argument("--weight-decay", dest="weight_decay", type=float)
     t.add_argument("--zeta", type=float, help="fraction rewired by SET each epoch")
+    t.add_argument("--regrow", choices=["zero", "init"],
+                   help="value of regrown connections (default zero)")
     t.add_argument("--no-evolve-output", dest="evolve_output", action="store_false", default=None,
                    help="keep the output layer's topology fixed")
     ip = t.add_argument_group("Importance Pruning of hidden neurons (SPEC 1.6)")
@@ -162,7 +164,7 @@ def _load_data(args, dataset=None, options=None):
 
 
 _TRAIN_OPTIONS = ("hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
-                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta",
+                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta", "regrow",
                   "evolve_output", "ip_start", "ip_step", "ip_percentile", "seed")
 
 

@@ -40,6 +40,8 @@ class TrainConfig:
     epochs, batch_size, lr, momentum, weight_decay : training schedule (SPEC 1.3).
     zeta : float
         Fraction of positive and of negative connections rewired by SET each epoch.
+    regrow : {"zero", "init"}
+        Value of regrown connections: zero (default) or a draw from the initialiser.
     evolve_output : bool
         Whether the output layer evolves too (a fully connected layer never does).
     ip_start, ip_step, ip_percentile : int or None, int, float
@@ -64,6 +66,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     zeta: float = 0.3
+    regrow: str = "zero"
     evolve_output: bool = True
     ip_start: int | None = None
     ip_step: int = 10
@@ -110,6 +113,8 @@ class TrainConfig:
             bad("ip_step", "an integer >= 1 (epochs between pruning steps)", self.ip_step)
         if not (isinstance(self.ip_percentile, int | float) and 0 <= self.ip_percentile <= 100):
             bad("ip_percentile", "a percentile in [0, 100]", self.ip_percentile)
+        if self.regrow not in ("zero", "init"):
+            bad("regrow", "'zero' or 'init'", self.regrow)
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "an integer >= 0", self.seed)
         return self

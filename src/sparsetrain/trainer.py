@@ -256,7 +256,7 @@ class Trainer:
         last = len(model.layers) - 1
         for l, layer in enumerate(model.layers):
             if l < last or self.config.evolve_output:
-                evolve_layer(layer, self.config.zeta, rng)
+                evolve_layer(layer, self.config.zeta, rng, regrow=self.config.regrow)
         model.invalidate_buffers()
         self.evolved = True
 
