@@ -23,19 +23,6 @@ TINY = ["--dataset", "synthetic", "--n-samples", "600", "--n-features", "20",
         "--hidden", "64,64", "--epsilon", "5", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch, tmp_path):
-    """No test sees the user's data folders or cache, nor the network."""
-    monkeypatch.delenv("SPARSETRAIN_DATA", raising=False)
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "cache"))
-
-    def no_network(url, dest):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_fetch", no_network)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder of a tiny 20-feature, 2-class model trained for one epoch (read only)."""

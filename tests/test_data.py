@@ -33,19 +33,6 @@ def _need_real(sub: str) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch, tmp_path):
-    """No test sees the user's data folders or cache, nor the network."""
-    monkeypatch.delenv("SPARSETRAIN_DATA", raising=False)
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "cache"))
-
-    def no_network(url, dest):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_fetch", no_network)
-
-
 @pytest.fixture(scope="module")
 def madelon_raw():
     _need_real("madelon")

@@ -14,13 +14,6 @@ from sparsetrain.data import load_dataset
 from sparsetrain.errors import DataNotFoundError, SparsetrainError
 
 
-@pytest.fixture(autouse=True)
-def no_user_data(monkeypatch, tmp_path):
-    monkeypatch.delenv("SPARSETRAIN_DATA", raising=False)
-    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
-
-
 def write_higgs(folder, rows, rng):
     folder.mkdir(parents=True)
     table = np.column_stack([rng.integers(0, 2, rows), rng.standard_normal((rows, 28))])

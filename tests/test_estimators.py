@@ -4,7 +4,6 @@ PyTorch autograd, and the density rule for tiny inputs."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -25,13 +24,7 @@ SMALL = dict(hidden_layer_sizes=(16,), epsilon=2.0, max_iter=5, batch_size=16,
              learning_rate=0.05, random_state=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Numba kernels on one thread (the machine is shared); restored afterwards."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.filterwarnings("ignore:epsilon=.*denser than 1:UserWarning")

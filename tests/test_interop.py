@@ -9,7 +9,6 @@ import pickle
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
 
@@ -24,13 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch.nn.utils.prune")
 from sparsetrain.interop import from_torch, to_torch  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(rng, activation="all-relu", task="classification"):

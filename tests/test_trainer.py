@@ -29,13 +29,7 @@ TINY = ["--dataset", "synthetic", "--n-samples", "600", "--n-features", "20",
         "--hidden", "64,64", "--epsilon", "5", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Numba kernels on one thread (the machine is shared); restored afterwards."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
