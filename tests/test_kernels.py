@@ -242,3 +242,19 @@ def test_srelu_forward_backward(rng, rate):
         (g * left * (1 - al[:, None])).mean(1), (g * left * (z - tl[:, None])).mean(1),
         (g * right * (1 - ar[:, None])).mean(1), (g * right * (z - tr[:, None])).mean(1)])
     np.testing.assert_allclose(one[4], expect, rtol=1e-4, atol=1e-6)
+
+
+@numba.njit(parallel=True)
+def _halve(x, out):
+    for i in numba.prange(x.shape[0]):
+        out[i] = x[i] * np.float32(0.5)
+
+
+def test_flush_to_zero_in_every_thread():
+    if not K._X86:
+        pytest.skip("MXCSR flush-to-zero is x86 only")
+    x = np.full(1024, np.finfo(np.float32).tiny, np.float32)  # halving gives a subnormal
+    assert K.enable_flush_to_zero()
+    out = np.ones_like(x)
+    _halve(x, out)
+    assert np.all(out == 0)  # both threads flushed

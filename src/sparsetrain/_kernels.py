@@ -21,9 +21,14 @@ the Python side maps names to codes through one table (``activations.py``).
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 # Reassociation lets LLVM vectorise the reductions; no "nnan"/"ninf", so NaN and inf
 # propagate exactly as in IEEE arithmetic and the trainer's non-finite guard sees them.
@@ -39,6 +44,57 @@ SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) paramete
 # confident softmax underflows to them and they spread through deltas and momentum, so
 # values below this are flushed to zero where they arise (no information is lost).
 TINY = np.float32(np.finfo(np.float32).tiny)
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_FTZ_ENABLED = False
+
+
+@intrinsic
+def _set_ftz_daz(typingctx):
+    """Set the flush-to-zero and denormals-are-zero bits (0x8040) of this thread's MXCSR."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p])
+        store = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
+        load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
+        slot = cgutils.alloca_once(builder, i32)
+        ptr = builder.bitcast(slot, i8p)
+        builder.call(store, [ptr])
+        builder.store(builder.or_(builder.load(slot), ir.Constant(i32, 0x8040)), slot)
+        builder.call(load, [ptr])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit(parallel=True)
+def _ftz_all_threads(n):
+    for _ in prange(n):  # static schedule: every pool thread runs some iterations
+        _set_ftz_daz()
+
+
+def enable_flush_to_zero() -> bool:
+    """Make every Numba worker thread and the calling thread flush subnormal floats to
+    zero (x86 MXCSR FTZ + DAZ; like ``torch.set_flush_denormal(True)``), once per process.
+
+    Subnormal operands or results take a microcode path ~100x slower than normal
+    arithmetic; products of tiny deltas and small weights produce them during training
+    even when no stored array holds one. Side effect: NumPy float arithmetic in the
+    calling thread flushes subnormals too. Returns whether it is enabled (False off x86).
+    """
+    global _FTZ_ENABLED
+    if _FTZ_ENABLED or not _X86:
+        return _FTZ_ENABLED
+    current = numba.get_num_threads()
+    total = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(total)
+    try:
+        _ftz_all_threads(64 * total)
+    finally:
+        numba.set_num_threads(current)
+    _FTZ_ENABLED = True
+    return True
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

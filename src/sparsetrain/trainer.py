@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import _kernels
 from .config import TrainConfig
 from .data import feature_stats, validate_arrays
 from .errors import NonFiniteLossError, SparsetrainError
@@ -160,6 +161,7 @@ class Trainer:
         ``y``: integer labels, or real targets (n,) / (n, n_outputs) for a regression model.
         """
         cfg = self.config
+        _kernels.enable_flush_to_zero()  # subnormals would make some batches ~100x slower
         has_test = X_test is not None
         if has_test != (y_test is not None):
             raise SparsetrainError("give both X_test and y_test, or neither")
