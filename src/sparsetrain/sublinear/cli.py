@@ -1,4 +1,10 @@
-"""Command line: ``sparsetrain sublinear train`` and ``sparsetrain sublinear bench sgd``.
+"""Command line: ``sparsetrain sublinear train | bench sgd | report``.
+
+``train --method`` is one of :data:`METHODS`: ``sgd`` (dense or with an index),
+the Gauss-Newton variants ``gn``, ``gn-sketch``, ``gn-sublinear``
+(:mod:`.gauss_newton`) and ``ntk`` (kernel ridge regression with the NTK at
+initialisation, :mod:`.ntk`); all write the same run folder (``config.json``,
+``metrics.csv``, ``loss.png``).
 
 The package CLI calls :func:`add_subcommand` on its subparsers and then
 ``args.func(args)``; ``python -m sparsetrain.sublinear`` does the same on its
@@ -19,9 +25,9 @@ from pathlib import Path
 from ..errors import SparsetrainError
 from .indexes import INDEXES
 
-__all__ = ["add_subcommand", "main", "cmd_train", "cmd_bench"]
+__all__ = ["add_subcommand", "main", "cmd_train", "cmd_bench", "cmd_report"]
 
-METHODS = ("sgd",)
+METHODS = ("sgd", "gn", "gn-sketch", "gn-sublinear", "ntk")
 DATASETS = ("synthetic", "fashion-mnist")
 
 
@@ -57,7 +63,7 @@ def add_subcommand(subparsers) -> None:
         help="index parameter, repeatable (e.g. radius=0.2, leaf_size=16)",
     )
     t.add_argument("--shift", type=float, default=None, help="b; default sqrt(0.4 ln m)")
-    t.add_argument("--lr", type=float, default=0.5)
+    t.add_argument("--lr", type=float, default=None, help="step; default 0.5 (sgd), 1.0 (Gauss-Newton)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--iters", type=int, default=200)
     t.add_argument("--eval-every", type=int, default=10, help="full training loss every k iterations")
@@ -67,6 +73,19 @@ def add_subcommand(subparsers) -> None:
     t.add_argument("--classes", default="0,6", help="two Fashion-MNIST classes, e.g. 0,6")
     t.add_argument("--raw-dim", action="store_true", help="real data: keep all 784 pixels (no projection)")
     t.add_argument("--data-dir", default=None, help="folder with fashion_mnist/ (else $SPARSETRAIN_DATA)")
+    t.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="Gauss-Newton / NTK: lambda = damping * tr(JJ^T)/n (default 1e-6)",
+    )
+    t.add_argument(
+        "--sketch", default="countsketch", help="gn-sketch / sketch-cg: gaussian, srht, countsketch"
+    )
+    t.add_argument("--sketch-size", type=int, default=None, help="sketch rows s (default 4 n)")
+    t.add_argument("--cg-tol", type=float, default=1e-10, help="relative CG residual tolerance")
+    t.add_argument("--solver", choices=("direct", "sketch-cg"), default="direct", help="gn-sublinear solve")
+    t.add_argument("--target-loss", type=float, default=None, help="Gauss-Newton: stop at this mean loss")
     t.add_argument("--out", default=None, help="run folder (config.json, metrics.csv, loss.png)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -87,6 +106,13 @@ def add_subcommand(subparsers) -> None:
     b.add_argument("--out", default="docs/sublinear")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="regenerate report.md and its PNGs (SGD, Gauss-Newton, NTK)")
+    r.add_argument("--quick", action="store_true", help="small sizes for CI smoke tests (< 5 min)")
+    r.add_argument("--out", default="docs/sublinear/report")
+    r.add_argument("--data-dir", default=None, help="folder with fashion_mnist/ (else $SPARSETRAIN_DATA)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_report)
 
 
 def _positive(name: str, v: int) -> None:
@@ -129,6 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
         )  # fmt: skip
     net = ShiftedReLUNetwork.init(args.width, X.shape[1], shift=args.shift, seed=args.seed)
+    if args.method != "sgd":
+        return _train_second_order(args, net, X, y, index_params)
+    if args.lr is None:
+        args.lr = 0.5
     t0 = time.perf_counter()
     res = train_sgd(
         net, X, y, index=args.index, index_params=index_params, lr=args.lr,
@@ -164,6 +194,78 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"final train loss {final:.5g}; fired/input {summary['mean_fired_per_input']:.1f} of "
         f"{args.width}; {wall:.2f}s" + (f"; run folder {args.out}" if args.out else "")
     )
+    return 0
+
+
+def _write_run(args, out: Path, cols, h, summary: dict, net, dim: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in vars(args).items() if k != "func"}
+    cfg.update(shift_used=net.shift, dim_used=dim, summary=summary)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    with open(out / "metrics.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for k in range(len(h[cols[0]])):
+            w.writerow([f"{h[c][k]:.6g}" if isinstance(h[c][k], float) else h[c][k] for c in cols])
+
+
+def _train_second_order(args: argparse.Namespace, net, X, y, index_params: dict) -> int:
+    """``--method gn | gn-sketch | gn-sublinear | ntk``: same run folder as SGD."""
+    import numpy as np
+
+    from .gauss_newton import DEFAULT_DAMPING, GN_COLUMNS, train_gn
+    from .ntk import ntk_regression
+    from .sketch import SKETCHES
+
+    damping = DEFAULT_DAMPING if args.damping is None else args.damping
+    if args.method == "ntk":
+        res = ntk_regression(net, X, y, ridge=damping)
+        summary = dict(final_train_loss=res.train_loss, init_loss=res.init_loss, t_kernel=res.t_kernel,
+                       t_solve=res.t_solve, wall_s=res.t_total, ridge_lambda=res.ridge_lambda)  # fmt: skip
+        h = {"iteration": [0, 1], "train_loss": [res.init_loss, res.train_loss],
+             "t_total": [0.0, res.t_total]}  # fmt: skip
+        if args.out:
+            _write_run(
+                args, Path(args.out), ("iteration", "train_loss", "t_total"), h, summary, net, X.shape[1]
+            )
+        print(f"NTK regression: train loss {res.init_loss:.5g} -> {res.train_loss:.5g} in {res.t_total:.3f}s"
+              + (f"; run folder {args.out}" if args.out else ""))  # fmt: skip
+        return 0
+    if args.sketch not in SKETCHES:
+        raise SparsetrainError(f"--sketch must be one of {', '.join(SKETCHES)}; got {args.sketch!r}.")
+    params = {}
+    if args.method in ("gn-sketch", "gn-sublinear"):
+        params.update(sketch=args.sketch, sketch_size=args.sketch_size, cg_tol=args.cg_tol)
+    if args.method == "gn-sublinear":
+        params.update(index_params=index_params, solver=args.solver)
+    t0 = time.perf_counter()
+    res = train_gn(net, X, y, method=args.method, lr=1.0 if args.lr is None else args.lr, n_iter=args.iters,
+                   damping=damping, target_loss=args.target_loss, seed=args.seed,
+                   progress=not args.no_progress, **params)  # fmt: skip
+    wall = time.perf_counter() - t0
+    h = res.history
+    summary = dict(
+        final_train_loss=res.final_loss, t_build=res.t_build, wall_s=wall, iterations=len(h["iteration"]),
+        mean_fired_per_input=float(np.mean(h["fired_per_input"])) if h["iteration"] else 0.0,
+        mean_t_total=float(np.mean(h["t_total"])) if h["iteration"] else 0.0,
+        accuracy_sign=float(np.mean(np.sign(net.predict(X)) == np.sign(y))),
+    )  # fmt: skip
+    if args.out:
+        out = Path(args.out)
+        _write_run(args, out, GN_COLUMNS, h, summary, net, X.shape[1])
+        hh = {"iteration": h["iteration"], "batch_loss": h["train_loss"], "train_loss": h["train_loss"]}
+        _plot_loss(hh, out / "loss.png", f"{args.method} m={args.width} d={X.shape[1]}")
+    print(f"final train loss {res.final_loss:.5g} after {len(h['iteration'])} iterations; {wall:.2f}s"
+          + (f"; run folder {args.out}" if args.out else ""))  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate ``report.md`` and its PNGs (see :mod:`.report`)."""
+    from .report import run_report
+
+    info = run_report(args.out, quick=args.quick, data_dir=args.data_dir, progress=not args.quiet)
+    print(f"wrote {args.out}/report.md and {len(info['figures'])} figures in {info['wall_s']:.0f}s")
     return 0
 
 
