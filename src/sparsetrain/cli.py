@@ -142,6 +142,12 @@ def _set_threads(threads):
         pass
 
 
+def _check_data_dir(args):
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SparsetrainError(f"The '--data-dir' folder {args.data_dir} does not exist; give "
+                               "the folder holding the dataset files")
+
+
 def _load_data(args, dataset=None, options=None):
     from .data import load_dataset
 
@@ -149,9 +155,7 @@ def _load_data(args, dataset=None, options=None):
     if not name:
         raise SparsetrainError("The '--dataset' option is required: one of fashion-mnist, "
                                "madelon, synthetic, or a .npz file (see 'sparsetrain datasets')")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SparsetrainError(f"The '--data-dir' folder {args.data_dir} does not exist; give "
-                               "the folder holding the dataset files")
+    _check_data_dir(args)
     if options is None:
         options = {k: getattr(args, k) for k in ("n_samples", "n_features", "n_informative",
                                                   "n_classes") if getattr(args, k) is not None}
@@ -243,11 +247,7 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     _set_threads(args.threads)
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SparsetrainError(f"The '--data-dir' folder {args.data_dir} does not exist; give "
-                               "the folder holding the dataset files")
-    if args.epochs is not None and args.epochs < 1:
-        raise SparsetrainError(f"The '--epochs' option must be >= 1. Got {args.epochs}.")
+    _check_data_dir(args)
     out = Path(args.out or f"reproduce-{args.dataset}")
     variants = args.variants.split(",") if args.variants else None
     reproduce(args.dataset, out, data_dir=args.data_dir, epochs=args.epochs, seeds=args.seeds,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +30,6 @@ import numpy as np
 from .config import make_config
 from .errors import SparsetrainError
 from .io import write_text
-from .layers import SparseLinear
-from .model import SparseMLP
 from .trainer import Trainer, build_model
 
 
@@ -68,20 +65,6 @@ def ip_schedule(epochs: int) -> tuple[int, int]:
     return max(1, round(0.4 * epochs)), max(1, round(10 * epochs / 500))
 
 
-def dense_model(cfg, X_train, n_classes) -> SparseMLP:
-    """Every layer fully connected, otherwise as :func:`build_model` (same init, scaler)."""
-    from .data import feature_stats
-
-    mean, std = feature_stats(X_train)
-    rng = np.random.default_rng([cfg.seed, 0])
-    sizes = [X_train.shape[1], *cfg.hidden, n_classes]
-    layers = [SparseLinear.erdos_renyi(a, b, math.inf, rng, init="xavier", fan_in=cfg.fan_in,
-                                       allow_dense=True)
-              for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    return SparseMLP(layers, activation=cfg.activation, alpha=cfg.alpha, dropout=cfg.dropout,
-                     loss=cfg.loss, input_mean=mean, input_std=std)
-
-
 def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs, ip, progress):
     """Train (or resume, or just read) one run; returns its metrics history."""
     if (folder / "model.npz").exists():
@@ -93,7 +76,7 @@ def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs,
         if variant.ip:
             overrides.update(ip_start=ip[0], ip_step=ip[1], ip_percentile=ip[2])
         cfg = make_config(dataset, "paper", **overrides)
-        model = (dense_model if variant.dense else build_model)(cfg, ds.X_train, ds.n_classes)
+        model = build_model(cfg, ds.X_train, ds.n_classes, dense=variant.dense)
         trainer = Trainer(cfg, folder, progress=progress,
                           run_info={"dataset": dataset, "variant": variant.label})
         trainer.write_config(model)
@@ -115,7 +98,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     if unknown or not chosen:
         raise SparsetrainError(f"The 'variants' parameter takes names from "
                                f"{[v.slug for v in VARIANTS]}. Got {sorted(unknown) or variants}.")
-    epochs = epochs or make_config(dataset, "paper").epochs
+    epochs = make_config(dataset, "paper").epochs if epochs is None else epochs
     start, step = ip_schedule(epochs)
     ip = (start if ip_start is None else ip_start, step if ip_step is None else ip_step,
           20.0 if ip_percentile is None else ip_percentile)

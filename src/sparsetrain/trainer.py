@@ -36,24 +36,26 @@ METRIC_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_se
 
 
 def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "classification",
-                cap_density: bool = False, y_train=None) -> SparseMLP:
+                cap_density: bool = False, y_train=None, dense: bool = False) -> SparseMLP:
     """Erdős–Rényi model for ``config`` with the training set's standardisation.
 
     ``n_classes`` is the output width (the number of targets for ``task="regression"``,
     whose targets ``y_train`` give the target standardisation); ``cap_density`` caps
-    hidden layers at density 1 instead of refusing (see :meth:`SparseMLP.create`).
+    hidden layers at density 1 instead of refusing (see :meth:`SparseMLP.create`);
+    ``dense`` makes every layer fully connected (the dense baselines of ``reproduce``).
     """
     mean, std = feature_stats(X_train)
     t_mean = t_std = None
     if task == "regression" and y_train is not None:
         t_mean, t_std = feature_stats(validate_targets(X_train, y_train, n_classes, "train"))
     sizes = [X_train.shape[1], *config.hidden, n_classes]
-    return SparseMLP.create(sizes, epsilon=config.epsilon,
+    return SparseMLP.create(sizes, epsilon=math.inf if dense else config.epsilon,
                             rng=np.random.default_rng([config.seed, 0]),
                             activation=config.activation, alpha=config.alpha,
                             dropout=config.dropout, loss=config.loss, init=config.init,
                             fan_in=config.fan_in, input_mean=mean, input_std=std, task=task,
-                            cap_density=cap_density, target_mean=t_mean, target_std=t_std)
+                            cap_density=cap_density or dense, target_mean=t_mean,
+                            target_std=t_std)
 
 
 def validate_targets(X, y, n_outputs: int, split: str) -> np.ndarray:
