@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last finished epoch")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    par = t.add_argument_group("parallel training on Ray (SPEC 1.8; pip install -e \".[parallel]\")")
+    par.add_argument("--parallel", choices=["wasap", "wassp"],
+                     help="WASAP-SGD (asynchronous phase 1) or WASSP-SGD (synchronous)")
+    par.add_argument("--workers", type=int, help="number of workers (default: the cores)")
+    par.add_argument("--ray-address", dest="ray_address",
+                     help="join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT) instead of "
+                     "starting an embedded one")
+    par.add_argument("--phase1-epochs", dest="phase1_epochs", type=int,
+                     help="last epoch of phase 1 (default: 70%% of the epochs)")
+    par.add_argument("--worker-threads", dest="worker_threads", type=int, default=1,
+                     help="compute threads per worker (default 1)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test a saved model on a dataset")
@@ -181,8 +192,22 @@ def cmd_train(args) -> int:
     progress = False if args.no_progress else None
     if args.resume and out is None:
         raise SparsetrainError("The '--resume' option needs '--out RUN', the run folder to continue")
+    parallel_opts = [o for o in ("workers", "ray_address", "phase1_epochs")
+                     if getattr(args, o) is not None]
+    if parallel_opts and not args.parallel:
+        raise SparsetrainError(f"'--{parallel_opts[0].replace('_', '-')}' needs '--parallel "
+                               "wasap' or '--parallel wassp'")
     if args.resume and (out / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(out, epochs=args.epochs, progress=progress)
+        if "parallel" in trainer.run_info:  # a parallel run resumes in parallel
+            from .parallel import ParallelTrainer
+
+            trainer, model = ParallelTrainer.from_checkpoint(out, epochs=args.epochs,
+                                                             progress=progress)
+            if args.ray_address:
+                trainer.parallel.ray_address = args.ray_address
+        elif args.parallel:
+            raise SparsetrainError(f"{out} holds a sequential run; resume it without --parallel")
         ignored = [f"--{k.replace('_', '-')}" for k in _TRAIN_OPTIONS
                    if k != "epochs" and getattr(args, k) is not None]
         if ignored or args.dataset:
@@ -201,9 +226,20 @@ def cmd_train(args) -> int:
         if args.ip and cfg.ip_start is None:
             cfg.ip_start = max(1, round(0.4 * cfg.epochs))  # the paper: 200 of 500 epochs
         model = build_model(cfg, ds.X_train, ds.n_classes)
-        trainer = Trainer(cfg, out, progress=progress,
-                          run_info={"dataset": args.dataset, "options": options,
-                                    "source": ds.source, "preset": args.preset})
+        run_info = {"dataset": args.dataset, "options": options, "source": ds.source,
+                    "preset": args.preset}
+        if args.parallel:
+            import os
+
+            from .parallel import ParallelConfig, ParallelTrainer
+
+            par = ParallelConfig(mode=args.parallel, workers=args.workers or os.cpu_count() or 1,
+                                 phase1_epochs=args.phase1_epochs,
+                                 worker_threads=args.worker_threads,
+                                 ray_address=args.ray_address)
+            trainer = ParallelTrainer(cfg, par, out, progress=progress, run_info=run_info)
+        else:
+            trainer = Trainer(cfg, out, progress=progress, run_info=run_info)
         trainer.write_config(model)
     print(f"sparsetrain: {ds!r}; {model!r}", file=sys.stderr)
     if trainer.epoch >= trainer.config.epochs:

@@ -67,8 +67,10 @@ def write_text(path, text: str) -> None:
         f.write(text)
 
 
-def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
-    """Write ``model`` (weights, momentum, scaler, architecture) and ``extra`` run state."""
+def model_to_arrays(model: SparseMLP, extra: dict | None = None) -> dict[str, np.ndarray]:
+    """``model`` (weights, momentum, scaler, architecture) and ``extra`` run state as named
+    flat arrays, the JSON metadata in the 0-d string array ``meta``: what a model file holds,
+    and what crosses process boundaries in parallel training."""
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -94,6 +96,16 @@ def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
         if layer.neuron_params is not None:  # (P, n_out): SReLU's t_l, a_l, t_r, a_r
             arrays[f"layers.{l}.neuron_params"] = layer.neuron_params
             arrays[f"layers.{l}.neuron_velocity"] = layer.neuron_velocity
+    return arrays
+
+
+def save_model(path, model: SparseMLP, extra: dict | None = None) -> None:
+    """Write ``model`` (weights, momentum, scaler, architecture) and ``extra`` run state."""
+    write_arrays(path, model_to_arrays(model, extra))
+
+
+def write_arrays(path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically write named arrays as an ``.npz`` file (no pickles)."""
     with atomic_write(path) as f:
         np.savez(f, **arrays)
 
@@ -121,20 +133,25 @@ def load_model(path) -> tuple[SparseMLP, dict]:
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
                                f"({type(exc).__name__}: {exc}); retrain or restore it") from None
+    return model_from_arrays(arrays, f"model file {path}")
+
+
+def model_from_arrays(arrays, source: str = "model state") -> tuple[SparseMLP, dict]:
+    """Inverse of :func:`model_to_arrays`: ``(model, meta)``; errors name ``source``."""
     try:
         meta = json.loads(str(arrays["meta"]))
         if not isinstance(meta, dict):
             raise json.JSONDecodeError("not a JSON object", str(arrays["meta"]), 0)
     except (KeyError, json.JSONDecodeError):
-        raise SparsetrainError(f"model file {path} has no readable metadata; it was not "
+        raise SparsetrainError(f"{source} has no readable metadata; it was not "
                                "written by sparsetrain") from None
     if meta.get("format") != FORMAT_NAME:
-        raise SparsetrainError(f"model file {path} has format {meta.get('format')!r}, "
+        raise SparsetrainError(f"{source} has format {meta.get('format')!r}, "
                                f"expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise SparsetrainError(
-            f"model file {path} has format version {version!r}; this sparsetrain "
+            f"{source} has format version {version!r}; this sparsetrain "
             f"({__version__}) reads versions 1..{FORMAT_VERSION}: upgrade sparsetrain")
     try:
         sizes = [int(s) for s in meta["sizes"]]
@@ -171,10 +188,10 @@ def load_model(path) -> tuple[SparseMLP, dict]:
                           task=task, target_mean=arrays.get("target_mean"),
                           target_std=arrays.get("target_std"))
     except KeyError as exc:
-        raise SparsetrainError(f"model file {path} lacks entry {exc}; it is incomplete") from None
+        raise SparsetrainError(f"{source} lacks entry {exc}; it is incomplete") from None
     except SparsetrainError as exc:
-        raise SparsetrainError(f"model file {path} is inconsistent: {exc}") from None
+        raise SparsetrainError(f"{source} is inconsistent: {exc}") from None
     except (IndexError, TypeError, ValueError) as exc:
-        raise SparsetrainError(f"model file {path} has malformed metadata "
+        raise SparsetrainError(f"{source} has malformed metadata "
                                f"({type(exc).__name__}: {exc}); it was altered") from None
     return model, meta

@@ -78,12 +78,12 @@ def validate_targets(X, y, n_outputs: int, split: str) -> np.ndarray:
     return y
 
 
-def metrics_csv(history: list[dict]) -> str:
+def metrics_csv(history: list[dict], columns=METRIC_COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     return buf.getvalue()
 
 
@@ -102,6 +102,9 @@ class Trainer:
     verbose : bool
         Print one line per epoch (loss, accuracy, time).
     """
+
+    #: Columns of ``metrics.csv``.
+    columns = METRIC_COLUMNS
 
     def __init__(self, config: TrainConfig, out_dir=None, *, progress=None, run_info=None,
                  verbose=True):
@@ -143,7 +146,7 @@ class Trainer:
         extra = {"epoch": self.epoch, "evolved": self.evolved, "config": self.config.to_dict(),
                  "history": self.history, "run": self.run_info}
         save_model(self.checkpoint_path, model, extra)
-        write_text(self.out_dir / "metrics.csv", metrics_csv(self.history))
+        write_text(self.out_dir / "metrics.csv", metrics_csv(self.history, self.columns))
 
     def write_config(self, model: SparseMLP) -> None:
         if self.out_dir is None:
@@ -164,6 +167,25 @@ class Trainer:
         """
         cfg = self.config
         _kernels.enable_flush_to_zero()  # subnormals would make some batches ~100x slower
+        X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test, y_test)
+        n = X_train.shape[0]
+        n_batches = math.ceil(n / cfg.batch_size)
+        if not self.evolved and 0 < self.epoch < cfg.epochs:
+            # The schedule was extended after its last epoch: apply the step it skipped.
+            self._topology_step(model, self.epoch)
+        try:
+            for epoch in range(self.epoch + 1, cfg.epochs + 1):
+                row = self._epoch(model, epoch, X_train, y_train, X_test, y_test, n, n_batches)
+                self.history.append(row)
+                self.epoch = epoch
+                self._save(model)
+        finally:
+            self.plot()
+        return self.history
+
+    def prepare_data(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None):
+        """Validated float32/int64 (or float32 target) arrays for :meth:`fit`; without a test
+        set, the training split is validated alone and ``X_test, y_test`` stay None."""
         has_test = X_test is not None
         if has_test != (y_test is not None):
             raise SparsetrainError("give both X_test and y_test, or neither")
@@ -186,20 +208,7 @@ class Trainer:
                                    f"expects {model.n_features}")
         X_train = np.ascontiguousarray(X_train, np.float32)
         X_test = np.ascontiguousarray(X_test, np.float32) if has_test else None
-        n = X_train.shape[0]
-        n_batches = math.ceil(n / cfg.batch_size)
-        if not self.evolved and 0 < self.epoch < cfg.epochs:
-            # The schedule was extended after its last epoch: apply the step it skipped.
-            self._topology_step(model, self.epoch)
-        try:
-            for epoch in range(self.epoch + 1, cfg.epochs + 1):
-                row = self._epoch(model, epoch, X_train, y_train, X_test, y_test, n, n_batches)
-                self.history.append(row)
-                self.epoch = epoch
-                self._save(model)
-        finally:
-            self.plot()
-        return self.history
+        return X_train, y_train, X_test, (y_test if has_test else None)
 
     def _epoch(self, model, epoch, X_train, y_train, X_test, y_test, n, n_batches) -> dict:
         cfg = self.config

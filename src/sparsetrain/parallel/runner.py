@@ -1,0 +1,583 @@
+"""WASAP-SGD and WASSP-SGD on Ray (SPEC 1.8): the driver, the actors, the Ray session.
+
+Layout of a run with ``K`` workers:
+
+* the **driver** (this process) splits the training set into ``K`` shards, puts each in
+  Ray's object store once, starts the actors, shows the progress bar, writes
+  ``metrics.csv``/``model.npz`` after every phase-1 epoch and the final model;
+* the **parameter server**, a Ray actor holding a :class:`~.server.ParameterServer`
+  (``num_cpus=0``: it mostly waits);
+* **workers**, Ray actors (``num_cpus=1``, single-threaded kernels by default) holding a
+  :class:`~.worker.Worker`. A worker that dies is restarted by Ray; it pulls the current
+  state from the server and goes on with its shard (the event is recorded in metrics).
+
+Phase 1 (epochs ``1..e1``): asynchronous (``wasap``) or synchronous (``wassp``) updates
+at the server. In asynchronous mode each worker pipelines one push: it computes the next
+gradient while its previous one travels, so its copy is at most one update staler than
+with blocking pushes and the transfer hides behind computation. Phase 2 (``e1+1..E``):
+every worker trains its replica on its shard, one pass per epoch, with its own SET
+evolution. At the end the replicas are averaged over the union topology and pruned back
+to the per-layer connection counts of the end of phase 1.
+
+By default the library starts an embedded Ray on this machine (loopback only, no
+dashboard) and stops it at the end; ``ray_address`` joins a running cluster instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..errors import NonFiniteLossError, SparsetrainError
+from ..io import write_arrays
+from ..model import SparseMLP
+from ..trainer import METRIC_COLUMNS, Trainer
+from . import shm
+from .server import ParameterServer
+from .state import average_models, full_state, get_values, model_from_state, vector_size
+from .worker import Worker
+
+MODES = ("wasap", "wassp")
+PARALLEL_COLUMNS = [*METRIC_COLUMNS, "phase", "workers", "samples_per_second", "bytes_moved",
+                    "stale_updates", "mean_staleness", "dropped_updates", "dropped_entries",
+                    "replica_test_accuracy", "events"]
+#: Actor calls carry arrays up to this size inline (no object-store round trip): a push
+#: of the Fashion-MNIST preset is about 0.5 MB each way.
+_INLINE_BYTES = 8 << 20
+
+
+@dataclass
+class ParallelConfig:
+    """Options of a parallel run.
+
+    Attributes
+    ----------
+    mode : {"wasap", "wassp"}
+        Asynchronous or synchronous phase 1.
+    workers : int
+        Number of workers ``K``.
+    phase1_epochs : int or None
+        Last epoch of phase 1 (default: ``round(0.7 * epochs)``, the paper's); phase 2
+        runs to the last epoch.
+    warmup_epochs : float
+        WASSP: epochs of linear learning-rate warm-up from ``lr`` to ``K * lr``.
+    worker_threads : int
+        Compute threads per worker (1: K workers use K cores).
+    ray_address : str or None
+        Address of a running Ray cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``);
+        None starts an embedded Ray on this machine.
+    max_restarts : int
+        How often Ray restarts a dead worker.
+    pipeline : bool
+        WASAP: compute the next gradient while the previous push travels (hides the
+        transfer; the copy is about ``K`` updates staler than with blocking pushes).
+    transport : {"auto", "shm", "ray"}
+        How phase-1 pushes travel: shared-memory mailboxes (same node; see
+        :mod:`sparsetrain.parallel.shm`) or Ray actor calls. ``auto``: mailboxes with the
+        embedded Ray on x86-64 Linux, actor calls on a cluster.
+    """
+
+    mode: str = "wasap"
+    workers: int = 2
+    phase1_epochs: int | None = None
+    warmup_epochs: float = 5.0
+    worker_threads: int = 1
+    ray_address: str | None = None
+    max_restarts: int = 3
+    pipeline: bool = True
+    transport: str = "auto"
+
+    def validate(self, epochs: int) -> ParallelConfig:
+        if self.mode not in MODES:
+            raise SparsetrainError(f"The 'parallel' option must be one of {list(MODES)}. "
+                                   f"Got {self.mode!r} instead.")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise SparsetrainError(f"The 'workers' option must be an integer >= 1. Got "
+                                   f"{self.workers!r} instead.")
+        if self.phase1_epochs is None:
+            self.phase1_epochs = max(1, min(epochs, round(0.7 * epochs)))
+        if not isinstance(self.phase1_epochs, int) or not 1 <= self.phase1_epochs <= epochs:
+            raise SparsetrainError(f"The 'phase1_epochs' option must be in [1, {epochs}] (the "
+                                   f"epochs). Got {self.phase1_epochs!r} instead.")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise SparsetrainError(f"The 'warmup_epochs' option must be >= 0. Got "
+                                   f"{self.warmup_epochs!r} instead.")
+        if self.transport not in ("auto", "shm", "ray"):
+            raise SparsetrainError(f"The 'transport' option must be one of ['auto', 'shm', "
+                                   f"'ray']. Got {self.transport!r} instead.")
+        if self.transport == "shm" and not shm.available():
+            raise SparsetrainError("transport='shm' needs x86-64 Linux with /dev/shm; use "
+                                   "transport='ray'")
+        if not isinstance(self.worker_threads, int) or self.worker_threads < 1:
+            raise SparsetrainError(f"The 'worker_threads' option must be an integer >= 1. Got "
+                                   f"{self.worker_threads!r} instead.")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- Ray plumbing
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise SparsetrainError("parallel training needs Ray: pip install -e \".[parallel]\" "
+                               "(or pip install 'ray>=2.9')") from None
+    return ray
+
+
+class RaySession:
+    """Context manager: an embedded Ray on this machine (loopback, no dashboard) unless Ray
+    is already initialised or ``address`` names a cluster; shut down on exit only if it
+    was started here."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.started = False
+
+    def __enter__(self):
+        ray = _import_ray()
+        if ray.is_initialized():
+            return self
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                      logging_level="error")
+        try:
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(address="local", num_cpus=self.num_cpus, _node_ip_address="127.0.0.1",
+                         _system_config={"max_direct_call_object_size": _INLINE_BYTES,
+                                         "task_rpc_inlined_bytes_limit": 8 * _INLINE_BYTES},
+                         **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {self.address!r}" if self.address else "an embedded Ray"
+            raise SparsetrainError(f"could not start or join {where}: {exc}") from None
+        self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            _import_ray().shutdown()
+        return False
+
+
+_ACTORS = {}
+
+
+def _actors():
+    """The Ray actor classes (made on first use so that Ray stays an optional import)."""
+    if _ACTORS:
+        return _ACTORS["server"], _ACTORS["worker"]
+    ray = _import_ray()
+
+    class ServerActor:
+        """Forwards to a :class:`ParameterServer` under a lock; with mailboxes, a thread
+        serves the workers on this node while Ray calls (status, full states, workers
+        elsewhere) are served by the actor's event loop."""
+
+        def __init__(self, kwargs, X_test, y_test, mailboxes):
+            import numba
+
+            from .. import _kernels
+
+            numba.set_num_threads(1)
+            _kernels.enable_flush_to_zero()
+            kwargs["config"] = TrainConfig.from_dict(kwargs["config"])
+            self.s = ParameterServer(**kwargs, X_test=X_test, y_test=y_test)
+            self.lock = threading.Lock()
+            self._waiting = {}
+            self._event = asyncio.Event()
+            self.boxes = []
+            self._stop = threading.Event()
+            if mailboxes is not None:
+                run_id, capacity = mailboxes
+                self.boxes = [shm.Mailbox(shm.Mailbox.path_for(run_id, r), capacity, create=True)
+                              for r in range(self.s.workers)]
+                threading.Thread(target=self._serve, daemon=True).start()
+
+        # -------------------------------------------------------------- mailboxes
+        def _answer(self, box, seq, version):
+            s = self.s
+            if s.done:
+                box.answer(seq, shm.DONE, s.version, s.total_updates)
+            elif version != s.version:
+                box.answer(seq, shm.FULL, s.version, s.total_updates)
+            else:
+                values = get_values(s.model, out=box.values[:vector_size(s.model)])
+                s.count_bytes(values.nbytes)
+                box.answer(seq, shm.VALUES, s.version, s.total_updates, size=values.shape[0])
+
+        def _serve(self):
+            sync = self.s.mode == "sync"
+            idle = 0
+            while not self._stop.is_set():
+                seqs = [box.pending() for box in self.boxes]
+                ready = [i for i, q in enumerate(seqs) if q]
+                if not ready or (sync and len(ready) < len(self.boxes)):
+                    idle += 1
+                    if idle > 100:
+                        time.sleep(5e-5)
+                    continue
+                idle = 0
+                with self.lock:
+                    if sync:
+                        pushes = [self.boxes[i].take() for i in ready]
+                        self.s.push_many(pushes)
+                        for i, p in zip(ready, pushes, strict=True):
+                            self._answer(self.boxes[i], seqs[i], p[0])
+                    else:
+                        for i in ready:
+                            version, grad, loss, n, step = self.boxes[i].take()
+                            self.s.apply_push(version, grad, loss, n, step)
+                            self._answer(self.boxes[i], seqs[i], version)
+
+        async def close(self):
+            self._stop.set()
+            for box in self.boxes:
+                box.close(unlink=True)
+
+        # -------------------------------------------------------------- Ray calls
+        async def push(self, version, grad, loss, n, step):
+            with self.lock:
+                return self.s.push(version, grad, loss, n, step)
+
+        async def push_sync(self, rank, version, grad, loss, n):
+            """Barrier: the K-th push of a step applies the mean; everyone gets the result.
+            A restarted worker's repeated push replaces its earlier one."""
+            self._waiting[rank] = (version, grad, loss, n)
+            if len(self._waiting) >= self.s.workers:
+                pushes, self._waiting = list(self._waiting.values()), {}
+                with self.lock:
+                    self.s.push_many(pushes)
+                event, self._event = self._event, asyncio.Event()
+                event.set()
+            else:
+                await self._event.wait()
+            with self.lock:
+                return self.s.reply(version)
+
+        async def full(self):
+            with self.lock:
+                return self.s.full()
+
+        async def status(self):
+            with self.lock:
+                return self.s.status()
+
+        async def take_rows(self):
+            with self.lock:
+                return self.s.take_rows()
+
+        async def snapshot(self):
+            with self.lock:
+                return self.s.snapshot()
+
+        async def note_restart(self, rank):
+            with self.lock:
+                self.s.note_restart(rank)
+
+        async def note_start(self, rank, pid):
+            with self.lock:
+                self.s.note_start(rank, pid)
+
+    class WorkerActor:
+        def __init__(self, rank, X, y, config, threads, X_test, y_test):
+            import numba
+
+            from .. import _kernels
+
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            _kernels.enable_flush_to_zero()
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+            self.restarted = bool(restarted)
+            self.w = Worker(rank, X, y, TrainConfig.from_dict(config),
+                            start=int(time.time_ns() % (1 << 31)) if restarted else 0,
+                            X_test=X_test, y_test=y_test)
+
+        def pid(self):
+            return os.getpid()
+
+        def run_phase1(self, server, sync, pipeline, mailboxes=None):
+            """Push gradients until the server says phase 1 is over; returns counters."""
+            if self.restarted:
+                ray.get(server.note_restart.remote(self.w.rank))
+                self.restarted = False
+            w = self.w
+            ray.get(server.note_start.remote(w.rank, os.getpid()))
+            w.receive(ray.get(server.full.remote()))
+            t0 = time.perf_counter()
+            if mailboxes is not None:
+                self._run_mailbox(server, sync, pipeline, mailboxes)
+            else:
+                self._run_ray(server, sync, pipeline)
+            return {"rank": w.rank, "steps": w.steps, "compute_seconds": w.compute_seconds,
+                    "seconds": time.perf_counter() - t0}
+
+        def _run_mailbox(self, server, sync, pipeline, mailboxes):
+            w = self.w
+            run_id, capacity = mailboxes
+            box = shm.Mailbox(shm.Mailbox.path_for(run_id, w.rank), capacity)
+            while box.pending():  # a push of this worker's previous life is being answered
+                time.sleep(1e-3)
+            seq = None
+            try:
+                while True:
+                    loss, g, n, version, step = w.gradient()
+                    if seq is not None:  # the answer to the previous push (pipelined)
+                        if self._take(box.wait_reply(seq), server):
+                            break
+                    seq = box.post(g, loss, n, version, step)
+                    if sync or not pipeline:
+                        reply, seq = box.wait_reply(seq), None
+                        if self._take(reply, server):
+                            break
+            finally:
+                box.close()
+
+        def _take(self, reply, server):
+            """Apply a mailbox answer to the replica; True when phase 1 is over."""
+            if reply["kind"] == shm.DONE:
+                return True
+            if reply["kind"] == shm.FULL:
+                self.w.receive(ray.get(server.full.remote()))
+            else:
+                self.w.receive({"values": reply["values"], "version": reply["version"],
+                                "step": reply["step"]})
+            return False
+
+        def _run_ray(self, server, sync, pipeline):
+            w = self.w
+            pending = None
+            while True:
+                loss, g, n, version, step = w.gradient()
+                if sync or not pipeline:
+                    reply = ray.get(server.push_sync.remote(w.rank, version, g, loss, n) if sync
+                                    else server.push.remote(version, g, loss, n, step))
+                else:  # pipelined: collect the previous answer after computing this gradient
+                    reply = ray.get(pending) if pending is not None else None
+                    pending = None
+                    if reply is None or not reply["done"]:
+                        if reply is not None:
+                            w.receive(reply)
+                        pending = server.push.remote(version, g, loss, n, step)
+                        continue
+                if reply["done"]:
+                    break
+                w.receive(reply)
+
+        def start_phase2(self, state):
+            self.w.receive({"state": state, "version": -1})
+
+        def local_epoch(self, epoch):
+            return self.w.local_epoch(epoch)
+
+        def state(self):
+            return full_state(self.w.model)
+
+    _ACTORS["server"] = ray.remote(num_cpus=0)(ServerActor)
+    _ACTORS["worker"] = ray.remote(num_cpus=1)(WorkerActor)
+    return _ACTORS["server"], _ACTORS["worker"]
+
+
+# ---------------------------------------------------------------------- the driver
+class ParallelTrainer(Trainer):
+    """Runs a :class:`TrainConfig` with WASAP-SGD or WASSP-SGD; same outputs as
+    :class:`~sparsetrain.trainer.Trainer`, with ``phase`` and ``workers`` (and traffic)
+    columns in ``metrics.csv``.
+
+    Checkpoints: after every phase-1 epoch (``model.npz`` = the server's model), and the
+    final averaged model. ``--resume`` continues phase 1 from its last epoch; a run stopped
+    during phase 2 restarts phase 2 from the end of phase 1.
+    """
+
+    columns = PARALLEL_COLUMNS
+
+    def __init__(self, config: TrainConfig, parallel: ParallelConfig, out_dir=None, *,
+                 progress=None, run_info=None, verbose=True):
+        super().__init__(config, out_dir, progress=progress, run_info=run_info, verbose=verbose)
+        self.parallel = parallel.validate(self.config.epochs)
+        self.run_info["parallel"] = self.parallel.to_dict()
+        self.worker_stats: list[dict] = []
+
+    @classmethod
+    def from_checkpoint(cls, out_dir, *, epochs=None, progress=None):
+        trainer, model = Trainer.from_checkpoint(out_dir, progress=progress)
+        if "parallel" not in trainer.run_info:
+            raise SparsetrainError(f"{out_dir} holds a sequential run; resume it without "
+                                   "--parallel")
+        if epochs is not None and epochs != trainer.config.epochs:
+            raise SparsetrainError(f"a parallel run cannot change its epochs on --resume "
+                                   f"(saved {trainer.config.epochs}, got {epochs})")
+        par = ParallelConfig(**trainer.run_info["parallel"])
+        new = cls(trainer.config, par, out_dir, progress=progress, run_info=trainer.run_info)
+        new.epoch = trainer.epoch
+        new.history = trainer.history
+        if new.epoch > par.phase1_epochs and new.epoch < new.config.epochs:
+            new.epoch = par.phase1_epochs  # phase 2 restarts from the end of phase 1
+            new.history = [r for r in new.history if r["epoch"] <= new.epoch]
+        return new, model
+
+    def _save_state(self, state: dict, epoch: int, evolved: bool = True) -> None:
+        if self.out_dir is None:
+            return
+        meta = json.loads(str(state["meta"]))
+        meta.update({"epoch": epoch, "evolved": evolved, "config": self.config.to_dict(),
+                     "history": self.history, "run": self.run_info})
+        arrays = dict(state)
+        arrays["meta"] = np.array(json.dumps(meta))
+        write_arrays(self.checkpoint_path, arrays)
+        from ..io import write_text
+        from ..trainer import metrics_csv
+
+        write_text(self.out_dir / "metrics.csv", metrics_csv(self.history, self.columns))
+
+    def fit(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None) -> list[dict]:
+        """Train epochs ``self.epoch + 1 .. epochs`` in parallel; returns the history and
+        leaves the final (averaged) model in ``self.model``."""
+        cfg, par = self.config, self.parallel
+        X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test,
+                                                             y_test)
+        k = par.workers
+        n = X_train.shape[0]
+        if n < k:
+            raise SparsetrainError(f"{k} workers need at least {k} training samples; got {n}")
+        self.model = model
+        self._test = (X_test, y_test) if X_test is not None else None
+        ray = _import_ray()
+        with RaySession(par.ray_address, num_cpus=max(os.cpu_count() or 1, k)):
+            ServerActor, WorkerActor = _actors()
+            perm = np.random.default_rng([cfg.seed, 0, 2]).permutation(n)
+            shards = np.array_split(perm, k)
+            test_ref = (ray.put(X_test), ray.put(y_test)) if X_test is not None else (None, None)
+            # The driver keeps the shard references: a restarted worker reads them again.
+            self._shards = [(ray.put(X_train[s]), ray.put(y_train[s])) for s in shards]
+            workers = [WorkerActor.options(max_restarts=par.max_restarts,
+                                           max_task_retries=par.max_restarts).remote(
+                r, xr, yr, cfg.to_dict(), par.worker_threads, *test_ref)
+                for r, (xr, yr) in enumerate(self._shards)]
+            self.workers = workers
+            bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{par.mode} x{k}",
+                       unit="epoch",
+                       disable=(None if self.progress is None else not self.progress))
+            try:
+                if self.epoch < par.phase1_epochs:
+                    model = self._phase1(model, workers, ServerActor, n, test_ref, bar)
+                if self.epoch < cfg.epochs:
+                    model = self._phase2(model, workers, bar)
+            finally:
+                bar.close()
+                for w in workers:
+                    ray.kill(w)
+                self.plot()
+        self.model = model
+        return self.history
+
+    def _phase1(self, model, workers, ServerActor, n, test_ref, bar):
+        ray = _import_ray()
+        cfg, par = self.config, self.parallel
+        mailboxes = None
+        if par.transport == "shm" or (par.transport == "auto" and par.ray_address is None
+                                      and shm.available()):
+            mailboxes = (shm.new_run_id(), vector_size(model))
+        server = ServerActor.remote(dict(
+            state=full_state(model), config=cfg.to_dict(), n_train=n, workers=par.workers,
+            mode="sync" if par.mode == "wassp" else "async", phase1_epochs=par.phase1_epochs,
+            start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, mailboxes)
+        self.server = server
+        runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes)
+                for w in workers]
+        pending = list(runs)
+        while True:
+            done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
+            status = ray.get(server.status.remote())
+            rows = ray.get(server.take_rows.remote())
+            if rows:
+                epoch, state = ray.get(server.snapshot.remote())
+                for row in rows:
+                    self._log(row)
+                self.epoch = rows[-1]["epoch"]
+                if epoch == self.epoch:
+                    self._save_state(state, self.epoch, evolved=self.epoch < cfg.epochs)
+                bar.update(len(rows))
+            if status["failed"]:
+                ray.get(runs)
+                kept = (f"the last good checkpoint (epoch {self.epoch}) is kept at "
+                        f"{self.checkpoint_path}" if self.out_dir and self.epoch else
+                        "no checkpoint was written")
+                raise NonFiniteLossError(f"training stopped: {status['failed']}; {kept}. Try a "
+                                         f"lower learning rate (--lr, now {cfg.lr:g}).")
+            bar.set_postfix(update=f"{status['updates']}/{status['updates_per_epoch']}",
+                            refresh=False)
+            if not pending:
+                break
+        self.worker_stats = ray.get(runs)
+        _, state = ray.get(server.snapshot.remote())
+        ray.get(server.close.remote())
+        ray.kill(server)
+        model, _ = model_from_state(state)
+        return model
+
+    def _phase2(self, model, workers, bar):
+        ray = _import_ray()
+        cfg, par = self.config, self.parallel
+        targets = [la.nnz for la in model.layers]
+        state_ref = ray.put(full_state(model))
+        ray.get([w.start_phase2.remote(state_ref) for w in workers])
+        for epoch in range(self.epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            parts = ray.get([w.local_epoch.remote(epoch) for w in workers])
+            wall = time.perf_counter() - t0
+            row = {"epoch": epoch, "phase": "local", "workers": par.workers,
+                   "train_loss": float(np.mean([p["train_loss"] for p in parts])),
+                   "epoch_seconds": wall,
+                   "train_seconds": max(p["train_seconds"] for p in parts),
+                   "eval_seconds": max(p["eval_seconds"] for p in parts),
+                   "evolution_seconds": max(p["evolution_seconds"] for p in parts),
+                   "bytes_moved": 0, "events": ""}
+            row["samples_per_second"] = sum(p["samples"] for p in parts) / row["train_seconds"]
+            if "test_accuracy" in parts[0]:  # mean over the replicas
+                row["test_loss"] = float(np.mean([p["test_loss"] for p in parts]))
+                row["test_accuracy"] = float(np.mean([p["test_accuracy"] for p in parts]))
+            if epoch == cfg.epochs:
+                t1 = time.perf_counter()
+                states = ray.get([w.state.remote() for w in workers])
+                row["bytes_moved"] = sum(a.nbytes for s in states for a in s.values())
+                model, _ = average_models(states, targets)
+                row["phase"] = "averaged"
+                row["replica_test_accuracy"] = row.get("test_accuracy")
+                if self._test is not None:
+                    row["test_loss"], row["test_accuracy"] = model.evaluate(*self._test)
+                row["evolution_seconds"] += time.perf_counter() - t1
+                row["epoch_seconds"] = time.perf_counter() - t0
+            row.update(n_connections=sum(targets) if epoch < cfg.epochs else model.n_connections,
+                       connections_per_layer=" ".join(str(t) for t in targets)
+                       if epoch < cfg.epochs else " ".join(str(la.nnz) for la in model.layers),
+                       neurons_per_layer=" ".join(str(s) for s in model.sizes))
+            self._log(row)
+            self.epoch = epoch
+            bar.update(1)
+        self.evolved = False
+        self._save(model)
+        return model
+
+    def _log(self, row: dict) -> None:
+        self.history.append(row)
+        if self.verbose:
+            acc = f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            tqdm.write(f"epoch {row['epoch']}/{self.config.epochs} [{row['phase']}]: train loss "
+                       f"{row['train_loss']:.4f}{acc}, {row['epoch_seconds']:.2f} s, "
+                       f"{row.get('samples_per_second', 0):.0f} samples/s"
+                       + (f" ({row['events']})" if row.get("events") else ""))

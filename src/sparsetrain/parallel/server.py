@@ -1,0 +1,279 @@
+"""The parameter server of WASAP-SGD / WASSP-SGD phase 1 (SPEC 1.8), without Ray.
+
+:class:`ParameterServer` holds the sparse model and its momentum. Workers push the
+gradient of one mini-batch, tagged with the topology *version* of the copy they computed
+it on; the server applies momentum SGD at once (asynchronous mode) or to the mean of one
+gradient per worker (synchronous mode) and answers with the current values, plus the full
+state when the worker's topology is out of date. Every ``n_train / batch`` applied
+updates (``n_train / (K * batch)`` averaged ones) make an epoch: the server evaluates,
+runs Importance Pruning (when scheduled) and SET evolution, and bumps the version.
+
+A gradient computed on an older topology keeps only the entries of connections that
+still exist, mapped to their new positions (:func:`~sparsetrain.parallel.state.retain_valid`);
+one computed before a change of layer sizes (neurons removed) is dropped whole. The Ray
+actor in :mod:`sparsetrain.parallel.runner` only forwards calls to this class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .. import _kernels
+from ..config import TrainConfig
+from ..trainer import Trainer
+from .state import (
+    full_state,
+    get_values,
+    model_from_state,
+    retain_valid,
+    topology_keys,
+    value_layout,
+)
+
+_KEEP_VERSIONS = 4  # old topologies kept to map stale gradients (older ones are dropped)
+
+
+class ParameterServer:
+    """Phase-1 state of a parallel run.
+
+    Parameters
+    ----------
+    state : dict of arrays
+        Full model state (:func:`~sparsetrain.parallel.state.full_state`).
+    config : TrainConfig
+    n_train : int
+        Training samples over all shards (an epoch is ``ceil(n_train / batch)`` updates).
+    workers : int
+    mode : {"async", "sync"}
+    phase1_epochs : int
+        Last epoch of phase 1.
+    start_epoch : int
+        Epochs already done (resume).
+    X_test, y_test : arrays, optional
+        Validation set evaluated after every epoch.
+    """
+
+    def __init__(self, state, config: TrainConfig, *, n_train: int, workers: int,
+                 mode: str = "async", phase1_epochs: int, start_epoch: int = 0,
+                 X_test=None, y_test=None, warmup_epochs: float = 5.0):
+        self.model, _ = model_from_state(state)
+        self.config = config
+        self.workers = int(workers)
+        self.mode = mode
+        self.phase1_epochs = int(phase1_epochs)
+        self.epoch = int(start_epoch)
+        per_update = config.batch_size * (self.workers if mode == "sync" else 1)
+        self.updates_per_epoch = max(1, math.ceil(n_train / per_update))
+        self.updates = 0  # applied in the current epoch
+        self.total_updates = self.epoch * self.updates_per_epoch
+        self.warmup_updates = warmup_epochs * self.updates_per_epoch
+        self.X_test, self.y_test = X_test, y_test
+        self._trainer = Trainer(config, progress=False, verbose=False)
+        self.version = 0
+        self._keys = {0: self._topology()}
+        self.rows: list[dict] = []
+        self.events: list[str] = []
+        self.failed: str | None = None  # why phase 1 stopped early (non-finite loss)
+        self.restarts = 0
+        self.pids: dict[int, int] = {}  # worker rank -> process id (diagnostics, tests)
+        self._reset_epoch_stats()
+        self._snapshot = (self.epoch, full_state(self.model))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _topology(self):
+        return [la.n_out for la in self.model.layers], topology_keys(self.model)
+
+    def _reset_epoch_stats(self):
+        self._t0 = time.perf_counter()
+        self._loss = 0.0
+        self._samples = 0
+        self._bytes = 0
+        self._stale = 0
+        self._staleness = 0
+        self._pushes = 0
+        self._dropped_updates = 0
+        self._dropped_entries = 0
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.epoch >= self.phase1_epochs
+
+    def lr(self) -> float:
+        """Learning rate of the next update: ``lr`` (async) or ``lr * K`` reached by a
+        linear warm-up over the first ``warmup_epochs`` epochs (sync, Goyal et al.)."""
+        lr = self.config.lr
+        if self.mode != "sync" or self.workers == 1:
+            return lr
+        frac = min(1.0, self.total_updates / self.warmup_updates) if self.warmup_updates else 1.0
+        return lr * (1.0 + (self.workers - 1) * frac)
+
+    def note_restart(self, rank: int) -> None:
+        self.events.append(f"worker {rank} restarted")
+        self.restarts += 1
+
+    def note_start(self, rank: int, pid: int) -> None:
+        self.pids[int(rank)] = int(pid)
+
+    def status(self) -> dict:
+        return {"epoch": self.epoch, "updates": self.updates, "done": self.done,
+                "failed": self.failed, "restarts": self.restarts, "pids": dict(self.pids),
+                "total_updates": self.total_updates,
+                "updates_per_epoch": self.updates_per_epoch, "version": self.version}
+
+    def take_rows(self) -> list[dict]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    def snapshot(self):
+        """``(epoch, full state)`` at the end of the latest finished epoch."""
+        return self._snapshot
+
+    def full(self) -> dict:
+        """Reply with the full current state (a new or restarted worker)."""
+        state = full_state(self.model)
+        self._bytes += sum(a.nbytes for a in state.values())
+        return {"done": self.done, "version": self.version, "state": state, "values": None,
+                "step": self.total_updates}
+
+    def reply(self, version: int) -> dict:
+        """Current values for a worker whose copy has topology ``version``."""
+        if self.done:
+            return {"done": True, "version": self.version, "state": None, "values": None,
+                    "step": self.total_updates}
+        if version != self.version:
+            return self.full()
+        values = get_values(self.model)
+        self._bytes += values.nbytes
+        return {"done": False, "version": self.version, "state": None, "values": values,
+                "step": self.total_updates}
+
+    # ------------------------------------------------------------------ updates
+    def push(self, version: int, grad: np.ndarray, loss: float, n: int, step: int = -1) -> dict:
+        """Asynchronous mode: apply one worker's gradient now, answer with current values.
+
+        ``step``: the server's update count when the worker's copy was sent (its answer's
+        ``step``), to measure staleness (updates applied in between)."""
+        self.apply_push(version, grad, loss, n, step)
+        return self.reply(version)
+
+    def apply_push(self, version: int, grad: np.ndarray, loss: float, n: int,
+                   step: int = -1) -> None:
+        """:meth:`push` without the answer (the mailbox path writes it in place)."""
+        if self.done:
+            return
+        if step >= 0:
+            self._staleness += self.total_updates - step
+            self._pushes += 1
+        self._bytes += grad.nbytes
+        self._apply(version, grad, self.lr())
+        self._count(loss * n, n)
+
+    def count_bytes(self, nbytes: int) -> None:
+        self._bytes += int(nbytes)
+
+    def push_many(self, pushes: list[tuple]) -> None:
+        """Synchronous mode: apply the mean of one gradient per worker as one update;
+        ``pushes``: ``(version, grad, loss, n, ...)`` per worker."""
+        if self.done:
+            return
+        versions = {p[0] for p in pushes}
+        self._bytes += sum(p[1].nbytes for p in pushes)
+        if versions == {self.version}:
+            grad = np.mean([p[1] for p in pushes], axis=0, dtype=np.float32)
+            self._apply(self.version, grad, self.lr())
+        else:  # a worker restarted from an older copy: map each gradient, then average
+            mapped = [self._map(p[0], p[1]) for p in pushes]
+            mapped = [m for m in mapped if m is not None]
+            if mapped:
+                self._apply(self.version, np.mean(mapped, axis=0, dtype=np.float32), self.lr())
+        self._count(sum(p[2] * p[3] for p in pushes), sum(p[3] for p in pushes))
+
+    def _count(self, loss_sum: float, n: int) -> None:
+        if not math.isfinite(loss_sum):
+            self.failed = (f"the loss became {loss_sum / max(n, 1)} at epoch {self.epoch + 1}, "
+                           f"update {self.updates + 1}/{self.updates_per_epoch}")
+            return
+        self._loss += loss_sum
+        self._samples += n
+        self.updates += 1
+        self.total_updates += 1
+        if self.updates >= self.updates_per_epoch:
+            self._end_epoch()
+
+    def _map(self, version: int, grad: np.ndarray) -> np.ndarray | None:
+        """``grad`` (computed on topology ``version``) in the current layout, zeros where the
+        current topology has connections the old one lacked; None if it cannot be mapped."""
+        old = self._keys.get(version)
+        sizes, keys = self._keys[self.version]
+        if old is None or old[0] != sizes:
+            self._dropped_updates += 1
+            return None
+        self._stale += 1
+        layout = value_layout(self.model)
+        out = np.zeros(layout[-1][3], np.float32)
+        old_pos = 0
+        maps = retain_valid(old[1], keys)
+        for (w, *_), (src, dst), k_old in zip(layout, maps, old[1], strict=True):
+            out[w + dst] = grad[old_pos + src]
+            self._dropped_entries += k_old.size - src.size
+            old_pos += k_old.size
+        # biases and neuron parameters: same sizes, same order, right after the weights
+        n_neuron = layout[-1][3] - layout[0][1]
+        out[layout[0][1]:] = grad[old_pos:old_pos + n_neuron]
+        return out
+
+    def _apply(self, version: int, grad: np.ndarray, lr: float) -> None:
+        if version != self.version:
+            grad = self._map(version, grad)
+            if grad is None:
+                return
+        cfg = self.config
+        lr, mom, wd = np.float32(lr), np.float32(cfg.momentum), np.float32(cfg.weight_decay)
+        zero = np.float32(0.0)
+        for (w, b, p, e), la in zip(value_layout(self.model), self.model.layers, strict=True):
+            _kernels.momentum_sgd(la.data, la.velocity, grad[w:w + la.nnz], lr, mom, wd)
+            _kernels.momentum_sgd(la.bias, la.bias_velocity, grad[b:b + la.n_out], lr, mom, zero)
+            if la.neuron_params is not None:
+                _kernels.momentum_sgd(la.neuron_params.ravel(), la.neuron_velocity.ravel(),
+                                      grad[p:e], lr, mom, zero)
+
+    # ------------------------------------------------------------------ epochs
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        t1 = time.perf_counter()
+        test = {}
+        if self.X_test is not None:
+            test["test_loss"], test["test_accuracy"] = self.model.evaluate(self.X_test, self.y_test)
+        t2 = time.perf_counter()
+        if not math.isfinite(test.get("test_loss", 0.0)):
+            self.failed = f"the test loss became {test['test_loss']} at epoch {self.epoch}"
+            return
+        if self.epoch < self.config.epochs:
+            self._trainer._topology_step(self.model, self.epoch)
+            self.version += 1
+            self._keys[self.version] = self._topology()
+            for v in [v for v in self._keys if v <= self.version - _KEEP_VERSIONS]:
+                del self._keys[v]
+        t3 = time.perf_counter()
+        m = self.model
+        train_seconds = t1 - self._t0
+        self.rows.append({
+            "epoch": self.epoch, "train_loss": self._loss / max(self._samples, 1), **test,
+            "epoch_seconds": t3 - self._t0, "train_seconds": train_seconds,
+            "eval_seconds": t2 - t1, "evolution_seconds": t3 - t2,
+            "n_connections": m.n_connections,
+            "connections_per_layer": " ".join(str(la.nnz) for la in m.layers),
+            "neurons_per_layer": " ".join(str(n) for n in m.sizes),
+            "phase": self.mode, "workers": self.workers,
+            "samples_per_second": self._samples / train_seconds if train_seconds > 0 else 0.0,
+            "bytes_moved": self._bytes, "stale_updates": self._stale,
+            "mean_staleness": self._staleness / self._pushes if self._pushes else "",
+            "dropped_updates": self._dropped_updates, "dropped_entries": self._dropped_entries,
+            "events": "; ".join(self.events)})
+        self.events = []
+        self._snapshot = (self.epoch, full_state(self.model))
+        self._reset_epoch_stats()
+        self.updates = 0

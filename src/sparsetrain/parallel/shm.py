@@ -1,0 +1,131 @@
+"""Same-node fast path for phase-1 pushes: one shared-memory mailbox per worker.
+
+A Ray actor call carrying a 0.5 MB gradient and answering with 0.5 MB of values costs
+3-5 ms on the 2-core machines here, more than the 2.3 ms the Fashion-MNIST step itself
+takes, so workers on the server's node exchange the gradient and the answer through a
+memory-mapped file in ``/dev/shm`` instead; Ray still starts, places, restarts and
+stops everything, and carries full states (rare: after a topology change) and all
+traffic of workers on other nodes.
+
+Mailbox layout: an int64 header, a float64 loss, then the gradient and the answer as
+float32 arrays of ``capacity`` entries (the size of the value vector at the start of the
+run; Importance Pruning only shrinks it). The worker writes the gradient, then bumps
+``PUSH_SEQ``; the server applies it, writes the answer, then sets ``REPLY_SEQ`` to the
+same number. Each side writes its payload before its sequence number and reads the
+sequence number before the payload; x86-64 keeps stores in order (TSO), which is why
+this path is used only there. A worker killed halfway through a write never bumped its
+sequence number, so the half-written gradient is never applied.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+PUSH_SEQ, REPLY_SEQ, VERSION, STEP, N, SIZE, KIND, R_VERSION, R_STEP, R_SIZE = range(10)
+_HEADER = 16  # int64 words
+#: Answer kinds.
+VALUES, FULL, DONE = 0, 1, 2
+_ROOT = Path("/dev/shm")
+
+
+def available() -> bool:
+    """Whether this machine can use mailboxes (x86-64 Linux with /dev/shm)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and _ROOT.is_dir()
+
+
+def new_run_id() -> str:
+    return f"sparsetrain-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Mailbox:
+    """The mailbox of one worker (created by the server, opened by the worker)."""
+
+    def __init__(self, path, capacity: int, create: bool = False):
+        self.path = Path(path)
+        self.capacity = int(capacity)
+        nbytes = 8 * (_HEADER + 1) + 8 * self.capacity
+        if create:
+            with open(self.path, "wb") as f:
+                f.truncate(nbytes)
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+        self.header = self._mm[:8 * _HEADER].view(np.int64)
+        self.loss = self._mm[8 * _HEADER:8 * (_HEADER + 1)].view(np.float64)
+        base = 8 * (_HEADER + 1)
+        self.grad = self._mm[base:base + 4 * self.capacity].view(np.float32)
+        self.values = self._mm[base + 4 * self.capacity:].view(np.float32)
+
+    @staticmethod
+    def path_for(run_id: str, rank: int) -> Path:
+        return _ROOT / f"{run_id}-{rank}"
+
+    # ------------------------------------------------------------------ worker side
+    def post(self, grad: np.ndarray, loss: float, n: int, version: int, step: int) -> int:
+        """Write a gradient and announce it; returns its sequence number."""
+        size = grad.shape[0]
+        if size > self.capacity:
+            raise ValueError(f"gradient of {size} values exceeds the mailbox ({self.capacity})")
+        self.grad[:size] = grad
+        self.loss[0] = loss
+        h = self.header
+        h[VERSION], h[STEP], h[N], h[SIZE] = version, step, n, size
+        seq = int(h[PUSH_SEQ]) + 1
+        h[PUSH_SEQ] = seq  # last: the payload is complete once this is visible
+        return seq
+
+    def wait_reply(self, seq: int, timeout: float = 600.0, alive=None) -> dict:
+        """Block until the answer to push ``seq`` is there: ``{"kind", "version", "step",
+        "values"}`` (``values`` a view valid until the next post)."""
+        h = self.header
+        t0 = time.perf_counter()
+        spins = 0
+        while int(h[REPLY_SEQ]) != seq:
+            spins += 1
+            if spins > 200:
+                time.sleep(5e-5)
+                if spins % 2000 == 0:
+                    if time.perf_counter() - t0 > timeout:
+                        raise TimeoutError("no answer from the parameter server in "
+                                           f"{timeout:.0f} s")
+                    if alive is not None:
+                        alive()
+        return {"kind": int(h[KIND]), "version": int(h[R_VERSION]), "step": int(h[R_STEP]),
+                "values": self.values[:int(h[R_SIZE])]}
+
+    # ------------------------------------------------------------------ server side
+    def pending(self) -> int:
+        """Sequence number of an unanswered push, or 0."""
+        seq = int(self.header[PUSH_SEQ])
+        return seq if seq != int(self.header[REPLY_SEQ]) else 0
+
+    def take(self) -> tuple[int, np.ndarray, float, int, int]:
+        """``(version, gradient view, loss, n, step)`` of the pending push."""
+        h = self.header
+        return (int(h[VERSION]), self.grad[:int(h[SIZE])], float(self.loss[0]), int(h[N]),
+                int(h[STEP]))
+
+    def answer(self, seq: int, kind: int, version: int, step: int,
+               values: np.ndarray | None = None, size: int | None = None) -> None:
+        """Answer push ``seq``: with ``values`` copied in, or ``size`` values already
+        written into :attr:`values`."""
+        h = self.header
+        if values is not None:
+            size = values.shape[0]
+            self.values[:size] = values
+        size = size or 0
+        h[KIND], h[R_VERSION], h[R_STEP], h[R_SIZE] = kind, version, step, size
+        h[REPLY_SEQ] = seq  # last
+
+    def close(self, unlink: bool = False) -> None:
+        self.header = self.loss = self.grad = self.values = None
+        self._mm = None
+        if unlink:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass

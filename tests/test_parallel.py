@@ -1,0 +1,227 @@
+"""WASAP/WASSP algebra without Ray: server updates, retain-valid mapping under a forced
+race, averaging + pruning against brute force, mailboxes, options."""
+
+import numpy as np
+import pytest
+
+from sparsetrain.config import make_config
+from sparsetrain.errors import SparsetrainError
+from sparsetrain.layers import SparseLinear
+from sparsetrain.model import SparseMLP
+from sparsetrain.parallel import ParallelConfig, shm
+from sparsetrain.parallel.server import ParameterServer
+from sparsetrain.parallel.state import (
+    average_models,
+    full_state,
+    get_values,
+    model_from_state,
+    pack_gradients,
+    retain_valid,
+    set_values,
+    value_layout,
+)
+from sparsetrain.trainer import Trainer, build_model
+
+
+def _problem(rng, n=320, d=20, k=3, activation="all-relu", hidden=(30, 20)):
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    cfg = make_config(None, hidden=hidden, epsilon=3.0, epochs=4, batch_size=32,
+                      activation=activation, seed=3)
+    return X, y, cfg, build_model(cfg, X, k)
+
+
+@pytest.mark.parametrize("activation", ["all-relu", "srelu"])
+def test_server_with_fresh_gradients_equals_sequential_sgd(rng, activation):
+    """One worker, no staleness: the server's momentum SGD (and its SET step at the epoch
+    boundary) reproduces sequential training exactly."""
+    X, y, cfg, model = _problem(rng, activation=activation)
+    server = ParameterServer(full_state(model), cfg, n_train=X.shape[0], workers=1,
+                             phase1_epochs=3)
+    replica, _ = model_from_state(full_state(model))
+    seq, _ = model_from_state(full_state(model))
+    trainer = Trainer(cfg, progress=False, verbose=False)
+    assert server.updates_per_epoch == 10
+    for step in range(15):
+        idx = rng.choice(X.shape[0], 32, replace=False).astype(np.int64)
+        loss, grads = replica.gradients(X, y, idx, seed=step)
+        reply = server.push(replica_version := server.version, pack_gradients(replica, grads),
+                            loss, 32)
+        replica_state = reply["state"]
+        if replica_state is not None:
+            replica, _ = model_from_state(replica_state)
+        else:
+            set_values(replica, reply["values"])
+        seq_loss = seq.train_step(X, y, idx, lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay, seed=step)
+        assert loss == pytest.approx(seq_loss, rel=1e-6)
+        if step == 9:  # the epoch boundary: SET from (seed, epoch=1, 1) on both
+            trainer._topology_step(seq, 1)
+            assert server.version == replica_version + 1
+        for a, b in zip(server.model.layers, seq.layers, strict=True):
+            np.testing.assert_array_equal(a.keys(), b.keys())
+            np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-7)
+    row = server.take_rows()[0]
+    assert row["epoch"] == 1 and row["phase"] == "async" and row["bytes_moved"] > 0
+
+
+def test_stale_gradient_after_evolution_touches_only_surviving_connections(rng):
+    """Forced race: a worker copies the model, the server evolves the topology, then the
+    worker pushes the gradient of its old copy. Every entry lands on the connection with
+    the same (input, output) or is dropped; new connections get no update."""
+    X, y, cfg, model = _problem(rng)
+    cfg.weight_decay = 0.0
+    server = ParameterServer(full_state(model), cfg, n_train=X.shape[0], workers=2,
+                             phase1_epochs=3)
+    stale, _ = model_from_state(server.full()["state"])  # the worker's pull (version 0)
+    other, _ = model_from_state(server.full()["state"])
+    for step in range(server.updates_per_epoch):  # another worker finishes epoch 1
+        idx = rng.choice(X.shape[0], 32, replace=False).astype(np.int64)
+        loss, grads = other.gradients(X, y, idx, seed=step)
+        server.push(0, pack_gradients(other, grads), loss, 32)
+    assert server.version == 1  # SET has rewired every layer
+    idx = np.arange(32, dtype=np.int64)
+    loss, grads = stale.gradients(X, y, idx, seed=99)
+    before = [(la.keys(), la.data.copy(), la.velocity.copy(), la.bias.copy(), la.bias_velocity.copy())
+              for la in server.model.layers]
+    reply = server.push(0, pack_gradients(stale, grads), loss, 32)
+    assert reply["state"] is not None and reply["version"] == 1  # the worker gets the new topology
+    lr, mom = np.float32(cfg.lr), np.float32(cfg.momentum)
+    for l, la in enumerate(server.model.layers):
+        keys, data, vel, bias, bvel = before[l]
+        old_grad = dict(zip(stale.layers[l].keys().tolist(), grads[l].weights.tolist(), strict=True))
+        moved = surviving = 0
+        for p, key in enumerate(keys.tolist()):
+            if key in old_grad:  # brute force: the same connection in the old copy
+                v = mom * vel[p] - lr * np.float32(old_grad[key])
+                assert la.velocity[p] == pytest.approx(v, rel=1e-5, abs=1e-9)
+                assert la.data[p] == pytest.approx(data[p] + v, rel=1e-5, abs=1e-9)
+                surviving += 1
+                moved += old_grad[key] != 0
+            else:  # regrown since the copy: untouched
+                assert la.data[p] == data[p] and la.velocity[p] == vel[p]
+        if la.density < 1:
+            assert surviving < stale.layers[l].nnz  # some old connections are gone...
+        assert moved > 0  # ...and the rest were updated
+        np.testing.assert_allclose(la.bias, bias + mom * bvel - lr * grads[l].bias, rtol=1e-5,
+                                   atol=1e-8)
+    row_count = sum(la.nnz for la in stale.layers) - sum(
+        np.isin(stale.layers[l].keys(), before[l][0]).sum() for l in range(len(before)))
+    assert server._dropped_entries == row_count and server._stale == 1
+
+
+def test_retain_valid_maps_by_position():
+    old = [np.array([1, 4, 7, 9], np.int64)]
+    new = [np.array([0, 4, 8, 9, 12], np.int64)]
+    (src, dst), = retain_valid(old, new)
+    np.testing.assert_array_equal(src, [1, 3])
+    np.testing.assert_array_equal(dst, [1, 3])
+    (src, dst), = retain_valid(old, [np.empty(0, np.int64)])
+    assert src.size == 0 and dst.size == 0
+
+
+def _random_model(rng, sizes, nnz, seed_values=True):
+    layers = []
+    for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz, strict=True):
+        keys = np.sort(rng.choice(n_in * n_out, k, replace=False))
+        vals = rng.normal(size=k).astype(np.float32)
+        if seed_values:  # exact ties in |w| between layers' entries, to check tie-breaking
+            vals[: k // 4] = np.float32(0.5) * rng.choice([-1, 1], k // 4)
+        rows, cols = np.divmod(keys, n_out)
+        layers.append(SparseLinear.from_coo(n_in, n_out, rows, cols, vals,
+                                            bias=rng.normal(size=n_out).astype(np.float32)))
+    return SparseMLP(layers, activation="relu")
+
+
+def test_average_and_prune_matches_dense_brute_force(rng):
+    sizes, nnz = [12, 9, 7, 3], [30, 25, 15]
+    models = [_random_model(rng, sizes, nnz) for _ in range(3)]
+    targets = [30, 25, 15]
+    avg, _ = average_models([full_state(m) for m in models], targets)
+    for l in range(len(sizes) - 1):
+        dense = np.mean([m.layers[l].to_dense().astype(np.float64) for m in models], axis=0)
+        union = np.any([m.layers[l].to_dense() != 0 for m in models], axis=0).ravel()
+        flat = dense.ravel()
+        cand = [(abs(flat[p]), p) for p in np.flatnonzero(union)]
+        cand.sort()  # weakest first; ties: lower position first
+        keep = sorted(p for _, p in cand[len(cand) - targets[l]:])
+        la = avg.layers[l]
+        assert la.nnz == targets[l]
+        np.testing.assert_array_equal(la.keys(), keep)
+        np.testing.assert_allclose(la.data, flat[keep].astype(np.float32), rtol=1e-6)
+        np.testing.assert_allclose(la.bias, np.mean([m.layers[l].bias for m in models], axis=0),
+                                   rtol=1e-5, atol=1e-7)
+        assert not la.velocity.any()
+
+
+def test_average_keeps_everything_when_union_is_small(rng):
+    m = _random_model(rng, [6, 5, 2], [8, 6])
+    avg, _ = average_models([full_state(m), full_state(m)], [20, 10])
+    for a, b in zip(avg.layers, m.layers, strict=True):
+        np.testing.assert_array_equal(a.keys(), b.keys())
+        np.testing.assert_allclose(a.data, b.data)
+
+
+def test_sync_mode_averages_gradients_with_warmup(rng):
+    X, y, cfg, model = _problem(rng)
+    server = ParameterServer(full_state(model), cfg, n_train=X.shape[0], workers=2,
+                             mode="sync", phase1_epochs=2, warmup_epochs=1.0)
+    assert server.updates_per_epoch == 5 and server.lr() == pytest.approx(cfg.lr)
+    ref, _ = model_from_state(full_state(model))
+    grads = []
+    for seed in range(2):
+        loss, g = ref.gradients(X, y, np.arange(seed * 32, seed * 32 + 32, dtype=np.int64), seed=seed)
+        grads.append((0, pack_gradients(ref, g), loss, 32))
+    before = get_values(server.model)
+    server.push_many(grads)
+    mean = (grads[0][1] + grads[1][1]) / 2
+    w0 = value_layout(server.model)[0]
+    first = server.model.layers[0]
+    np.testing.assert_allclose(first.data, before[:first.nnz] - cfg.lr * (
+        mean[w0[0]:w0[0] + first.nnz] + cfg.weight_decay * before[:first.nnz]), rtol=1e-5, atol=1e-8)
+    assert server.lr() == pytest.approx(cfg.lr * (1 + 1 / 5))  # 1 of 5 warm-up updates done
+
+
+def test_mailbox_round_trip(tmp_path, monkeypatch):
+    if not shm.available():
+        pytest.skip("mailboxes need x86-64 Linux")
+    path = shm.Mailbox.path_for(shm.new_run_id(), 0)
+    server = shm.Mailbox(path, 10, create=True)
+    worker = shm.Mailbox(path, 10)
+    try:
+        assert server.pending() == 0
+        seq = worker.post(np.arange(6, dtype=np.float32), 1.5, 32, 3, 17)
+        assert server.pending() == seq == 1
+        version, grad, loss, n, step = server.take()
+        assert (version, loss, n, step) == (3, 1.5, 32, 17)
+        np.testing.assert_array_equal(grad, np.arange(6))
+        server.answer(seq, shm.VALUES, 4, 18, values=np.full(7, 2.0, np.float32))
+        assert server.pending() == 0
+        reply = worker.wait_reply(seq)
+        assert reply["kind"] == shm.VALUES and reply["version"] == 4 and reply["step"] == 18
+        np.testing.assert_array_equal(reply["values"], np.full(7, 2.0))
+        with pytest.raises(ValueError, match="exceeds"):
+            worker.post(np.zeros(11, np.float32), 0.0, 1, 0, 0)
+    finally:
+        worker.close()
+        server.close(unlink=True)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="hogwild"), "'parallel' option"),
+    (dict(workers=0), "'workers' option"),
+    (dict(phase1_epochs=11), r"'phase1_epochs' option must be in \[1, 10\]"),
+    (dict(transport="mpi"), "'transport' option"),
+    (dict(worker_threads=0), "'worker_threads'"),
+])
+def test_parallel_config_errors(kwargs, match):
+    with pytest.raises(SparsetrainError, match=match):
+        ParallelConfig(**kwargs).validate(10)
+
+
+def test_parallel_config_default_phase_boundary():
+    assert ParallelConfig().validate(10).phase1_epochs == 7
+    assert ParallelConfig().validate(500).phase1_epochs == 350
+    assert ParallelConfig().validate(1).phase1_epochs == 1

@@ -1,0 +1,116 @@
+"""WASAP-SGD / WASSP-SGD end to end on an embedded Ray (small models; skipped without Ray)."""
+
+import csv
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from sklearn.datasets import make_classification  # noqa: E402
+
+from sparsetrain.cli import main  # noqa: E402
+from sparsetrain.config import make_config  # noqa: E402
+from sparsetrain.io import load_model  # noqa: E402
+from sparsetrain.parallel import ParallelConfig, ParallelTrainer, RaySession  # noqa: E402
+from sparsetrain.trainer import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    with RaySession(num_cpus=2) as session:
+        yield session
+
+
+def _data(n=3000, d=30, seed=0):
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=10, n_classes=3,
+                               random_state=seed)
+    X = X.astype(np.float32)
+    cut = int(0.8 * n)
+    return X[:cut], y[:cut], X[cut:], y[cut:]
+
+
+@pytest.mark.parametrize("mode, transport", [("wasap", "auto"), ("wassp", "auto"),
+                                             ("wasap", "ray"), ("wassp", "ray")])
+def test_parallel_run_end_to_end(ray_session, tmp_path, mode, transport):
+    Xtr, ytr, Xte, yte = _data()
+    cfg = make_config(None, hidden=(64, 32), epsilon=5.0, epochs=4, batch_size=32, seed=1)
+    model = build_model(cfg, Xtr, 3)
+    targets = [la.nnz for la in model.layers]
+    par = ParallelConfig(mode=mode, workers=2, phase1_epochs=2, transport=transport)
+    trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
+    history = trainer.fit(model, Xtr, ytr, Xte, yte)
+    assert [r["phase"] for r in history] == ["sync" if mode == "wassp" else "async"] * 2 + [
+        "local", "averaged"]
+    assert all(r["workers"] == 2 for r in history)
+    assert history[-1]["test_accuracy"] > 0.5  # 3 balanced classes: chance is 1/3
+    assert history[0]["bytes_moved"] > 0 and history[2]["bytes_moved"] == 0
+    final = trainer.model
+    assert [la.nnz for la in final.layers] == targets  # averaging pruned back to the targets
+    saved, meta = load_model(tmp_path / "model.npz")
+    assert meta["epoch"] == 4 and meta["run"]["parallel"]["mode"] == mode
+    np.testing.assert_array_equal(saved.predict(Xte), final.predict(Xte))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert {"phase", "workers", "bytes_moved", "samples_per_second"} <= set(rows[0])
+    assert (tmp_path / "learning_curve.png").exists()
+
+
+def test_worker_killed_in_phase1_is_restarted_and_run_finishes(ray_session, tmp_path):
+    Xtr, ytr, Xte, yte = _data(n=8000, d=60, seed=2)
+    cfg = make_config(None, hidden=(300, 300), epsilon=20.0, epochs=13, batch_size=32, seed=4)
+    model = build_model(cfg, Xtr, 3)
+    par = ParallelConfig(mode="wasap", workers=2, phase1_epochs=12)
+    trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            server = getattr(trainer, "server", None)
+            if server is not None:
+                try:
+                    st = ray.get(server.status.remote(), timeout=5)
+                except Exception:
+                    return
+                if st["total_updates"] >= 100 and 0 in st["pids"]:
+                    os.kill(st["pids"][0], signal.SIGKILL)
+                    killed["at"] = st["total_updates"]
+                    killed["epoch"] = st["epoch"]
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    history = trainer.fit(model, Xtr, ytr, Xte, yte)
+    thread.join()
+    assert "at" in killed, "phase 1 ended before the worker could be killed"
+    assert killed["epoch"] < par.phase1_epochs
+    events = [r["events"] for r in history if r.get("events")]
+    assert events == ["worker 0 restarted"], events
+    assert history[-1]["epoch"] == cfg.epochs and history[-1]["phase"] == "averaged"
+    assert history[-1]["test_accuracy"] > 0.6
+
+
+def test_cli_parallel_train_and_resume_refusal(ray_session, tmp_path, capsys):
+    Xtr, ytr, Xte, yte = _data(n=1500, d=12)
+    path = tmp_path / "small.npz"
+    np.savez(path, X_train=Xtr, y_train=ytr, X_test=Xte, y_test=yte)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(path), "--preset", "none", "--hidden", "32,16",
+                 "--epsilon", "4", "--epochs", "3", "--batch-size", "32", "--parallel", "wasap",
+                 "--workers", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert "final test accuracy" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["phase"] for r in rows] == ["async", "async", "averaged"]
+    # finished run: --resume says so and changes nothing
+    assert main(["train", "--out", str(out), "--resume", "--dataset", str(path),
+                 "--no-progress"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(path), "--workers", "2"]) == 2
+    assert "needs '--parallel" in capsys.readouterr().err
