@@ -114,3 +114,62 @@ def test_cli_parallel_train_and_resume_refusal(ray_session, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().err
     assert main(["train", "--dataset", str(path), "--workers", "2"]) == 2
     assert "needs '--parallel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop_after", ["phase1_epoch1", "phase2"])
+def test_interrupted_parallel_run_resumes(ray_session, tmp_path, monkeypatch, stop_after):
+    """Interrupted after the first phase-1 checkpoint or during phase 2, ``--resume``
+    finishes the run with every epoch in the history exactly once."""
+    if stop_after == "phase1_epoch1":  # epochs long enough for the driver to see each one
+        Xtr, ytr, Xte, yte = _data(n=8000, d=60, seed=2)
+        cfg = make_config(None, hidden=(300, 300), epsilon=20.0, epochs=4, batch_size=32, seed=2)
+    else:
+        Xtr, ytr, Xte, yte = _data(n=1500, d=12)
+        cfg = make_config(None, hidden=(32, 16), epsilon=4.0, epochs=4, batch_size=32, seed=2)
+    model = build_model(cfg, Xtr, 3)
+    par = ParallelConfig(mode="wasap", workers=2, phase1_epochs=3)
+    trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
+    if stop_after == "phase1_epoch1":
+        original = ParallelTrainer._save_state
+
+        def save_then_stop(self, state, epoch, evolved=True):
+            original(self, state, epoch, evolved)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ParallelTrainer, "_save_state", save_then_stop)
+    else:
+        def stop(self, *args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ParallelTrainer, "_phase2", stop)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(model, Xtr, ytr, Xte, yte)
+    monkeypatch.undo()
+    _, meta = load_model(tmp_path / "model.npz")
+    if stop_after == "phase1_epoch1":
+        assert meta["epoch"] < 3  # stopped inside phase 1
+    else:
+        assert meta["epoch"] == 3
+    resumed, model = ParallelTrainer.from_checkpoint(tmp_path, progress=False)
+    resumed.verbose = False
+    history = resumed.fit(model, Xtr, ytr, Xte, yte)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["phase"] for r in history] == ["async"] * 3 + ["averaged"]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    with pytest.raises(Exception, match="cannot change its epochs"):
+        ParallelTrainer.from_checkpoint(tmp_path, epochs=9)
+
+
+def test_non_finite_loss_stops_parallel_run_keeping_checkpoint(ray_session, tmp_path):
+    Xtr, ytr, Xte, yte = _data(n=1500, d=12)
+    cfg = make_config(None, hidden=(32, 16), epsilon=4.0, epochs=4, batch_size=32, seed=2,
+                      lr=1e9, momentum=0.0)
+    model = build_model(cfg, Xtr, 3)
+    trainer = ParallelTrainer(cfg, ParallelConfig(workers=2, phase1_epochs=3), tmp_path,
+                              progress=False, verbose=False)
+    from sparsetrain.errors import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="training stopped: the (test )?loss became"):
+        trainer.fit(model, Xtr, ytr, Xte, yte)
+    assert trainer.mailbox_paths and not any(p.exists() for p in trainer.mailbox_paths)

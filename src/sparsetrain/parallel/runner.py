@@ -221,15 +221,24 @@ def _actors():
                 box.answer(seq, shm.VALUES, s.version, s.total_updates, size=values.shape[0])
 
         def _serve(self):
+            import numba
+
+            from .. import _kernels
+
+            numba.set_num_threads(1)  # per thread: this one applies the updates
+            _kernels.enable_flush_to_zero()
             sync = self.s.mode == "sync"
             idle = 0
             while not self._stop.is_set():
                 seqs = [box.pending() for box in self.boxes]
                 ready = [i for i, q in enumerate(seqs) if q]
                 if not ready or (sync and len(ready) < len(self.boxes)):
+                    # Pipelined workers collect an answer only after their next gradient
+                    # (milliseconds), so a short nap costs no throughput and leaves the
+                    # cores to them; spin briefly first for the synchronous case.
                     idle += 1
-                    if idle > 100:
-                        time.sleep(5e-5)
+                    if idle > 20:
+                        time.sleep(2e-4)
                     continue
                 idle = 0
                 with self.lock:
@@ -335,11 +344,15 @@ def _actors():
             seq = None
             try:
                 while True:
-                    loss, g, n, version, step = w.gradient()
-                    if seq is not None:  # the answer to the previous push (pipelined)
+                    if seq is not None and pipeline and not sync:
+                        # the previous push may still be read: compute aside, then copy
+                        loss, g, n, version, step = w.gradient()
                         if self._take(box.wait_reply(seq), server):
                             break
-                    seq = box.post(g, loss, n, version, step)
+                        seq = box.post(g, loss, n, version, step)
+                    else:  # the mailbox is free: write the gradient straight into it
+                        loss, g, n, version, step = w.gradient(out=box.grad)
+                        seq = box.post(g, loss, n, version, step)
                     if sync or not pipeline:
                         reply, seq = box.wait_reply(seq), None
                         if self._take(reply, server):
@@ -411,6 +424,7 @@ class ParallelTrainer(Trainer):
         self.parallel = parallel.validate(self.config.epochs)
         self.run_info["parallel"] = self.parallel.to_dict()
         self.worker_stats: list[dict] = []
+        self.mailbox_paths: list = []  # the run's /dev/shm mailboxes (removed at the end)
 
     @classmethod
     def from_checkpoint(cls, out_dir, *, epochs=None, progress=None):
@@ -492,41 +506,50 @@ class ParallelTrainer(Trainer):
         if par.transport == "shm" or (par.transport == "auto" and par.ray_address is None
                                       and shm.available()):
             mailboxes = (shm.new_run_id(), vector_size(model))
+            self.mailbox_paths = [shm.Mailbox.path_for(mailboxes[0], r) for r in range(par.workers)]
         server = ServerActor.remote(dict(
             state=full_state(model), config=cfg.to_dict(), n_train=n, workers=par.workers,
             mode="sync" if par.mode == "wassp" else "async", phase1_epochs=par.phase1_epochs,
             start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, mailboxes)
         self.server = server
-        runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes)
-                for w in workers]
-        pending = list(runs)
-        while True:
-            done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
-            status = ray.get(server.status.remote())
-            rows = ray.get(server.take_rows.remote())
-            if rows:
-                epoch, state = ray.get(server.snapshot.remote())
-                for row in rows:
-                    self._log(row)
-                self.epoch = rows[-1]["epoch"]
-                if epoch == self.epoch:
-                    self._save_state(state, self.epoch, evolved=self.epoch < cfg.epochs)
-                bar.update(len(rows))
-            if status["failed"]:
-                ray.get(runs)
-                kept = (f"the last good checkpoint (epoch {self.epoch}) is kept at "
-                        f"{self.checkpoint_path}" if self.out_dir and self.epoch else
-                        "no checkpoint was written")
-                raise NonFiniteLossError(f"training stopped: {status['failed']}; {kept}. Try a "
-                                         f"lower learning rate (--lr, now {cfg.lr:g}).")
-            bar.set_postfix(update=f"{status['updates']}/{status['updates_per_epoch']}",
-                            refresh=False)
-            if not pending:
-                break
-        self.worker_stats = ray.get(runs)
-        _, state = ray.get(server.snapshot.remote())
-        ray.get(server.close.remote())
-        ray.kill(server)
+        try:
+            runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes)
+                    for w in workers]
+            pending = list(runs)
+            while True:
+                done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
+                status = ray.get(server.status.remote())
+                rows = ray.get(server.take_rows.remote())
+                if rows:
+                    epoch, state = ray.get(server.snapshot.remote())
+                    for row in rows:
+                        self._log(row)
+                    self.epoch = rows[-1]["epoch"]
+                    if epoch == self.epoch:
+                        self._save_state(state, self.epoch, evolved=self.epoch < cfg.epochs)
+                    bar.update(len(rows))
+                if status["failed"]:
+                    ray.get(runs)
+                    kept = (f"the last good checkpoint (epoch {self.epoch}) is kept at "
+                            f"{self.checkpoint_path}" if self.out_dir and self.epoch else
+                            "no checkpoint was written")
+                    raise NonFiniteLossError(f"training stopped: {status['failed']}; {kept}. Try a "
+                                             f"lower learning rate (--lr, now {cfg.lr:g}).")
+                bar.set_postfix(update=f"{status['updates']}/{status['updates_per_epoch']}",
+                                refresh=False)
+                if not pending:
+                    break
+            self.worker_stats = ray.get(runs)
+            _, state = ray.get(server.snapshot.remote())
+        finally:  # also on Ctrl-C or an error: stop the server, remove the mailboxes
+            try:
+                ray.get(server.close.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - the server may already be gone
+                pass
+            ray.kill(server)
+            if mailboxes is not None:
+                for path in self.mailbox_paths:
+                    path.unlink(missing_ok=True)
         model, _ = model_from_state(state)
         return model
 

@@ -70,7 +70,8 @@ class Mailbox:
         size = grad.shape[0]
         if size > self.capacity:
             raise ValueError(f"gradient of {size} values exceeds the mailbox ({self.capacity})")
-        self.grad[:size] = grad
+        if not np.shares_memory(grad, self.grad):
+            self.grad[:size] = grad
         self.loss[0] = loss
         h = self.header
         h[VERSION], h[STEP], h[N], h[SIZE] = version, step, n, size

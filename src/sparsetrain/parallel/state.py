@@ -79,10 +79,12 @@ def set_values(model: SparseMLP, values: np.ndarray) -> None:
             la.neuron_params[...] = values[p:e].reshape(la.neuron_params.shape)
 
 
-def pack_gradients(model: SparseMLP, grads: list[LayerGradient]) -> np.ndarray:
-    """Per-layer gradients as one vector in the value layout of ``model``."""
+def pack_gradients(model: SparseMLP, grads: list[LayerGradient],
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Per-layer gradients as one vector in the value layout of ``model`` (written into the
+    first entries of ``out`` when given; the returned view has exactly the layout's size)."""
     layout = value_layout(model)
-    out = np.empty(layout[-1][3], np.float32)
+    out = np.empty(layout[-1][3], np.float32) if out is None else out[:layout[-1][3]]
     for (w, b, p, e), g, la in zip(layout, grads, model.layers, strict=True):
         out[w:w + la.nnz] = g.weights
         out[b:b + la.n_out] = g.bias

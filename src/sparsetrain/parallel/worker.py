@@ -65,14 +65,15 @@ class Worker:
         self._pos += self.config.batch_size
         return idx, int(self._seeds[b])
 
-    def gradient(self) -> tuple[float, np.ndarray, int, int, int]:
-        """``(loss, gradient vector, batch size, version, step)`` of the next mini-batch."""
+    def gradient(self, out: np.ndarray | None = None) -> tuple[float, np.ndarray, int, int, int]:
+        """``(loss, gradient vector, batch size, version, step)`` of the next mini-batch;
+        the vector is written into ``out`` (at least as long) when given."""
         if self.model is None:
             raise SparsetrainError(f"worker {self.rank} has no model yet")
         t = time.perf_counter()
         idx, seed = self._next_batch()
         loss, grads = self.model.gradients(self.X, self.y, idx, seed=seed)
-        g = pack_gradients(self.model, grads)
+        g = pack_gradients(self.model, grads, out)
         self.compute_seconds += time.perf_counter() - t
         self.steps += 1
         return loss, g, int(idx.size), self.version, self.step
