@@ -31,6 +31,10 @@ def test_reproduce_madelon_small(datasets_dir, tmp_path, capsys):
     assert len(runs) == 6
     ip = runs[runs["variant"] == "SET All-ReLU + IP"]
     assert np.all(ip["connections_end"] < ip["connections_start"])
+    # Pruned neurons are folded away (400 + 100 + 400 hidden neurons at the start).
+    assert np.all(ip["hidden_neurons_end"] < 900)
+    assert np.all(runs[runs["variant"] == "SET All-ReLU"]["hidden_neurons_end"] == 900)
+    assert "| hidden neurons end |" in table
     dense = runs[runs["variant"] == "dense ReLU"]
     assert np.all(dense["connections_start"] == 500 * 400 + 400 * 100 + 100 * 400 + 400 * 2)
     for png in ("learning_curves.png", "connections.png"):

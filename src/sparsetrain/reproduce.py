@@ -14,7 +14,8 @@ percentile, for 500 epochs; with another budget ``E`` it scales with it (start a
 40% of ``E``, step ``10 * E / 500``) unless given.
 
 Outputs in ``OUT``: ``table.md`` (best and final test accuracy, mean +- std over
-seeds, connections at start and end, minutes per run, the paper's figure),
+seeds, connections at start and end, hidden neurons at the end, minutes per run, the
+paper's figure),
 ``runs.csv`` (one row per run), ``learning_curves.png`` and ``connections.png``.
 """
 
@@ -118,6 +119,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
                          "connections_start": _first_connections(out / variant.slug / f"seed{seed}",
                                                                  hist),
                          "connections_end": hist[-1]["n_connections"],
+                         "hidden_neurons_end": _hidden_neurons(hist[-1]),
                          "minutes": sum(r["epoch_seconds"] for r in hist) / 60, "history": hist})
     write_text(out / "runs.csv", _runs_csv(runs))
     write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs))
@@ -134,10 +136,15 @@ def _first_connections(folder, hist):
         return hist[0]["n_connections"]
 
 
+def _hidden_neurons(row) -> int:
+    """Hidden neurons (all hidden layers) in a metrics row."""
+    return sum(int(n) for n in str(row["neurons_per_layer"]).split()[1:-1])
+
+
 def _runs_csv(runs) -> str:
     buf = io.StringIO()
     cols = ["variant", "seed", "best_test_accuracy", "best_epoch", "final_test_accuracy",
-            "connections_start", "connections_end", "minutes"]
+            "connections_start", "connections_end", "hidden_neurons_end", "minutes"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(runs)
@@ -148,22 +155,24 @@ def _table(dataset, epochs, seeds, ip, chosen, runs) -> str:
     paper = PAPER_TABLE2.get(dataset)
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
-             "Accuracies in %, mean +- std over seeds; minutes per run (train + eval + "
+             "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
+             "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution).", "",
              "| variant | best test acc | final test acc | connections start | connections end "
-             "| change | minutes | paper best (500 ep.) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| change | hidden neurons end | minutes | paper best (500 ep.) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for variant in chosen:
         rs = [r for r in runs if r["slug"] == variant.slug]
         best = 100 * np.array([r["best_test_accuracy"] for r in rs])
         final = 100 * np.array([r["final_test_accuracy"] for r in rs])
         c0 = np.mean([r["connections_start"] for r in rs])
         c1 = np.mean([r["connections_end"] for r in rs])
+        h1 = np.mean([r["hidden_neurons_end"] for r in rs])
         ref = f"{paper[VARIANTS.index(variant)]:.2f}" if paper else "n/a"
         lines.append(f"| {variant.label} | {best.mean():.2f} +- {best.std():.2f} | "
                      f"{final.mean():.2f} +- {final.std():.2f} | {c0:,.0f} | {c1:,.0f} | "
-                     f"{100 * (c1 / c0 - 1):+.1f}% | {np.mean([r['minutes'] for r in rs]):.2f} "
-                     f"| {ref} |")
+                     f"{100 * (c1 / c0 - 1):+.1f}% | {h1:,.0f} | "
+                     f"{np.mean([r['minutes'] for r in rs]):.2f} | {ref} |")
     return "\n".join(lines) + "\n"
 
 

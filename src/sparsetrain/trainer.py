@@ -261,15 +261,25 @@ class Trainer:
                 and (epoch - cfg.ip_start) % cfg.ip_step == 0)
 
     def _topology_step(self, model, epoch):
-        """After ``epoch``: Importance Pruning when scheduled, then SET evolution (randomness
-        from ``(seed, epoch, 1)``)."""
+        """After ``epoch``: Importance Pruning when scheduled (pruned neurons folded into the
+        next layer's bias and removed; the percentile over the configured hidden widths, so
+        resuming from a checkpoint prunes as the uninterrupted run), then SET evolution
+        (randomness from ``(seed, epoch, 1)``; after a pruning step it regrows fewer, see
+        :func:`sparsetrain.pruning.regrowth_targets`)."""
+        targets = [None] * len(model.layers)
         if self.prunes_after(epoch):
-            prune_neurons(model.layers, self.config.ip_percentile)
+            from .pruning import model_constants, original_widths, regrowth_targets
+
+            widths = original_widths(self.config.hidden, model.layers)
+            prune_neurons(model.layers, self.config.ip_percentile,
+                          constants=model_constants(model), original_widths=widths)
+            targets = regrowth_targets(model.layers, widths, self.config.zeta)
         rng = np.random.default_rng([self.config.seed, epoch, 1])
         last = len(model.layers) - 1
         for l, layer in enumerate(model.layers):
             if l < last or self.config.evolve_output:
-                evolve_layer(layer, self.config.zeta, rng, regrow=self.config.regrow)
+                evolve_layer(layer, self.config.zeta, rng, target_nnz=targets[l],
+                             regrow=self.config.regrow)
         model.invalidate_buffers()
         self.evolved = True
 
