@@ -344,15 +344,13 @@ def _actors():
             seq = None
             try:
                 while True:
-                    if seq is not None and pipeline and not sync:
-                        # the previous push may still be read: compute aside, then copy
-                        loss, g, n, version, step = w.gradient()
+                    # The next gradient goes straight into the slot the server is not
+                    # reading (it may still be applying the previous push).
+                    loss, g, n, version, step = w.gradient(out=box.free_slot())
+                    if seq is not None:  # the answer to the previous push (pipelined)
                         if self._take(box.wait_reply(seq), server):
                             break
-                        seq = box.post(g, loss, n, version, step)
-                    else:  # the mailbox is free: write the gradient straight into it
-                        loss, g, n, version, step = w.gradient(out=box.grad)
-                        seq = box.post(g, loss, n, version, step)
+                    seq = box.post(g, loss, n, version, step)
                     if sync or not pipeline:
                         reply, seq = box.wait_reply(seq), None
                         if self._take(reply, server):

@@ -7,9 +7,10 @@ memory-mapped file in ``/dev/shm`` instead; Ray still starts, places, restarts a
 stops everything, and carries full states (rare: after a topology change) and all
 traffic of workers on other nodes.
 
-Mailbox layout: an int64 header, a float64 loss, then the gradient and the answer as
-float32 arrays of ``capacity`` entries (the size of the value vector at the start of the
-run; Importance Pruning only shrinks it). The worker writes the gradient, then bumps
+Mailbox layout: an int64 header, a float64 loss, then two gradient slots and the answer
+as float32 arrays of ``capacity`` entries (the size of the value vector at the start of
+the run; Importance Pruning only shrinks it). A pipelined worker computes its next
+gradient straight into the slot the server is not reading. The worker writes the gradient, then bumps
 ``PUSH_SEQ``; the server applies it, writes the answer, then sets ``REPLY_SEQ`` to the
 same number. Each side writes its payload before its sequence number and reads the
 sequence number before the payload; x86-64 keeps stores in order (TSO), which is why
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-PUSH_SEQ, REPLY_SEQ, VERSION, STEP, N, SIZE, KIND, R_VERSION, R_STEP, R_SIZE = range(10)
+PUSH_SEQ, REPLY_SEQ, VERSION, STEP, N, SIZE, KIND, R_VERSION, R_STEP, R_SIZE, SLOT = range(11)
 _HEADER = 16  # int64 words
 #: Answer kinds.
 VALUES, FULL, DONE = 0, 1, 2
@@ -49,32 +50,40 @@ class Mailbox:
     def __init__(self, path, capacity: int, create: bool = False):
         self.path = Path(path)
         self.capacity = int(capacity)
-        nbytes = 8 * (_HEADER + 1) + 8 * self.capacity
+        nbytes = 8 * (_HEADER + 1) + 12 * self.capacity
         if create:
             with open(self.path, "wb") as f:
                 f.truncate(nbytes)
         self._mm = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(nbytes,))
         self.header = self._mm[:8 * _HEADER].view(np.int64)
         self.loss = self._mm[8 * _HEADER:8 * (_HEADER + 1)].view(np.float64)
-        base = 8 * (_HEADER + 1)
-        self.grad = self._mm[base:base + 4 * self.capacity].view(np.float32)
-        self.values = self._mm[base + 4 * self.capacity:].view(np.float32)
+        base, c = 8 * (_HEADER + 1), 4 * self.capacity
+        self.slots = (self._mm[base:base + c].view(np.float32),
+                      self._mm[base + c:base + 2 * c].view(np.float32))
+        self.grad = self.slots[0]
+        self.values = self._mm[base + 2 * c:].view(np.float32)
 
     @staticmethod
     def path_for(run_id: str, rank: int) -> Path:
         return _ROOT / f"{run_id}-{rank}"
 
     # ------------------------------------------------------------------ worker side
+    def free_slot(self) -> np.ndarray:
+        """The gradient slot the next :meth:`post` publishes (not the one last posted)."""
+        return self.slots[(int(self.header[PUSH_SEQ]) + 1) % 2]
+
     def post(self, grad: np.ndarray, loss: float, n: int, version: int, step: int) -> int:
-        """Write a gradient and announce it; returns its sequence number."""
+        """Write a gradient (unless it already is in :meth:`free_slot`) and announce it;
+        returns its sequence number."""
         size = grad.shape[0]
         if size > self.capacity:
             raise ValueError(f"gradient of {size} values exceeds the mailbox ({self.capacity})")
-        if not np.shares_memory(grad, self.grad):
-            self.grad[:size] = grad
-        self.loss[0] = loss
         h = self.header
-        h[VERSION], h[STEP], h[N], h[SIZE] = version, step, n, size
+        slot = (int(h[PUSH_SEQ]) + 1) % 2
+        if not np.shares_memory(grad, self.slots[slot]):
+            self.slots[slot][:size] = grad
+        self.loss[0] = loss
+        h[VERSION], h[STEP], h[N], h[SIZE], h[SLOT] = version, step, n, size, slot
         seq = int(h[PUSH_SEQ]) + 1
         h[PUSH_SEQ] = seq  # last: the payload is complete once this is visible
         return seq
@@ -107,8 +116,8 @@ class Mailbox:
     def take(self) -> tuple[int, np.ndarray, float, int, int]:
         """``(version, gradient view, loss, n, step)`` of the pending push."""
         h = self.header
-        return (int(h[VERSION]), self.grad[:int(h[SIZE])], float(self.loss[0]), int(h[N]),
-                int(h[STEP]))
+        return (int(h[VERSION]), self.slots[int(h[SLOT])][:int(h[SIZE])], float(self.loss[0]),
+                int(h[N]), int(h[STEP]))
 
     def answer(self, seq: int, kind: int, version: int, step: int,
                values: np.ndarray | None = None, size: int | None = None) -> None:
@@ -123,7 +132,7 @@ class Mailbox:
         h[REPLY_SEQ] = seq  # last
 
     def close(self, unlink: bool = False) -> None:
-        self.header = self.loss = self.grad = self.values = None
+        self.header = self.loss = self.grad = self.values = self.slots = None
         self._mm = None
         if unlink:
             try:
