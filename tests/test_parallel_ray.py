@@ -173,3 +173,21 @@ def test_non_finite_loss_stops_parallel_run_keeping_checkpoint(ray_session, tmp_
     with pytest.raises(NonFiniteLossError, match="training stopped: the (test )?loss became"):
         trainer.fit(model, Xtr, ytr, Xte, yte)
     assert trainer.mailbox_paths and not any(p.exists() for p in trainer.mailbox_paths)
+
+
+def test_importance_pruning_on_the_server_shrinks_layers(ray_session, tmp_path):
+    """IP runs on the server in phase 1: layers shrink, workers get the new sizes, stale
+    gradients from before a neuron removal are dropped, and phase 2 averages replicas of
+    the shrunk model."""
+    Xtr, ytr, Xte, yte = _data(n=3000, d=30)
+    cfg = make_config(None, hidden=(64, 32), epsilon=5.0, epochs=5, batch_size=32, seed=1,
+                      ip_start=1, ip_step=1, ip_percentile=20.0)
+    model = build_model(cfg, Xtr, 3)
+    trainer = ParallelTrainer(cfg, ParallelConfig(workers=2, phase1_epochs=3), tmp_path,
+                              progress=False, verbose=False)
+    history = trainer.fit(model, Xtr, ytr, Xte, yte)
+    widths = [[int(w) for w in r["neurons_per_layer"].split()] for r in history]
+    assert widths[0][1] < 64 and widths[0][2] < 32  # pruned after epoch 1 and removed
+    assert widths[-1] == widths[2]  # phase 2 (no pruning) keeps the sizes of phase 1's end
+    assert trainer.model.sizes == widths[-1]
+    assert history[-1]["test_accuracy"] > 0.5
