@@ -62,19 +62,44 @@ def test_sparse_forward_matches_dense(rng, batch):
         np.testing.assert_allclose(one[11], d, rtol=1e-5, atol=1e-5)
 
 
-def reference_uniform(seed, counter):
-    """Independent NumPy implementation of the counter-based generator (splitmix64)."""
+def reference_row_key(seed, rows):
+    """Independent NumPy implementation of the per-row key (splitmix64 of seed + row * golden)."""
     with np.errstate(over="ignore"):
-        z = np.uint64(seed) + np.asarray(counter, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = np.uint64(seed) + np.asarray(rows, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+        return z ^ (z >> np.uint64(31))
+
+
+def reference_bits(seed, n_out, batch):
+    """The 32 random bits of every (unit, sample): lowbias32(low32(key_j) + b * 0x9E3779B9)."""
+    key = (reference_row_key(seed, np.arange(n_out)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        x = key[:, None] + np.arange(batch, dtype=np.uint32)[None, :] * np.uint32(0x9E3779B9)
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return x
 
 
 def dropout_mask(seed, n_out, batch, rate):
-    counters = np.arange(n_out * batch, dtype=np.uint64).reshape(n_out, batch)
-    return reference_uniform(seed, counters) >= rate
+    threshold = np.uint32(min(2**32 - 1, int(np.float64(np.float32(rate)) * 2**32)))
+    return reference_bits(seed, n_out, batch) >= threshold
+
+
+def test_dropout_bits_look_uniform():
+    """The per-sample bits: uniform bytes, no correlation between neighbouring samples or
+    rows, and independent of the other draws of the same seed."""
+    bits = reference_bits(2024, 400, 256).astype(np.float64) / 2**32
+    assert abs(bits.mean() - 0.5) < 0.002  # 102,400 draws: sd 0.0009
+    assert abs(np.var(bits) - 1 / 12) < 0.002
+    for a, b in ((bits[:, 1:], bits[:, :-1]), (bits[1:], bits[:-1])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.015
+    hist = np.bincount((bits.ravel() * 64).astype(int), minlength=64)
+    expect = bits.size / 64
+    assert ((hist - expect) ** 2 / expect).sum() < 120  # chi2(63): p ~ 1e-5 at 120
 
 
 def test_dropout_is_inverted_and_reproducible(rng):
@@ -258,3 +283,134 @@ def test_flush_to_zero_in_every_thread():
     out = np.ones_like(x)
     _halve(x, out)
     assert np.all(out == 0)  # both threads flushed
+
+
+def random_stack(rng, sizes, nnz):
+    layers = [random_layer(rng, a, b, k) for a, b, k in zip(sizes[:-1], sizes[1:], nnz, strict=True)]
+    for la in layers:
+        la.bias *= 0.1
+    return layers
+
+
+def forward_layer_by_layer(X, idx, mean, inv, layers, codes, slopes, rates, seeds, batch):
+    """The reference chain for mlp_forward: gather_standardize, then sparse_forward per layer."""
+    acts = [np.empty((layers[0].n_in, batch), np.float32)]
+    dfacs = []
+    K.gather_standardize(X, idx, mean, inv, acts[0])
+    for l, la in enumerate(layers):
+        acts.append(np.empty((la.n_out, batch), np.float32))
+        dfacs.append(np.empty((la.n_out, batch), np.float32) if l < len(layers) - 1 else EMPTY)
+        K.sparse_forward(acts[l], la.col_ptr, la.col_rows, la.col_pos, la.data, la.bias,
+                         codes[l], slopes[l], rates[l], seeds[l], acts[l + 1], dfacs[l])
+    return acts, dfacs
+
+
+# Layer sizes give phases of one to many scheduling chunks, and a last layer narrower
+# than the thread count; rows hold 0 to ~20 connections (every unrolled remainder).
+STACK = ([13, 70, 40, 3], [300, 900, 100])
+
+
+@pytest.mark.parametrize("batch", [1, 7, 128])
+@pytest.mark.parametrize("act", [K.ACT_PIECEWISE, K.ACT_SIGMOID])
+def test_mlp_forward_equals_layer_by_layer(rng, batch, act):
+    sizes, nnz = STACK
+    layers = random_stack(rng, sizes, nnz)
+    X = rng.standard_normal((50, sizes[0])).astype(np.float32)
+    idx = rng.integers(0, 50, batch).astype(np.int64)
+    mean = rng.standard_normal(sizes[0]).astype(np.float32)
+    inv = rng.uniform(0.5, 2, sizes[0]).astype(np.float32)
+    n = len(layers)
+    codes = np.array([act] * (n - 1) + [K.ACT_LINEAR], np.int64)
+    slopes = np.array([-0.6, 0.6, 0.0], np.float32)
+    rates = np.array([0.3, 0.3, 0.0], np.float32)
+    seeds = np.array([11, 12, 13], np.uint64)
+    ref_acts, ref_dfacs = forward_layer_by_layer(X, idx, mean, inv, layers, codes, slopes, rates,
+                                                 seeds, batch)
+
+    def make(n_threads=None):
+        acts = tuple(np.full((s, batch), np.nan, np.float32) for s in sizes)
+        dfacs = tuple(np.full((s, batch), np.nan, np.float32) for s in sizes[1:-1]) + (EMPTY,)
+        return (X, idx, mean, inv, acts, tuple(la.col_ptr for la in layers),
+                tuple(la.col_rows for la in layers), tuple(la.col_pos for la in layers),
+                tuple(la.data for la in layers), tuple(la.bias for la in layers), codes, slopes,
+                rates, seeds, dfacs, n_threads or K.n_threads())
+
+    one, many = threads_agree(K.mlp_forward, make)
+    for out in (one, many):
+        for got, want in zip(out[4], ref_acts, strict=True):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(out[14], ref_dfacs, strict=True):
+            np.testing.assert_array_equal(got, want)
+    # More scheduled workers than threads running them (e.g. a nested call that gets one
+    # thread): whoever runs takes every chunk, nothing waits for a worker that never starts.
+    numba.set_num_threads(1)
+    try:
+        args = make(n_threads=3)
+        K.mlp_forward(*args)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for got, want in zip(args[4], ref_acts, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_mlp_backward_equals_layer_by_layer(rng, update):
+    sizes, nnz = STACK
+    batch = 19
+    layers = random_stack(rng, sizes, nnz)
+    n = len(layers)
+    acts = [rng.standard_normal((s, batch)).astype(np.float32) for s in sizes[:-1]]
+    deltas = [rng.standard_normal((s, batch)).astype(np.float32) for s in sizes[1:]]
+    dfacs = [EMPTY] + [rng.standard_normal((s, batch)).astype(np.float32) for s in sizes[1:-1]]
+    lr, mom, wd = np.float32(0.05), np.float32(0.9), np.float32(2e-4)
+    v0 = [rng.standard_normal(la.nnz).astype(np.float32) for la in layers]
+    vb0 = [rng.standard_normal(la.n_out).astype(np.float32) for la in layers]
+
+    # Reference: the separate kernels, last layer first, each reading the delta it needs.
+    ref = {"data": [la.data.copy() for la in layers], "vel": [v.copy() for v in v0],
+           "bias": [la.bias.copy() for la in layers], "bvel": [v.copy() for v in vb0],
+           "grad": [np.empty(la.nnz, np.float32) for la in layers],
+           "gb": [np.empty(la.n_out, np.float32) for la in layers],
+           "deltas": [d.copy() for d in deltas]}
+    for l in range(n - 1, -1, -1):
+        la = layers[l]
+        prev = ref["deltas"][l - 1] if l > 0 else EMPTY
+        K.sparse_backward(acts[l], ref["deltas"][l], la.row_ptr, la.row_cols, ref["data"][l],
+                          dfacs[l], np.float32(1 / batch),
+                          np.empty(0, np.float32) if update else ref["grad"][l], prev,
+                          ref["vel"][l], lr, mom, wd, update)
+        if update:
+            K.bias_step(ref["deltas"][l], ref["bias"][l], ref["bvel"][l], lr, mom)
+        else:
+            K.row_mean(ref["deltas"][l], ref["gb"][l])
+
+    def make(n_threads=None):
+        d = tuple(x.copy() for x in deltas)
+        e1 = np.empty(0, np.float32)
+        return (tuple(acts), d, (EMPTY,) + d[:-1], tuple(dfacs),
+                tuple(la.row_ptr for la in layers), tuple(la.row_cols for la in layers),
+                tuple(la.data.copy() for la in layers), tuple(v.copy() for v in v0),
+                tuple(la.bias.copy() for la in layers), tuple(v.copy() for v in vb0),
+                tuple(e1 if update else np.full(la.nnz, np.nan, np.float32) for la in layers),
+                tuple(e1 if update else np.full(la.n_out, np.nan, np.float32) for la in layers),
+                np.float32(1 / batch), lr, mom, wd, update, n_threads or K.n_threads())
+
+    one, many = threads_agree(K.mlp_backward, make)
+    numba.set_num_threads(1)
+    try:
+        extra = make(n_threads=3)
+        K.mlp_backward(*extra)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for out in (one, many, extra):
+        for l in range(n):
+            np.testing.assert_array_equal(out[1][l], ref["deltas"][l])
+            if update:
+                np.testing.assert_array_equal(out[6][l], ref["data"][l])
+                np.testing.assert_array_equal(out[7][l], ref["vel"][l])
+                np.testing.assert_array_equal(out[8][l], ref["bias"][l])
+                np.testing.assert_array_equal(out[9][l], ref["bvel"][l])
+            else:
+                np.testing.assert_array_equal(out[10][l], ref["grad"][l])
+                np.testing.assert_array_equal(out[11][l], ref["gb"][l])
+                np.testing.assert_array_equal(out[6][l], layers[l].data)  # untouched

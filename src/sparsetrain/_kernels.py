@@ -21,14 +21,26 @@ the Python side maps names to codes through one table (``activations.py``).
 
 from __future__ import annotations
 
+import os
 import platform
 
-import numba
-import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.core.extending import intrinsic
+# OpenMP threads spin this long (GNU libgomp iterations of a `pause` loop, ~30-60 us here)
+# at a barrier or between parallel regions before they sleep. The package sets
+# OMP_WAIT_POLICY=PASSIVE (sleep at once, see __init__.py) because the default spin
+# (300,000) made 2-thread training 6-20x slower next to a busy process; but on a virtual
+# machine, waking a sleeping thread takes ~0.1-0.5 ms (the idle vCPU has halted), and one
+# training step runs two parallel regions 30-50 us apart. Measured on the 2-vCPU VM, one
+# Fashion-MNIST step: sleeping at once 1.3-1.9 ms, spinning 2,000-20,000 0.95-1.0 ms;
+# next to a busy process 1.8 ms vs 2.2-2.5 ms (5,000) and 2.4-2.9 ms (10,000). Read when
+# libgomp loads (at the first parallel kernel, after this import); the user's value wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "5000")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.core.extending import intrinsic  # noqa: E402
 
 # Reassociation lets LLVM vectorise the reductions; no "nnan"/"ninf", so NaN and inf
 # propagate exactly as in IEEE arithmetic and the trainer's non-finite guard sees them.
@@ -96,22 +108,333 @@ def enable_flush_to_zero() -> bool:
     return True
 
 
+# ---------------------------------------------------------------- dynamic scheduling
+# The fused kernels (mlp_forward, mlp_backward) run a whole pass (every layer) in ONE
+# parallel region instead of one region per kernel: on a virtual machine, waking a
+# sleeping OpenMP thread costs ~50 us per region (measured on the project's 2-vCPU VM,
+# OMP_WAIT_POLICY=PASSIVE), more than a layer's work. Inside the region, threads take
+# chunks (a few output or input rows) from a shared atomic ticket counter, in phase order
+# (phase = layer); a chunk of phase p starts once every chunk of phase p-1 is done. Waiting
+# threads spin briefly, then yield the CPU. No thread ever waits while holding a chunk of
+# an earlier phase, so this cannot deadlock, whatever number of threads actually runs
+# (one thread simply takes every chunk). Every chunk computes the same arithmetic whichever
+# thread runs it, so results do not depend on the number of threads.
+
+_HAS_YIELD = platform.system() != "Windows"
+_SPIN = 4000  # pause instructions (~50-100 us) before a waiting thread starts yielding
+_SLOT = 16  # int64 slots between counters of the scheduler state (no false sharing)
+
+
+def _item_pointer(context, builder, aryty, ary, idx):
+    arr = context.make_array(aryty)(context, builder, ary)
+    idx = context.cast(builder, idx[1], idx[0], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, arr, [idx], wraparound=False)
+
+
+def _int64_vector(arr):
+    return isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, idx, val):
+    """``old = arr[idx]; arr[idx] += val; return old`` atomically (sequentially consistent)."""
+    if not (_int64_vector(arr) and isinstance(idx, types.Integer)
+            and isinstance(val, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0],
+                            (signature.args[1], args[1]))
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+    return types.int64(arr, idx, val), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, idx):
+    """``arr[idx]`` read atomically with acquire ordering (sees writes made before the
+    matching ``_atomic_add``)."""
+    if not (_int64_vector(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0],
+                            (signature.args[1], args[1]))
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _cpu_relax(typingctx):
+    """The x86 ``pause`` instruction (spin-wait hint); nothing elsewhere."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def _os_yield(typingctx):
+    """``sched_yield()``: let another runnable thread have this CPU."""
+    def codegen(context, builder, signature, args):
+        if _HAS_YIELD:
+            fnty = ir.FunctionType(ir.IntType(32), [])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit(inline="always")
+def _wait_at_least(state, slot, target):
+    """Wait until ``state[slot] >= target``: spin, then yield the CPU between checks."""
+    spins = 0
+    while _atomic_load(state, slot) < target:
+        if spins < _SPIN:
+            _cpu_relax()
+            spins += 1
+        else:
+            _os_yield()
+
+
+def n_threads() -> int:
+    """Threads the parallel kernels use now (``numba.get_num_threads()``); the fused
+    kernels take it as an argument (calling it inside a kernel prevents caching)."""
+    return numba.get_num_threads()
+
+
+@numba.njit(inline="always")
+def _chunk_size(n, n_threads):
+    """Rows per scheduling chunk: at most 16, and at least ~8 chunks per thread."""
+    return max(1, min(16, n // (8 * n_threads)))
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 @numba.njit(inline="always")
-def _uniform01(seed, counter):
-    """Counter-based uniform in [0, 1): splitmix64 of ``seed + counter * golden``.
+def _row_key(seed, row):
+    """splitmix64 of ``seed + row * golden``: the 64-bit dropout key of one unit's row.
 
-    Stateless, so dropout masks are the same whatever the number of threads.
+    Stateless (counter-based), so dropout masks are the same whatever the number of
+    threads and whichever thread draws them.
     """
-    z = np.uint64(seed) + np.uint64(counter) * _GOLDEN
+    z = np.uint64(seed) + np.uint64(row) * _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    return np.float32(z >> np.uint64(40)) * np.float32(1.0 / 16777216.0)
+    return z ^ (z >> np.uint64(31))
+
+
+@intrinsic
+def _sample_bits(typingctx, key, b):
+    """32 random bits for sample ``b`` of the row keyed ``key``: Wellons' ``lowbias32``
+    integer hash of ``low32(key) + b * 0x9E3779B9`` (mod 2^32), in 32-bit arithmetic.
+
+    One 32-bit hash per draw (two 32-bit multiplies, 16 per AVX-512 instruction) instead
+    of a 64-bit splitmix64 per draw; the 64-bit per-row key keeps rows, layers and steps
+    independent.
+    """
+    if not (isinstance(key, types.Integer) and isinstance(b, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+
+        def low32(val, ty):
+            val = context.cast(builder, val, ty, types.uint64)
+            return builder.trunc(val, i32)
+
+        x = builder.add(low32(args[0], signature.args[0]),
+                        builder.mul(low32(args[1], signature.args[1]),
+                                    ir.Constant(i32, 0x9E3779B9)))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+        x = builder.mul(x, ir.Constant(i32, 0x7FEB352D))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 15)))
+        x = builder.mul(x, ir.Constant(i32, 0x846CA68B))
+        return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+    return types.uint32(key, b), codegen
+
+
+@numba.njit(inline="always")
+def _drop_threshold(drop_rate):
+    """A sample is dropped when its 32 bits are below this: P = floor(p 2^32) / 2^32."""
+    return np.uint32(min(4294967295.0, np.float64(drop_rate) * 4294967296.0))
+
+
+# ---------------------------------------------------------------- explicit SIMD blocks
+# The products below keep a block of up to 128 batch columns (8 vectors of 16 float32:
+# one AVX-512 register each) in registers while they walk a row's connections, written
+# as LLVM vector IR through llvmlite: written as plain Numba loops, LLVM re-loads and
+# re-stores the accumulators for every group of connections, because it cannot prove the
+# output row does not alias the rows it reads (measured 1.5-2x slower). LLVM lowers
+# <16 x float> to whatever the CPU has (one AVX-512 register, two AVX2 ones, ...).
+# Arrays must be C-contiguous; each block adds up its connections in storage order.
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_VW = 16  # float32 lanes per vector
+_VEC = ir.VectorType(_F32, _VW)
+
+
+def _c_array(ty, dtype, ndim):
+    return isinstance(ty, types.Array) and ty.dtype == dtype and ty.ndim == ndim and \
+        ty.layout == "C"
+
+
+def _index(context, builder, signature, args, n):
+    return context.cast(builder, args[n], signature.args[n], types.int64)
+
+
+def _row_address(builder, arr, row, col):
+    """``float*`` to ``arr[row, col]`` of a C-contiguous 2-D float32 array."""
+    stride = builder.extract_value(arr.strides, 0)  # bytes
+    base = builder.ptrtoint(arr.data, _I64)
+    offset = builder.add(builder.mul(row, stride), builder.mul(col, ir.Constant(_I64, 4)))
+    return builder.inttoptr(builder.add(base, offset), _F32.as_pointer())
+
+
+def _vector_at(builder, fptr, v):
+    """``<16 x float>*`` to the ``v``-th vector from ``fptr``."""
+    if v:
+        fptr = builder.gep(fptr, [ir.Constant(_I64, v * _VW)])
+    return builder.bitcast(fptr, _VEC.as_pointer())
+
+
+def _splat(builder, x):
+    vec = builder.insert_element(ir.Constant(_VEC, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, ir.Constant(_VEC, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, _VW), [0] * _VW))
+
+
+def _vfma(builder, a, b, c):
+    """``a * b + c`` lane by lane, one rounding (``llvm.fma``)."""
+    fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{_VW}f32")
+    return builder.call(fn, [a, b, c])
+
+
+def _hsum(builder, vec):
+    """Sum of the 16 lanes, as a fixed tree (halves added pairwise)."""
+    n = _VW
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+        hi = builder.shuffle_vector(vec, vec,
+                                    ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+        vec = builder.fadd(lo, hi)
+    return builder.extract_element(vec, ir.Constant(_I32, 0))
+
+
+def _loop(builder, start, stop):
+    """``for k in range(start, stop)`` (int64) as a context manager yielding ``k``."""
+    return cgutils.for_range_slice(builder, start, stop, ir.Constant(_I64, 1), inc=True)
+
+
+def _make_forward_block(nv):
+    @intrinsic
+    def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1):
+        """``out[j, b0:b0+16nv] += sum_{k0 <= k < k1} data[col_pos[k]] * a_prev[col_rows[k], ...]``."""
+        if not (_c_array(out, types.float32, 2) and _c_array(a_prev, types.float32, 2)
+                and _c_array(col_rows, types.int32, 1) and _c_array(col_pos, types.int64, 1)
+                and _c_array(data, types.float32, 1)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            o, a, rows, pos, w = (context.make_array(tys[n])(context, builder, args[n])
+                                  for n in (0, 3, 4, 5, 6))
+            j, b0, k0, k1 = (_index(context, builder, signature, args, n) for n in (1, 2, 7, 8))
+            optr = _row_address(builder, o, j, b0)
+            accs = [cgutils.alloca_once(builder, _VEC) for _ in range(nv)]
+            for v in range(nv):
+                builder.store(builder.load(_vector_at(builder, optr, v), align=4), accs[v])
+            with _loop(builder, k0, k1) as (k, _):
+                i = builder.sext(builder.load(builder.gep(rows.data, [k])), _I64)
+                wk = _splat(builder, builder.load(builder.gep(w.data, [
+                    builder.load(builder.gep(pos.data, [k]))])))
+                aptr = _row_address(builder, a, i, b0)
+                for v in range(nv):
+                    x = builder.load(_vector_at(builder, aptr, v), align=4)
+                    builder.store(_vfma(builder, wk, x, builder.load(accs[v])), accs[v])
+            for v in range(nv):
+                builder.store(builder.load(accs[v]), _vector_at(builder, optr, v), align=4)
+            return context.get_dummy_value()
+        return types.void(out, j, b0, a_prev, col_rows, col_pos, data, k0, k1), codegen
+    return block
+
+
+def _make_backward_block(nv, with_prev):
+    @intrinsic
+    def block(typingctx, i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev):
+        """For the connections ``k0 <= k < k1`` of input row ``i``, on batch columns
+        ``c = b0:b0+16nv``: ``gsum[k - k0] += sum_c a_prev[i, c] * delta[j_k, c]`` and
+        (``with_prev``) ``delta_prev[i, c] = sum_k data[k] * delta[j_k, c]``."""
+        if not (_c_array(a_prev, types.float32, 2) and _c_array(delta, types.float32, 2)
+                and _c_array(row_cols, types.int32, 1) and _c_array(data, types.float32, 1)
+                and _c_array(gsum, types.float32, 1)
+                and _c_array(delta_prev, types.float32, 2)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            a, d, cols, w, gs, dp = (context.make_array(tys[n])(context, builder, args[n])
+                                     for n in range(4, 10))
+            i, b0, k0, k1 = (_index(context, builder, signature, args, n) for n in range(4))
+            aptr = _row_address(builder, a, i, b0)
+            av = [builder.load(_vector_at(builder, aptr, v), align=4) for v in range(nv)]
+            accs = [cgutils.alloca_once(builder, _VEC) for _ in range(nv if with_prev else 0)]
+            for acc in accs:
+                builder.store(ir.Constant(_VEC, [0.0] * _VW), acc)
+            with _loop(builder, k0, k1) as (k, _):
+                j = builder.sext(builder.load(builder.gep(cols.data, [k])), _I64)
+                dptr = _row_address(builder, d, j, b0)
+                dv = [builder.load(_vector_at(builder, dptr, v), align=4) for v in range(nv)]
+                # Two interleaved chains over the vectors, then their sum and the lanes'.
+                parts = [builder.fmul(av[v], dv[v]) for v in range(min(2, nv))]
+                for v in range(2, nv):
+                    parts[v % 2] = _vfma(builder, av[v], dv[v], parts[v % 2])
+                s = _hsum(builder, builder.fadd(parts[0], parts[1]) if nv > 1 else parts[0])
+                gptr = builder.gep(gs.data, [builder.sub(k, k0)])
+                builder.store(builder.fadd(builder.load(gptr), s), gptr)
+                if with_prev:
+                    wk = _splat(builder, builder.load(builder.gep(w.data, [k])))
+                    for v in range(nv):
+                        builder.store(_vfma(builder, wk, dv[v], builder.load(accs[v])), accs[v])
+            if with_prev:
+                pptr = _row_address(builder, dp, i, b0)
+                for v in range(nv):
+                    builder.store(builder.load(accs[v]), _vector_at(builder, pptr, v), align=4)
+            return context.get_dummy_value()
+        return types.void(i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev), codegen
+    return block
+
+
+_forward_block8 = _make_forward_block(8)
+_forward_block4 = _make_forward_block(4)
+_forward_block1 = _make_forward_block(1)
+_backward_block8 = _make_backward_block(8, True)
+_backward_block4 = _make_backward_block(4, True)
+_backward_block1 = _make_backward_block(1, True)
+_sddmm_block8 = _make_backward_block(8, False)
+_sddmm_block4 = _make_backward_block(4, False)
+_sddmm_block1 = _make_backward_block(1, False)
+
+
+@numba.njit(inline="always")
+def _gather_rows(f0, f1, X, idx, mean, inv_std, out):
+    """Features ``f0:f1`` of :func:`gather_standardize`."""
+    batch = idx.shape[0]
+    for f in range(f0, f1):
+        m = mean[f]
+        s = inv_std[f]
+        for b in range(batch):
+            out[f, b] = (X[idx[b], f] - m) * s
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -122,12 +445,71 @@ def gather_standardize(X, idx, mean, inv_std, out):
     feature-major buffer ``out (F, B)`` and standardises it on the way.
     """
     n_feat = X.shape[1]
-    batch = idx.shape[0]
-    for f in prange(n_feat):
-        m = mean[f]
-        s = inv_std[f]
+    n_chunks = (n_feat + 15) // 16
+    for c in prange(n_chunks):
+        _gather_rows(c * 16, min(n_feat, c * 16 + 16), X, idx, mean, inv_std, out)
+
+
+@numba.njit(inline="always")
+def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
+                  drop_rate, seed, out, dfac):
+    """Output rows ``j0:j1`` of :func:`sparse_forward`."""
+    batch = a_prev.shape[1]
+    want_d = dfac.shape[1] > 0
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    keep_scale = one / (one - np.float32(drop_rate))
+    thr = _drop_threshold(drop_rate)
+    for j in range(j0, j1):
+        bj = bias[j]
         for b in range(batch):
-            out[f, b] = (X[idx[b], f] - m) * s
+            out[j, b] = bj
+        k0 = col_ptr[j]
+        k1 = col_ptr[j + 1]
+        b = 0
+        while b + 128 <= batch:
+            _forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+            b += 128
+        if b + 64 <= batch:
+            _forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+            b += 64
+        while b + 16 <= batch:
+            _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+            b += 16
+        if b < batch:
+            for k in range(k0, k1):
+                w = data[col_pos[k]]
+                i = col_rows[k]
+                for c in range(b, batch):
+                    out[j, c] += w * a_prev[i, c]
+        # Epilogue, one pass over the row: activation, its derivative, dropout (inner
+        # loops branch-free, so they vectorise).
+        drop = drop_rate > 0.0
+        key = _row_key(seed, j)
+        if act == ACT_PIECEWISE:
+            for b in range(batch):
+                z = out[j, b]
+                pos = z > 0
+                keep = one
+                if drop:
+                    keep = keep_scale if _sample_bits(key, b) >= thr else zero
+                out[j, b] = (z if pos else slope * z) * keep
+                if want_d:
+                    dfac[j, b] = (one if pos else slope) * keep
+        elif act != ACT_LINEAR or drop or want_d:
+            for b in range(batch):
+                z = out[j, b]
+                f = z
+                d = one
+                if act == ACT_SIGMOID:
+                    f = one / (one + np.exp(-z))
+                    d = f * (one - f)
+                keep = one
+                if drop:
+                    keep = keep_scale if _sample_bits(key, b) >= thr else zero
+                out[j, b] = f * keep
+                if want_d:
+                    dfac[j, b] = d * keep
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -147,74 +529,9 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
     Shapes: a_prev (n_in, B), out and dfac (n_out, B).
     """
     n_out = col_ptr.shape[0] - 1
-    batch = a_prev.shape[1]
-    want_d = dfac.shape[1] > 0
-    one = np.float32(1.0)
-    keep_scale = one / (one - np.float32(drop_rate))
-    for j in prange(n_out):
-        bj = bias[j]
-        for b in range(batch):
-            out[j, b] = bj
-        k = col_ptr[j]
-        end = col_ptr[j + 1]
-        while k + 8 <= end:
-            w0 = data[col_pos[k]]
-            w1 = data[col_pos[k + 1]]
-            w2 = data[col_pos[k + 2]]
-            w3 = data[col_pos[k + 3]]
-            w4 = data[col_pos[k + 4]]
-            w5 = data[col_pos[k + 5]]
-            w6 = data[col_pos[k + 6]]
-            w7 = data[col_pos[k + 7]]
-            i0 = col_rows[k]
-            i1 = col_rows[k + 1]
-            i2 = col_rows[k + 2]
-            i3 = col_rows[k + 3]
-            i4 = col_rows[k + 4]
-            i5 = col_rows[k + 5]
-            i6 = col_rows[k + 6]
-            i7 = col_rows[k + 7]
-            for b in range(batch):
-                out[j, b] += ((w0 * a_prev[i0, b] + w1 * a_prev[i1, b])
-                              + (w2 * a_prev[i2, b] + w3 * a_prev[i3, b])) + (
-                                 (w4 * a_prev[i4, b] + w5 * a_prev[i5, b])
-                                 + (w6 * a_prev[i6, b] + w7 * a_prev[i7, b]))
-            k += 8
-        while k < end:
-            w = data[col_pos[k]]
-            i = col_rows[k]
-            for b in range(batch):
-                out[j, b] += w * a_prev[i, b]
-            k += 1
-        # Epilogue: branch-free inner loops so they vectorise.
-        if act == ACT_PIECEWISE:
-            if want_d:
-                for b in range(batch):
-                    z = out[j, b]
-                    pos = z > 0
-                    dfac[j, b] = one if pos else slope
-                    out[j, b] = z if pos else slope * z
-            else:
-                for b in range(batch):
-                    z = out[j, b]
-                    out[j, b] = z if z > 0 else slope * z
-        elif act == ACT_SIGMOID:
-            for b in range(batch):
-                out[j, b] = one / (one + np.exp(-out[j, b]))
-            if want_d:
-                for b in range(batch):
-                    s = out[j, b]
-                    dfac[j, b] = s * (one - s)
-        elif want_d:
-            for b in range(batch):
-                dfac[j, b] = one
-        if drop_rate > 0.0:
-            base = j * batch
-            for b in range(batch):
-                keep = keep_scale if _uniform01(seed, base + b) >= drop_rate else np.float32(0.0)
-                out[j, b] *= keep
-                if want_d:
-                    dfac[j, b] *= keep
+    for c in prange((n_out + 15) // 16):
+        _forward_rows(c * 16, min(n_out, c * 16 + 16), a_prev, col_ptr, col_rows, col_pos, data,
+                      bias, act, slope, drop_rate, seed, out, dfac)
 
 
 @numba.njit(inline="always")
@@ -227,6 +544,63 @@ def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
         data[k] += vk
     else:
         grad[k] = g
+
+
+@numba.njit(inline="always")
+def _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch,
+                   grad, delta_prev, velocity, lr, momentum, weight_decay, update):
+    """Input rows ``i0:i1`` of :func:`sparse_backward`."""
+    batch = a_prev.shape[1]
+    want_prev = delta_prev.shape[1] > 0
+    zero = np.float32(0.0)
+    first = row_ptr[i0]
+    gsum = np.zeros(row_ptr[i1] - first, np.float32)  # per-connection sums over the batch
+    for i in range(i0, i1):
+        k0 = row_ptr[i]
+        k1 = row_ptr[i + 1]
+        g = gsum[k0 - first:k1 - first]
+        b = 0
+        if want_prev:
+            while b + 128 <= batch:
+                _backward_block8(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 128
+            if b + 64 <= batch:
+                _backward_block4(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 64
+            while b + 16 <= batch:
+                _backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 16
+            for c in range(b, batch):
+                delta_prev[i, c] = zero
+        else:
+            while b + 128 <= batch:
+                _sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 128
+            if b + 64 <= batch:
+                _sddmm_block4(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 64
+            while b + 16 <= batch:
+                _sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                b += 16
+        if b < batch:  # the last batch % 16 columns
+            for k in range(k0, k1):
+                j = row_cols[k]
+                w = data[k]
+                s = zero
+                for c in range(b, batch):
+                    d = delta[j, c]
+                    s += a_prev[i, c] * d
+                    if want_prev:
+                        delta_prev[i, c] += w * d
+                g[k - k0] += s
+        if want_prev:
+            for c in range(batch):
+                d = delta_prev[i, c] * dfac_prev[i, c]
+                delta_prev[i, c] = d if abs(d) >= TINY else zero
+        # data[k] was read for delta_prev above: now it may change.
+        for k in range(k0, k1):
+            _finish(k, g[k - k0] * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
+                    update)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -255,73 +629,28 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
     Shapes: a_prev and dfac_prev (n_in, B), delta (n_out, B), grad/velocity (nnz,).
     """
     n_in = row_ptr.shape[0] - 1
-    batch = a_prev.shape[1]
-    want_prev = delta_prev.shape[1] > 0
-    zero = np.float32(0.0)
-    for i in prange(n_in):
-        if want_prev:
-            for b in range(batch):
-                delta_prev[i, b] = zero
-        k = row_ptr[i]
-        end = row_ptr[i + 1]
-        while k + 4 <= end:
-            j0 = row_cols[k]
-            j1 = row_cols[k + 1]
-            j2 = row_cols[k + 2]
-            j3 = row_cols[k + 3]
-            g0 = zero
-            g1 = zero
-            g2 = zero
-            g3 = zero
-            if want_prev:
-                w0 = data[k]
-                w1 = data[k + 1]
-                w2 = data[k + 2]
-                w3 = data[k + 3]
-                for b in range(batch):
-                    ai = a_prev[i, b]
-                    d0 = delta[j0, b]
-                    d1 = delta[j1, b]
-                    d2 = delta[j2, b]
-                    d3 = delta[j3, b]
-                    g0 += ai * d0
-                    g1 += ai * d1
-                    g2 += ai * d2
-                    g3 += ai * d3
-                    delta_prev[i, b] += (w0 * d0 + w1 * d1) + (w2 * d2 + w3 * d3)
-            else:
-                for b in range(batch):
-                    ai = a_prev[i, b]
-                    g0 += ai * delta[j0, b]
-                    g1 += ai * delta[j1, b]
-                    g2 += ai * delta[j2, b]
-                    g3 += ai * delta[j3, b]
-            _finish(k, g0 * inv_batch, data, grad, velocity, lr, momentum, weight_decay, update)
-            _finish(k + 1, g1 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
-                    update)
-            _finish(k + 2, g2 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
-                    update)
-            _finish(k + 3, g3 * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
-                    update)
-            k += 4
-        while k < end:
-            j = row_cols[k]
-            g = zero
-            if want_prev:
-                w = data[k]
-                for b in range(batch):
-                    d = delta[j, b]
-                    g += a_prev[i, b] * d
-                    delta_prev[i, b] += w * d
-            else:
-                for b in range(batch):
-                    g += a_prev[i, b] * delta[j, b]
-            _finish(k, g * inv_batch, data, grad, velocity, lr, momentum, weight_decay, update)
-            k += 1
-        if want_prev:
-            for b in range(batch):
-                d = delta_prev[i, b] * dfac_prev[i, b]
-                delta_prev[i, b] = d if abs(d) >= TINY else zero
+    for c in prange((n_in + 15) // 16):
+        _backward_rows(c * 16, min(n_in, c * 16 + 16), a_prev, delta, row_ptr, row_cols, data,
+                       dfac_prev, inv_batch, grad, delta_prev, velocity, lr, momentum,
+                       weight_decay, update)
+
+
+@numba.njit(inline="always")
+def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update):
+    """Rows ``j0:j1``: :func:`bias_step` if ``update``, else :func:`row_mean` into ``mean_out``."""
+    batch = delta.shape[1]
+    inv = np.float32(1.0) / np.float32(batch)
+    for j in range(j0, j1):
+        s = np.float32(0.0)
+        for b in range(batch):
+            s += delta[j, b]
+        if update:
+            vj = momentum * velocity[j] - lr * (s * inv)
+            vj = vj if abs(vj) >= TINY else np.float32(0.0)
+            velocity[j] = vj
+            bias[j] += vj
+        else:
+            mean_out[j] = s * inv
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -331,16 +660,128 @@ def bias_step(delta, bias, velocity, lr, momentum):
         velocity[j] <- momentum * velocity[j] - lr * g_j;   bias[j] <- bias[j] + velocity[j]
     """
     n = delta.shape[0]
-    batch = delta.shape[1]
-    inv = np.float32(1.0) / np.float32(batch)
     for j in prange(n):
-        s = np.float32(0.0)
-        for b in range(batch):
-            s += delta[j, b]
-        vj = momentum * velocity[j] - lr * (s * inv)
-        vj = vj if abs(vj) >= TINY else np.float32(0.0)
-        velocity[j] = vj
-        bias[j] += vj
+        _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, True)
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
+                codes, slopes, rates, seeds, dfacs, n_threads):
+    """Every layer's forward pass in one parallel region: :func:`gather_standardize`
+    into ``acts[0]``, then for each layer ``l`` :func:`sparse_forward` from ``acts[l]``
+    into ``acts[l + 1]`` with activation ``codes[l]``, slope ``slopes[l]``, dropout rate
+    ``rates[l]`` and seed ``seeds[l]``, writing ``dfacs[l]`` when it has columns.
+
+    The per-layer arguments are tuples (one entry per layer); ``n_threads`` is
+    ``numba.get_num_threads()``. Same results as the separate kernels, bit for bit.
+    """
+    n_layers = len(datas)
+    n_feat = X.shape[1]
+    n_phases = n_layers + 1
+    sizes = np.empty(n_phases, np.int64)  # rows per phase: features, then each layer's outputs
+    sizes[0] = n_feat
+    for l in range(n_layers):
+        sizes[l + 1] = biases[l].shape[0]
+    step = np.empty(n_phases, np.int64)
+    first = np.zeros(n_phases + 1, np.int64)  # first ticket of each phase
+    for p in range(n_phases):
+        step[p] = _chunk_size(sizes[p], n_threads)
+        first[p + 1] = first[p] + (sizes[p] + step[p] - 1) // step[p]
+    # state[0]: next ticket; state[_SLOT * (p + 1)]: chunks of phase p done;
+    # state[_SLOT * (n_phases + 1)]: threads that entered, [+ _SLOT]: helpers that left.
+    state = np.zeros(_SLOT * (n_phases + 3), np.int64)
+    entered = _SLOT * (n_phases + 1)
+    left = entered + _SLOT
+    for w in prange(n_threads):
+        _atomic_add(state, entered, 1)
+        p = 0
+        while True:
+            t = _atomic_add(state, 0, 1)
+            if t >= first[n_phases]:
+                break
+            while t >= first[p + 1]:
+                p += 1
+            r0 = (t - first[p]) * step[p]
+            r1 = min(sizes[p], r0 + step[p])
+            if p == 0:
+                _gather_rows(r0, r1, X, idx, mean, inv_std, acts[0])
+            else:
+                l = p - 1
+                _wait_at_least(state, _SLOT * p, first[p] - first[p - 1])
+                _forward_rows(r0, r1, acts[l], col_ptrs[l], col_rowss[l], col_poss[l], datas[l],
+                              biases[l], codes[l], slopes[l], rates[l], seeds[l], acts[l + 1],
+                              dfacs[l])
+            _atomic_add(state, _SLOT * (p + 1), 1)
+        # The calling thread (w == 0) leaves last, so it does not sleep in OpenMP's
+        # closing barrier waiting for a helper (waking it would cost as much as a layer).
+        if w == 0:
+            _wait_at_least(state, left, _atomic_load(state, entered) - 1)
+        else:
+            _atomic_add(state, left, 1)
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
+                 biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
+                 weight_decay, update, n_threads):
+    """Every layer's backward pass in one parallel region, last layer first: for layer
+    ``l``, :func:`sparse_backward` with ``a_prev = acts[l]``, ``delta = deltas[l]``,
+    ``dfac_prev = dfacs[l]`` and ``delta_prev = prev_deltas[l]`` (``deltas[l - 1]``, or
+    a ``(0, 0)`` array for the first layer), and the bias: :func:`bias_step` if
+    ``update``, else :func:`row_mean` into ``bias_grads[l]``. With ``update`` False the
+    weight gradients go to ``grads[l]``.
+
+    Layer ``l - 1`` starts once every row of layer ``l`` is done (it reads the delta
+    layer ``l`` wrote). Tuples hold one entry per layer. Same results as the separate
+    kernels, bit for bit.
+    """
+    n_layers = len(datas)
+    # Phase q handles layer l = n_layers - 1 - q: its input rows, then its bias rows.
+    n_rows = np.empty(n_layers, np.int64)
+    n_out = np.empty(n_layers, np.int64)
+    rstep = np.empty(n_layers, np.int64)
+    bstep = np.empty(n_layers, np.int64)
+    first = np.zeros(n_layers + 1, np.int64)
+    bias_first = np.empty(n_layers, np.int64)  # first bias ticket of each phase
+    for q in range(n_layers):
+        l = n_layers - 1 - q
+        n_rows[q] = row_ptrs[l].shape[0] - 1
+        n_out[q] = biases[l].shape[0]
+        rstep[q] = _chunk_size(n_rows[q], n_threads)
+        bstep[q] = 64
+        bias_first[q] = first[q] + (n_rows[q] + rstep[q] - 1) // rstep[q]
+        first[q + 1] = bias_first[q] + (n_out[q] + bstep[q] - 1) // bstep[q]
+    state = np.zeros(_SLOT * (n_layers + 3), np.int64)
+    entered = _SLOT * (n_layers + 1)
+    left = entered + _SLOT
+    for w in prange(n_threads):
+        _atomic_add(state, entered, 1)
+        q = 0
+        while True:
+            t = _atomic_add(state, 0, 1)
+            if t >= first[n_layers]:
+                break
+            while t >= first[q + 1]:
+                q += 1
+            if q > 0:
+                _wait_at_least(state, _SLOT * q, first[q] - first[q - 1])
+            l = n_layers - 1 - q
+            if t < bias_first[q]:
+                r0 = (t - first[q]) * rstep[q]
+                r1 = min(n_rows[q], r0 + rstep[q])
+                _backward_rows(r0, r1, acts[l], deltas[l], row_ptrs[l], row_colss[l], datas[l],
+                               dfacs[l], inv_batch, grads[l], prev_deltas[l], velocities[l], lr,
+                               momentum, weight_decay, update)
+            else:
+                r0 = (t - bias_first[q]) * bstep[q]
+                r1 = min(n_out[q], r0 + bstep[q])
+                _bias_rows(r0, r1, deltas[l], biases[l], bias_velocities[l], lr, momentum,
+                           bias_grads[l], update)
+            _atomic_add(state, _SLOT * (q + 1), 1)
+        if w == 0:
+            _wait_at_least(state, left, _atomic_load(state, entered) - 1)
+        else:
+            _atomic_add(state, left, 1)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -362,12 +803,13 @@ def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
     want_d = dfac.shape[1] > 0
     one = np.float32(1.0)
     keep_scale = one / (one - np.float32(drop_rate))
+    thr = _drop_threshold(drop_rate)
     for j in prange(n):
         tl = params[SRELU_TL, j]
         al = params[SRELU_AL, j]
         tr = params[SRELU_TR, j]
         ar = params[SRELU_AR, j]
-        base = j * batch
+        key = _row_key(seed, j)
         for b in range(batch):
             z = out[j, b]
             if want_z:
@@ -380,7 +822,7 @@ def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
                 f = z
             keep = one
             if drop_rate > 0.0:
-                keep = keep_scale if _uniform01(seed, base + b) >= drop_rate else np.float32(0.0)
+                keep = keep_scale if _sample_bits(key, b) >= thr else np.float32(0.0)
             out[j, b] = f * keep
             if want_d:
                 dfac[j, b] = keep

@@ -231,9 +231,24 @@ class SparseMLP:
         """Run the layers on rows ``idx`` of ``X``; returns the buffers (output logits last)."""
         bufs = self._bufs(idx.shape[0], training)
         acts, dfac = bufs["acts"], bufs["dfac"]
-        _kernels.gather_standardize(X, idx, self.input_mean, self._inv_std, acts[0])
         slopes = self.slopes()
         last = len(self.layers) - 1
+        if not self._act.n_params:  # every layer in one parallel region
+            layers = self.layers
+            rate = self.dropout if training else 0.0
+            _kernels.mlp_forward(
+                X, idx, self.input_mean, self._inv_std, tuple(acts),
+                tuple(la.col_ptr for la in layers), tuple(la.col_rows for la in layers),
+                tuple(la.col_pos for la in layers), tuple(la.data for la in layers),
+                tuple(la.bias for la in layers),
+                np.array([self._act.code] * last + [_kernels.ACT_LINEAR], np.int64),
+                np.array(slopes + [0.0], np.float32),
+                np.array([rate] * last + [0.0], np.float32),
+                np.array([(seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF
+                          for l in range(last + 1)], np.uint64),
+                tuple(dfac) + (_EMPTY,), _kernels.n_threads())
+            return bufs
+        _kernels.gather_standardize(X, idx, self.input_mean, self._inv_std, acts[0])
         for l, layer in enumerate(self.layers):
             if l < last:
                 code, slope, d = self._act.code, slopes[l], dfac[l]
@@ -307,6 +322,21 @@ class SparseMLP:
         lr, mom, wd = (np.float32(v) for v in (step if update else (0.0, 0.0, 0.0)))
         grads = [None] * len(self.layers)  # (weights, bias) of layer l
         neuron = [None] * len(self.layers)  # activation parameters of layer l's outputs
+        if not self._act.n_params:  # every layer in one parallel region
+            layers = self.layers
+            g = [_EMPTY_1D if update else self._grad_buffer(l, la.nnz)
+                 for l, la in enumerate(layers)]
+            gb = [_EMPTY_1D if update else np.empty(la.n_out, np.float32) for la in layers]
+            _kernels.mlp_backward(
+                tuple(acts[:-1]), tuple(delta), (_EMPTY,) + tuple(delta[:-1]),
+                (_EMPTY,) + tuple(dfac), tuple(la.row_ptr for la in layers),
+                tuple(la.row_cols for la in layers), tuple(la.data for la in layers),
+                tuple(la.velocity for la in layers), tuple(la.bias for la in layers),
+                tuple(la.bias_velocity for la in layers), tuple(g), tuple(gb), inv_batch,
+                lr, mom, wd, update, _kernels.n_threads())
+            if update:
+                return [LayerGradient(None, None, None) for _ in layers]
+            return [LayerGradient(g[l], gb[l], None) for l in range(len(layers))]
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
             prev_delta = delta[l - 1] if l > 0 else _EMPTY
