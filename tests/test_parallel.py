@@ -62,7 +62,9 @@ def test_server_with_fresh_gradients_equals_sequential_sgd(rng, activation):
             np.testing.assert_array_equal(a.keys(), b.keys())
             np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-7)
-    row = server.take_rows()[0]
+    rows, states = server.take_rows()
+    row = rows[0]
+    assert sorted(states) == [1]  # the state at the end of epoch 1, for the checkpoint
     assert row["epoch"] == 1 and row["phase"] == "async" and row["bytes_moved"] > 0
 
 

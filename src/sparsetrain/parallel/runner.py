@@ -294,6 +294,10 @@ def _actors():
             with self.lock:
                 return self.s.snapshot()
 
+        async def take_events(self):
+            with self.lock:
+                return self.s.take_events()
+
         async def note_restart(self, rank):
             with self.lock:
                 self.s.note_restart(rank)
@@ -423,6 +427,7 @@ class ParallelTrainer(Trainer):
         self.run_info["parallel"] = self.parallel.to_dict()
         self.worker_stats: list[dict] = []
         self.mailbox_paths: list = []  # the run's /dev/shm mailboxes (removed at the end)
+        self._events: list[str] = []  # server events still to be put in a metrics row
 
     @classmethod
     def from_checkpoint(cls, out_dir, *, epochs=None, progress=None):
@@ -489,6 +494,17 @@ class ParallelTrainer(Trainer):
                     model = self._phase1(model, workers, ServerActor, n, test_ref, bar)
                 if self.epoch < cfg.epochs:
                     model = self._phase2(model, workers, bar)
+                if self._events and self.history:  # no row left to carry them
+                    last = self.history[-1]
+                    last["events"] = "; ".join([e for e in [last.get("events")] if e]
+                                               + self._events)
+                    self._events = []
+                    if self.out_dir is not None:
+                        from ..io import write_text
+                        from ..trainer import metrics_csv
+
+                        write_text(self.out_dir / "metrics.csv",
+                                   metrics_csv(self.history, self.columns))
             finally:
                 bar.close()
                 for w in workers:
@@ -517,15 +533,14 @@ class ParallelTrainer(Trainer):
             while True:
                 done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
                 status = ray.get(server.status.remote())
-                rows = ray.get(server.take_rows.remote())
-                if rows:
-                    epoch, state = ray.get(server.snapshot.remote())
-                    for row in rows:
-                        self._log(row)
-                    self.epoch = rows[-1]["epoch"]
-                    if epoch == self.epoch:
-                        self._save_state(state, self.epoch, evolved=self.epoch < cfg.epochs)
-                    bar.update(len(rows))
+                rows, states = ray.get(server.take_rows.remote())
+                for row in rows:  # a checkpoint per epoch, each with the history up to it
+                    self._log(row)
+                    self.epoch = row["epoch"]
+                    if self.epoch in states:
+                        self._save_state(states[self.epoch], self.epoch,
+                                         evolved=self.epoch < cfg.epochs)
+                    bar.update(1)
                 if status["failed"]:
                     ray.get(runs)
                     kept = (f"the last good checkpoint (epoch {self.epoch}) is kept at "
@@ -539,6 +554,8 @@ class ParallelTrainer(Trainer):
                     break
             self.worker_stats = ray.get(runs)
             _, state = ray.get(server.snapshot.remote())
+            # e.g. a worker restarted after the last phase-1 epoch: report it with the next row
+            self._events += ray.get(server.take_events.remote())
         finally:  # also on Ctrl-C or an error: stop the server, remove the mailboxes
             try:
                 ray.get(server.close.remote(), timeout=10)
@@ -595,6 +612,9 @@ class ParallelTrainer(Trainer):
         return model
 
     def _log(self, row: dict) -> None:
+        if self._events:
+            row["events"] = "; ".join([e for e in [row.get("events")] if e] + self._events)
+            self._events = []
         self.history.append(row)
         if self.verbose:
             acc = f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""

@@ -34,6 +34,7 @@ from .state import (
 )
 
 _KEEP_VERSIONS = 4  # old topologies kept to map stale gradients (older ones are dropped)
+_KEEP_SNAPSHOTS = 4  # end-of-epoch states kept for a driver that polls slower than epochs end
 
 
 class ParameterServer:
@@ -81,6 +82,7 @@ class ParameterServer:
         self.pids: dict[int, int] = {}  # worker rank -> process id (diagnostics, tests)
         self._reset_epoch_stats()
         self._snapshot = (self.epoch, full_state(self.model))
+        self._unsaved: dict[int, dict] = {}  # epoch -> state not yet taken by the driver
 
     # ------------------------------------------------------------------ bookkeeping
     def _topology(self):
@@ -123,9 +125,17 @@ class ParameterServer:
                 "total_updates": self.total_updates,
                 "updates_per_epoch": self.updates_per_epoch, "version": self.version}
 
-    def take_rows(self) -> list[dict]:
+    def take_rows(self) -> tuple[list[dict], dict[int, dict]]:
+        """Metrics rows of the epochs finished since the last call, and the states at the
+        end of (up to the last ``_KEEP_SNAPSHOTS`` of) those epochs, for checkpoints."""
         rows, self.rows = self.rows, []
-        return rows
+        states, self._unsaved = self._unsaved, {}
+        return rows, states
+
+    def take_events(self) -> list[str]:
+        """Events not yet in a metrics row (e.g. a restart after the last phase-1 epoch)."""
+        events, self.events = self.events, []
+        return events
 
     def snapshot(self):
         """``(epoch, full state)`` at the end of the latest finished epoch."""
@@ -241,6 +251,13 @@ class ParameterServer:
                                       grad[p:e], lr, mom, zero)
 
     # ------------------------------------------------------------------ epochs
+    def _snapshot_state(self) -> dict:
+        state = full_state(self.model)
+        self._unsaved[self.epoch] = state
+        for e in sorted(self._unsaved)[:-_KEEP_SNAPSHOTS]:
+            del self._unsaved[e]
+        return state
+
     def _end_epoch(self) -> None:
         self.epoch += 1
         t1 = time.perf_counter()
@@ -274,6 +291,6 @@ class ParameterServer:
             "dropped_updates": self._dropped_updates, "dropped_entries": self._dropped_entries,
             "events": "; ".join(self.events)})
         self.events = []
-        self._snapshot = (self.epoch, full_state(self.model))
+        self._snapshot = (self.epoch, self._snapshot_state())
         self._reset_epoch_stats()
         self.updates = 0
