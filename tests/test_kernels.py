@@ -35,8 +35,9 @@ def random_layer(rng, n_in, n_out, nnz):
     return layer
 
 
-# Sizes chosen so the unrolled loops see every remainder (rows with 0..12 connections).
-@pytest.mark.parametrize("batch", [1, 7, 128])
+# Rows with 0..12 connections; batches that use every SIMD block width (8, 4 and 1
+# vectors of 16 columns) and the scalar tail.
+@pytest.mark.parametrize("batch", [1, 7, 87, 128, 151])
 def test_sparse_forward_matches_dense(rng, batch):
     layer = random_layer(rng, 37, 23, 300)
     a = rng.standard_normal((37, batch)).astype(np.float32)
@@ -124,10 +125,10 @@ def test_dropout_is_inverted_and_reproducible(rng):
     assert (dropout_mask(seed + 1, 400, 64, rate) != keep).mean() > 0.3
 
 
+@pytest.mark.parametrize("batch", [19, 128, 151])
 @pytest.mark.parametrize("want_prev", [True, False])
-def test_sparse_backward_matches_dense(rng, want_prev):
+def test_sparse_backward_matches_dense(rng, want_prev, batch):
     layer = random_layer(rng, 41, 29, 500)
-    batch = 19
     a = rng.standard_normal((41, batch)).astype(np.float32)
     delta = rng.standard_normal((29, batch)).astype(np.float32)
     dfac = rng.standard_normal((41, batch)).astype(np.float32)
@@ -310,7 +311,8 @@ def forward_layer_by_layer(X, idx, mean, inv, layers, codes, slopes, rates, seed
 STACK = ([13, 70, 40, 3], [300, 900, 100])
 
 
-@pytest.mark.parametrize("batch", [1, 7, 128])
+# Batches that use each SIMD block width (8, 4 and 1 vectors of 16) and the scalar tail.
+@pytest.mark.parametrize("batch", [1, 7, 87, 128])
 @pytest.mark.parametrize("act", [K.ACT_PIECEWISE, K.ACT_SIGMOID])
 def test_mlp_forward_equals_layer_by_layer(rng, batch, act):
     sizes, nnz = STACK
@@ -353,10 +355,10 @@ def test_mlp_forward_equals_layer_by_layer(rng, batch, act):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("batch", [19, 87, 128])
 @pytest.mark.parametrize("update", [False, True])
-def test_mlp_backward_equals_layer_by_layer(rng, update):
+def test_mlp_backward_equals_layer_by_layer(rng, update, batch):
     sizes, nnz = STACK
-    batch = 19
     layers = random_stack(rng, sizes, nnz)
     n = len(layers)
     acts = [rng.standard_normal((s, batch)).astype(np.float32) for s in sizes[:-1]]

@@ -426,6 +426,67 @@ _sddmm_block4 = _make_backward_block(4, False)
 _sddmm_block1 = _make_backward_block(1, False)
 
 
+@intrinsic
+def _row_sum(typingctx, arr, j):
+    """``sum(arr[j, :])`` in a fixed order: 16-lane partial sums over the full vectors
+    (lanes added pairwise at the end), then the last ``n % 16`` elements one by one."""
+    if not (_c_array(arr, types.float32, 2) and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        j = _index(context, builder, signature, args, 1)
+        n = builder.extract_value(a.shape, 1)
+        n_vec = builder.udiv(n, ir.Constant(_I64, _VW))
+        row = _row_address(builder, a, j, ir.Constant(_I64, 0))
+        acc = cgutils.alloca_once(builder, _VEC)
+        builder.store(ir.Constant(_VEC, [0.0] * _VW), acc)
+        with _loop(builder, ir.Constant(_I64, 0), n_vec) as (v, _):
+            x = builder.load(builder.bitcast(builder.gep(row, [builder.mul(
+                v, ir.Constant(_I64, _VW))]), _VEC.as_pointer()), align=4)
+            builder.store(builder.fadd(builder.load(acc), x), acc)
+        total = cgutils.alloca_once(builder, _F32)
+        builder.store(_hsum(builder, builder.load(acc)), total)
+        with _loop(builder, builder.mul(n_vec, ir.Constant(_I64, _VW)), n) as (c, _):
+            builder.store(builder.fadd(builder.load(total),
+                                       builder.load(builder.gep(row, [c]))), total)
+        return builder.load(total)
+    return types.float32(arr, j), codegen
+
+
+@numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
+def _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1):
+    """Columns ``b:`` (fewer than 16) of the forward product of row ``j``, in connection
+    order, without fast-math: the same rounding in every kernel that calls it."""
+    for k in range(k0, k1):
+        w = data[col_pos[k]]
+        i = col_rows[k]
+        for c in range(b, out.shape[1]):
+            out[j, c] += w * a_prev[i, c]
+
+
+@numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
+def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev):
+    """Columns ``b:`` (fewer than 16) of the backward products of input row ``i``: adds
+    to ``gsum[k - k0]``, and sets ``delta_prev[i, b:]`` when it has columns; in connection
+    and column order, without fast-math."""
+    batch = a_prev.shape[1]
+    want_prev = delta_prev.shape[1] > 0
+    if want_prev:
+        for c in range(b, batch):
+            delta_prev[i, c] = 0.0
+    for k in range(k0, k1):
+        j = row_cols[k]
+        w = data[k]
+        s = np.float32(0.0)
+        for c in range(b, batch):
+            d = delta[j, c]
+            s += a_prev[i, c] * d
+            if want_prev:
+                delta_prev[i, c] += w * d
+        gsum[k - k0] += s
+
+
 @numba.njit(inline="always")
 def _gather_rows(f0, f1, X, idx, mean, inv_std, out):
     """Features ``f0:f1`` of :func:`gather_standardize`."""
@@ -477,11 +538,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
             _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
             b += 16
         if b < batch:
-            for k in range(k0, k1):
-                w = data[col_pos[k]]
-                i = col_rows[k]
-                for c in range(b, batch):
-                    out[j, c] += w * a_prev[i, c]
+            _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
         # Epilogue, one pass over the row: activation, its derivative, dropout (inner
         # loops branch-free, so they vectorise).
         drop = drop_rate > 0.0
@@ -534,12 +591,24 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
                       bias, act, slope, drop_rate, seed, out, dfac)
 
 
+@numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
+def _momentum_velocity(v, g, w, lr, momentum, weight_decay):
+    """``momentum * v - lr * (g + weight_decay * w)``, flushed to zero below TINY.
+
+    Scalar arguments and no fast-math flags (set explicitly, or a fast-math caller's would
+    be inherited): LLVM inlines it but may not contract it into fused multiply-adds, so
+    vectorised and scalar copies of a loop round alike, in every kernel that inlines it,
+    and the result does not depend on where a scheduling chunk starts.
+    """
+    vk = momentum * v - lr * (g + weight_decay * w)
+    return vk if abs(vk) >= TINY else np.float32(0.0)
+
+
 @numba.njit(inline="always")
 def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
     """Either store the gradient of connection ``k``, or apply momentum SGD to it at once."""
     if update:
-        vk = momentum * velocity[k] - lr * (g + weight_decay * data[k])
-        vk = vk if abs(vk) >= TINY else np.float32(0.0)
+        vk = _momentum_velocity(velocity[k], g, data[k], lr, momentum, weight_decay)
         velocity[k] = vk
         data[k] += vk
     else:
@@ -570,8 +639,6 @@ def _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, in
             while b + 16 <= batch:
                 _backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
                 b += 16
-            for c in range(b, batch):
-                delta_prev[i, c] = zero
         else:
             while b + 128 <= batch:
                 _sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
@@ -582,25 +649,17 @@ def _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, in
             while b + 16 <= batch:
                 _sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
                 b += 16
-        if b < batch:  # the last batch % 16 columns
-            for k in range(k0, k1):
-                j = row_cols[k]
-                w = data[k]
-                s = zero
-                for c in range(b, batch):
-                    d = delta[j, c]
-                    s += a_prev[i, c] * d
-                    if want_prev:
-                        delta_prev[i, c] += w * d
-                g[k - k0] += s
+        if b < batch:
+            _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
         if want_prev:
             for c in range(batch):
                 d = delta_prev[i, c] * dfac_prev[i, c]
                 delta_prev[i, c] = d if abs(d) >= TINY else zero
-        # data[k] was read for delta_prev above: now it may change.
-        for k in range(k0, k1):
-            _finish(k, g[k - k0] * inv_batch, data, grad, velocity, lr, momentum, weight_decay,
-                    update)
+    # data[k] was read for delta_prev above: now it may change (one loop over the chunk's
+    # connections, which are contiguous, so it vectorises).
+    for k in range(first, row_ptr[i1]):
+        _finish(k, gsum[k - first] * inv_batch, data, grad, velocity, lr, momentum,
+                weight_decay, update)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -641,12 +700,10 @@ def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update):
     batch = delta.shape[1]
     inv = np.float32(1.0) / np.float32(batch)
     for j in range(j0, j1):
-        s = np.float32(0.0)
-        for b in range(batch):
-            s += delta[j, b]
+        s = _row_sum(delta, j)
         if update:
-            vj = momentum * velocity[j] - lr * (s * inv)
-            vj = vj if abs(vj) >= TINY else np.float32(0.0)
+            vj = _momentum_velocity(velocity[j], s * inv, np.float32(0.0), lr, momentum,
+                                    np.float32(0.0))
             velocity[j] = vj
             bias[j] += vj
         else:
@@ -873,13 +930,8 @@ def srelu_backward(zbuf, delta, params, inv_batch, pgrad):
 def row_mean(x, out):
     """``out[j] = mean_b x[j, b]`` (bias gradient from a feature-major delta)."""
     n = x.shape[0]
-    batch = x.shape[1]
-    inv = np.float32(1.0) / np.float32(batch)
     for j in prange(n):
-        s = np.float32(0.0)
-        for b in range(batch):
-            s += x[j, b]
-        out[j] = s * inv
+        _bias_rows(j, j + 1, x, out, out, np.float32(0.0), np.float32(0.0), out, False)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
