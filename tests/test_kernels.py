@@ -416,3 +416,27 @@ def test_mlp_backward_equals_layer_by_layer(rng, update, batch):
                 np.testing.assert_array_equal(out[10][l], ref["grad"][l])
                 np.testing.assert_array_equal(out[11][l], ref["gb"][l])
                 np.testing.assert_array_equal(out[6][l], layers[l].data)  # untouched
+
+
+def test_weight_gradient_sums_in_a_fixed_order(rng):
+    """Each connection's sum over a 16-column block follows one addition tree (lane i plus
+    lane i + n/2, halving n), whether the kernel reduces it alone or four at a time."""
+    n_in, n_out, batch = 30, 40, 16
+    rows = np.repeat(np.arange(n_in), 7)  # 7 = four reduced together + three alone
+    cols = np.concatenate([rng.choice(n_out, 7, replace=False) for _ in range(n_in)])
+    layer = SparseLinear.from_coo(n_in, n_out, rows, cols,
+                                  rng.standard_normal(rows.size).astype(np.float32))
+    a = rng.standard_normal((n_in, batch)).astype(np.float32)
+    d = rng.standard_normal((n_out, batch)).astype(np.float32)
+    grad = np.empty(layer.nnz, np.float32)
+    K.sparse_backward(a, d, layer.row_ptr, layer.row_cols, layer.data, EMPTY, np.float32(1),
+                      grad, EMPTY, np.empty(0, np.float32), np.float32(0), np.float32(0),
+                      np.float32(0), False)
+
+    def tree(v):
+        while v.size > 1:
+            v = v[:v.size // 2] + v[v.size // 2:]  # float32 throughout
+        return v[0]
+
+    expect = [tree(a[i] * d[j]) for i, j in zip(layer.rows(), layer.row_cols, strict=True)]
+    np.testing.assert_array_equal(grad, np.array(expect, np.float32))
