@@ -3,6 +3,10 @@ against multi-thread (the parallel loops write disjoint outputs, so results are 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -440,3 +444,32 @@ def test_weight_gradient_sums_in_a_fixed_order(rng):
 
     expect = [tree(a[i] * d[j]) for i, j in zip(layer.rows(), layer.row_cols, strict=True)]
     np.testing.assert_array_equal(grad, np.array(expect, np.float32))
+
+
+_TRAIN_SCRIPT = """
+import sys
+import numpy as np
+from sparsetrain.model import SparseMLP
+rng = np.random.default_rng(0)
+m = SparseMLP.create([20, 96, 64, 3], epsilon=8, rng=rng, dropout=0.3)
+X = rng.standard_normal((300, 20)).astype(np.float32)
+y = rng.integers(0, 3, 300)
+for s in range(4):
+    m.train_step(X, y, np.arange(s * 64, s * 64 + 70), lr=0.05, momentum=0.9,
+                 weight_decay=2e-4, seed=s)
+np.savez(sys.argv[1], *[a for la in m.layers for a in (la.data, la.velocity, la.bias)])
+"""
+
+
+def test_compiled_and_cached_kernels_train_alike(tmp_path):
+    """The same steps in a process that compiles the kernels and in one that loads them
+    from Numba's cache give the same bits (fast-math once made them round differently)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    outs = []
+    for name in ("compiled", "cached"):
+        out = tmp_path / f"{name}.npz"
+        subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(out)], env=env, check=True,
+                       timeout=600)
+        outs.append(np.load(out))
+    for key in outs[0].files:
+        np.testing.assert_array_equal(outs[0][key], outs[1][key], err_msg=key)

@@ -24,16 +24,18 @@ from __future__ import annotations
 import os
 import platform
 
-# OpenMP threads spin this long (GNU libgomp iterations of a `pause` loop, ~30-60 us here)
-# at a barrier or between parallel regions before they sleep. The package sets
+# OpenMP threads spin this long (GNU libgomp: iterations of a `pause` loop, ~20-40 us
+# here) at a barrier or between parallel regions before they sleep. The package sets
 # OMP_WAIT_POLICY=PASSIVE (sleep at once, see __init__.py) because the default spin
 # (300,000) made 2-thread training 6-20x slower next to a busy process; but on a virtual
-# machine, waking a sleeping thread takes ~0.1-0.5 ms (the idle vCPU has halted), and one
-# training step runs two parallel regions 30-50 us apart. Measured on the 2-vCPU VM, one
-# Fashion-MNIST step: sleeping at once 1.3-1.9 ms, spinning 2,000-20,000 0.95-1.0 ms;
-# next to a busy process 1.8 ms vs 2.2-2.5 ms (5,000) and 2.4-2.9 ms (10,000). Read when
-# libgomp loads (at the first parallel kernel, after this import); the user's value wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "5000")
+# machine a sleeping thread takes 0.1-0.5 ms to wake (its idle vCPU has halted), and a
+# training step runs two parallel regions ~30 us apart. One Fashion-MNIST training step
+# on the 2-vCPU VM, 2 threads (spin count: idle machine / next to a busy process):
+# 0: 0.87 / 1.30-1.45 ms; 1,000: 0.72 / 1.50-1.64; 2,000: 0.69 / 1.39-1.51;
+# 5,000: 0.70 / 1.62-1.82 (1 thread next to the busy process: 1.21-1.25 ms).
+# Read when libgomp loads (at the first parallel kernel, after this import); a value
+# already in the environment wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,6 +47,12 @@ from numba.core.extending import intrinsic  # noqa: E402
 # Reassociation lets LLVM vectorise the reductions; no "nnan"/"ninf", so NaN and inf
 # propagate exactly as in IEEE arithmetic and the trainer's non-finite guard sees them.
 _FAST = {"reassoc", "contract", "arcp", "nsz"}
+# The training kernels do their sums in explicit vector code (below) and need no fast-math.
+# With it, a kernel compiled afresh and the same kernel loaded from Numba's cache rounded
+# the dropout-scaled negative side differently ((slope * z) * keep vs. z * (slope * keep),
+# 1-2 ulp), so the same seed trained different models in different processes. Said
+# explicitly, so that callees do not inherit a caller's fast-math either.
+_EXACT = False
 
 ACT_LINEAR = 0  # f(z) = z (output layer: softmax / MSE handled outside)
 ACT_PIECEWISE = 1  # f(z) = z if z > 0 else slope * z  (ReLU, leaky ReLU, All-ReLU)
@@ -110,18 +118,20 @@ def enable_flush_to_zero() -> bool:
 
 # ---------------------------------------------------------------- dynamic scheduling
 # The fused kernels (mlp_forward, mlp_backward) run a whole pass (every layer) in ONE
-# parallel region instead of one region per kernel: on a virtual machine, waking a
-# sleeping OpenMP thread costs ~50 us per region (measured on the project's 2-vCPU VM,
-# OMP_WAIT_POLICY=PASSIVE), more than a layer's work. Inside the region, threads take
-# chunks (a few output or input rows) from a shared atomic ticket counter, in phase order
-# (phase = layer); a chunk of phase p starts once every chunk of phase p-1 is done. Waiting
-# threads spin briefly, then yield the CPU. No thread ever waits while holding a chunk of
-# an earlier phase, so this cannot deadlock, whatever number of threads actually runs
-# (one thread simply takes every chunk). Every chunk computes the same arithmetic whichever
-# thread runs it, so results do not depend on the number of threads.
+# parallel region instead of one region per kernel: on a virtual machine, a thread that
+# went to sleep between regions takes 0.1-0.5 ms to wake (measured on the project's
+# 2-vCPU VM), more than a layer's work. Inside the region, the layers are phases split
+# into chunks of a few rows; each thread takes the chunks of its own share of a phase
+# (atomic counters), then helps with what is left of the others' shares, and starts the
+# next phase once every chunk of this one is done. Waiting threads spin briefly, then
+# yield the CPU. A thread never waits while holding an unfinished chunk, and waits for a
+# phase only after every chunk of it has been taken, so this cannot deadlock whatever
+# number of threads actually runs (one thread simply takes every chunk). Every chunk
+# computes the same arithmetic whichever thread runs it, so results do not depend on the
+# number of threads.
 
 _HAS_YIELD = platform.system() != "Windows"
-_SPIN = 4000  # pause instructions (~50-100 us) before a waiting thread starts yielding
+_SPIN = 1000  # pause instructions (~10-20 us, several chunks) before a waiting thread yields
 _SLOT = 16  # int64 slots between counters of the scheduler state (no false sharing)
 
 
@@ -198,6 +208,55 @@ def _wait_at_least(state, slot, target):
             spins += 1
         else:
             _os_yield()
+
+
+# Scheduler state, one counter every _SLOT int64: chunks taken from each (phase, owner)
+# share, chunks done in each phase, then threads that entered and helpers that left.
+@numba.njit(inline="always")
+def _state_size(n_phases, n_threads):
+    return _SLOT * (n_phases * (n_threads + 1) + 2)
+
+
+@numba.njit(inline="always")
+def _claim(state, phase, owner, n_split, n_chunks, n_threads):
+    """Take the next chunk of ``phase`` from ``owner``'s share, or -1 if none is left.
+
+    Thread ``w`` owns chunks ``n_split * w // n_threads`` up to the next thread's first
+    (the last thread also owns chunks ``n_split:n_chunks``); it takes its own in order,
+    then what is left of the others'. The same units then stay with the same thread from
+    one layer's forward to the next layer's backward (their rows stay in its cache).
+    """
+    lo = n_split * owner // n_threads
+    hi = n_chunks if owner == n_threads - 1 else n_split * (owner + 1) // n_threads
+    c = lo + _atomic_add(state, _SLOT * (phase * n_threads + owner), 1)
+    return c if c < hi else -1
+
+
+@numba.njit(inline="always")
+def _chunk_done(state, phase, n_phases, n_threads):
+    _atomic_add(state, _SLOT * (n_phases * n_threads + phase), 1)
+
+
+@numba.njit(inline="always")
+def _wait_phase(state, phase, n_phases, n_threads, n_chunks):
+    """Wait until every chunk of ``phase`` is done."""
+    _wait_at_least(state, _SLOT * (n_phases * n_threads + phase), n_chunks)
+
+
+@numba.njit(inline="always")
+def _enter(state, n_phases, n_threads):
+    _atomic_add(state, _SLOT * n_phases * (n_threads + 1), 1)
+
+
+@numba.njit(inline="always")
+def _leave(state, w, n_phases, n_threads):
+    """The calling thread (``w == 0``) leaves last, so it does not sleep in OpenMP's
+    closing barrier waiting for a helper (waking it costs as much as a layer)."""
+    entered = _SLOT * n_phases * (n_threads + 1)
+    if w == 0:
+        _wait_at_least(state, entered + _SLOT, _atomic_load(state, entered) - 1)
+    else:
+        _atomic_add(state, entered + _SLOT, 1)
 
 
 def n_threads() -> int:
@@ -394,22 +453,23 @@ def _hsum4(builder, s0, s1, s2, s3):
 
 def _make_backward_block(nv, with_prev):
     @intrinsic
-    def block(typingctx, i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev):
+    def block(typingctx, i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev):
         """For the connections ``k0 <= k < k1`` of input row ``i``, on batch columns
-        ``c = b0:b0+16nv``: ``gsum[k - k0] += sum_c a_prev[i, c] * delta[j_k, c]`` and
+        ``c = b0:b0+16nv``: ``gsum[k - gbase] += sum_c a_prev[i, c] * delta[j_k, c]`` and
         (``with_prev``) ``delta_prev[i, c] = sum_k data[k] * delta[j_k, c]``. Connections
         go four at a time (their lane sums share shuffles), then one at a time."""
         if not (_c_array(a_prev, types.float32, 2) and _c_array(delta, types.float32, 2)
                 and _c_array(row_cols, types.int32, 1) and _c_array(data, types.float32, 1)
-                and _c_array(gsum, types.float32, 1)
+                and _c_array(gsum, types.float32, 1) and isinstance(gbase, types.Integer)
                 and _c_array(delta_prev, types.float32, 2)):
             return None
 
         def codegen(context, builder, signature, args):
             tys = signature.args
             a, d, cols, w, gs, dp = (context.make_array(tys[n])(context, builder, args[n])
-                                     for n in range(4, 10))
-            i, b0, k0, k1 = (_index(context, builder, signature, args, n) for n in range(4))
+                                     for n in (4, 5, 6, 7, 8, 10))
+            i, b0, k0, k1, gbase = (_index(context, builder, signature, args, n)
+                                    for n in (0, 1, 2, 3, 9))
             aptr = _row_address(builder, a, i, b0)
             av = [builder.load(_vector_at(builder, aptr, v), align=4) for v in range(nv)]
             accs = [cgutils.alloca_once(builder, _VEC) for _ in range(nv if with_prev else 0)]
@@ -436,19 +496,20 @@ def _make_backward_block(nv, with_prev):
             with cgutils.for_range_slice(builder, k0, k4, four, inc=True) as (k, _):
                 sums = _hsum4(builder, *(connection(builder.add(k, ir.Constant(_I64, m)))
                                          for m in range(4)))
-                gptr = builder.bitcast(builder.gep(gs.data, [builder.sub(k, k0)]),
+                gptr = builder.bitcast(builder.gep(gs.data, [builder.sub(k, gbase)]),
                                        ir.VectorType(_F32, 4).as_pointer())
                 builder.store(builder.fadd(builder.load(gptr, align=4), sums), gptr, align=4)
             with _loop(builder, k4, k1) as (k, _):
                 s = _hsum(builder, connection(k))
-                gptr = builder.gep(gs.data, [builder.sub(k, k0)])
+                gptr = builder.gep(gs.data, [builder.sub(k, gbase)])
                 builder.store(builder.fadd(builder.load(gptr), s), gptr)
             if with_prev:
                 pptr = _row_address(builder, dp, i, b0)
                 for v in range(nv):
                     builder.store(builder.load(accs[v]), _vector_at(builder, pptr, v), align=4)
             return context.get_dummy_value()
-        return types.void(i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev), codegen
+        return (types.void(i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev),
+                codegen)
     return block
 
 
@@ -503,9 +564,9 @@ def _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1):
 
 
 @numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
-def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev):
+def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev):
     """Columns ``b:`` (fewer than 16) of the backward products of input row ``i``: adds
-    to ``gsum[k - k0]``, and sets ``delta_prev[i, b:]`` when it has columns; in connection
+    to ``gsum[k - gbase]``, and sets ``delta_prev[i, b:]`` when it has columns; in connection
     and column order, without fast-math."""
     batch = a_prev.shape[1]
     want_prev = delta_prev.shape[1] > 0
@@ -521,7 +582,7 @@ def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, delta_prev
             s += a_prev[i, c] * d
             if want_prev:
                 delta_prev[i, c] += w * d
-        gsum[k - k0] += s
+        gsum[k - gbase] += s
 
 
 @numba.njit(inline="always")
@@ -535,7 +596,7 @@ def _gather_rows(f0, f1, X, idx, mean, inv_std, out):
             out[f, b] = (X[idx[b], f] - m) * s
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def gather_standardize(X, idx, mean, inv_std, out):
     """``out[f, b] = (X[idx[b], f] - mean[f]) * inv_std[f]``.
 
@@ -606,7 +667,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
                     dfac[j, b] = d * keep
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
                    drop_rate, seed, out, dfac):
     """Fused sparse product, bias, activation and inverted dropout.
@@ -654,52 +715,60 @@ def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
 
 @numba.njit(inline="always")
 def _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch,
-                   grad, delta_prev, velocity, lr, momentum, weight_decay, update):
-    """Input rows ``i0:i1`` of :func:`sparse_backward`."""
+                   grad, delta_prev, velocity, lr, momentum, weight_decay, update, gsum):
+    """Input rows ``i0:i1`` of :func:`sparse_backward`; ``gsum`` is scratch space for at
+    least ``row_ptr[i1] - row_ptr[i0]`` floats."""
     batch = a_prev.shape[1]
     want_prev = delta_prev.shape[1] > 0
     zero = np.float32(0.0)
     first = row_ptr[i0]
-    gsum = np.zeros(row_ptr[i1] - first, np.float32)  # per-connection sums over the batch
+    last = row_ptr[i1]
+    for k in range(last - first):
+        gsum[k] = zero  # per-connection sums over the batch
     for i in range(i0, i1):
         k0 = row_ptr[i]
         k1 = row_ptr[i + 1]
-        g = gsum[k0 - first:k1 - first]
         b = 0
         if want_prev:
             while b + 128 <= batch:
-                _backward_block8(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _backward_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                 delta_prev)
                 b += 128
             if b + 64 <= batch:
-                _backward_block4(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _backward_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                 delta_prev)
                 b += 64
             while b + 16 <= batch:
-                _backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                 delta_prev)
                 b += 16
         else:
             while b + 128 <= batch:
-                _sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                              delta_prev)
                 b += 128
             if b + 64 <= batch:
-                _sddmm_block4(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _sddmm_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                              delta_prev)
                 b += 64
             while b + 16 <= batch:
-                _sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+                _sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                              delta_prev)
                 b += 16
         if b < batch:
-            _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, g, delta_prev)
+            _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first, delta_prev)
         if want_prev:
             for c in range(batch):
                 d = delta_prev[i, c] * dfac_prev[i, c]
                 delta_prev[i, c] = d if abs(d) >= TINY else zero
     # data[k] was read for delta_prev above: now it may change (one loop over the chunk's
     # connections, which are contiguous, so it vectorises).
-    for k in range(first, row_ptr[i1]):
+    for k in range(first, last):
         _finish(k, gsum[k - first] * inv_batch, data, grad, velocity, lr, momentum,
                 weight_decay, update)
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch,
                     grad, delta_prev, velocity, lr, momentum, weight_decay, update):
     """Fused transposed product and sampled dense-dense product (SDDMM), optionally with
@@ -726,9 +795,11 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
     """
     n_in = row_ptr.shape[0] - 1
     for c in prange((n_in + 15) // 16):
-        _backward_rows(c * 16, min(n_in, c * 16 + 16), a_prev, delta, row_ptr, row_cols, data,
-                       dfac_prev, inv_batch, grad, delta_prev, velocity, lr, momentum,
-                       weight_decay, update)
+        i0 = c * 16
+        i1 = min(n_in, i0 + 16)
+        _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch,
+                       grad, delta_prev, velocity, lr, momentum, weight_decay, update,
+                       np.empty(row_ptr[i1] - row_ptr[i0], np.float32))
 
 
 @numba.njit(inline="always")
@@ -747,7 +818,7 @@ def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update):
             mean_out[j] = s * inv
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def bias_step(delta, bias, velocity, lr, momentum):
     """Bias gradient ``g_j = mean_b delta[j, b]`` and its momentum step, fused::
 
@@ -758,7 +829,7 @@ def bias_step(delta, bias, velocity, lr, momentum):
         _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, True)
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
                 codes, slopes, rates, seeds, dfacs, n_threads):
     """Every layer's forward pass in one parallel region: :func:`gather_standardize`
@@ -777,44 +848,41 @@ def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, data
     for l in range(n_layers):
         sizes[l + 1] = biases[l].shape[0]
     step = np.empty(n_phases, np.int64)
-    first = np.zeros(n_phases + 1, np.int64)  # first ticket of each phase
+    n_chunks = np.empty(n_phases, np.int64)
     for p in range(n_phases):
         step[p] = _chunk_size(sizes[p], n_threads)
-        first[p + 1] = first[p] + (sizes[p] + step[p] - 1) // step[p]
-    # state[0]: next ticket; state[_SLOT * (p + 1)]: chunks of phase p done;
-    # state[_SLOT * (n_phases + 1)]: threads that entered, [+ _SLOT]: helpers that left.
-    state = np.zeros(_SLOT * (n_phases + 3), np.int64)
-    entered = _SLOT * (n_phases + 1)
-    left = entered + _SLOT
+        n_chunks[p] = (sizes[p] + step[p] - 1) // step[p]
+    state = np.zeros(_state_size(n_phases, n_threads), np.int64)
     for w in prange(n_threads):
-        _atomic_add(state, entered, 1)
-        p = 0
-        while True:
-            t = _atomic_add(state, 0, 1)
-            if t >= first[n_phases]:
-                break
-            while t >= first[p + 1]:
-                p += 1
-            r0 = (t - first[p]) * step[p]
-            r1 = min(sizes[p], r0 + step[p])
-            if p == 0:
-                _gather_rows(r0, r1, X, idx, mean, inv_std, acts[0])
-            else:
-                l = p - 1
-                _wait_at_least(state, _SLOT * p, first[p] - first[p - 1])
-                _forward_rows(r0, r1, acts[l], col_ptrs[l], col_rowss[l], col_poss[l], datas[l],
-                              biases[l], codes[l], slopes[l], rates[l], seeds[l], acts[l + 1],
-                              dfacs[l])
-            _atomic_add(state, _SLOT * (p + 1), 1)
-        # The calling thread (w == 0) leaves last, so it does not sleep in OpenMP's
-        # closing barrier waiting for a helper (waking it would cost as much as a layer).
-        if w == 0:
-            _wait_at_least(state, left, _atomic_load(state, entered) - 1)
-        else:
-            _atomic_add(state, left, 1)
+        _enter(state, n_phases, n_threads)
+        for p in range(n_phases):
+            # This phase's arrays, taken out of the tuples once (every access counts a
+            # reference: an atomic write that both threads would contend for).
+            l = max(p - 1, 0)
+            a_prev, out, dfac = acts[l], acts[p], dfacs[l]
+            col_ptr, col_rows, col_pos = col_ptrs[l], col_rowss[l], col_poss[l]
+            data, bias, code, slope, rate, seed = (datas[l], biases[l], codes[l], slopes[l],
+                                                   rates[l], seeds[l])
+            if p > 0:
+                _wait_phase(state, p - 1, n_phases, n_threads, n_chunks[p - 1])
+            for v in range(n_threads):
+                owner = (w + v) % n_threads
+                while True:
+                    c = _claim(state, p, owner, n_chunks[p], n_chunks[p], n_threads)
+                    if c < 0:
+                        break
+                    r0 = c * step[p]
+                    r1 = min(sizes[p], r0 + step[p])
+                    if p == 0:
+                        _gather_rows(r0, r1, X, idx, mean, inv_std, out)
+                    else:
+                        _forward_rows(r0, r1, a_prev, col_ptr, col_rows, col_pos, data, bias, code,
+                                      slope, rate, seed, out, dfac)
+                    _chunk_done(state, p, n_phases, n_threads)
+        _leave(state, w, n_phases, n_threads)
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
                  biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
                  weight_decay, update, n_threads):
@@ -834,48 +902,50 @@ def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, v
     n_rows = np.empty(n_layers, np.int64)
     n_out = np.empty(n_layers, np.int64)
     rstep = np.empty(n_layers, np.int64)
-    bstep = np.empty(n_layers, np.int64)
-    first = np.zeros(n_layers + 1, np.int64)
-    bias_first = np.empty(n_layers, np.int64)  # first bias ticket of each phase
+    n_row_chunks = np.empty(n_layers, np.int64)
+    n_chunks = np.empty(n_layers, np.int64)  # row chunks, then bias chunks of 64
+    scratch = 1  # the most connections in one chunk of rows
     for q in range(n_layers):
         l = n_layers - 1 - q
-        n_rows[q] = row_ptrs[l].shape[0] - 1
+        row_ptr = row_ptrs[l]
+        n_rows[q] = row_ptr.shape[0] - 1
         n_out[q] = biases[l].shape[0]
         rstep[q] = _chunk_size(n_rows[q], n_threads)
-        bstep[q] = 64
-        bias_first[q] = first[q] + (n_rows[q] + rstep[q] - 1) // rstep[q]
-        first[q + 1] = bias_first[q] + (n_out[q] + bstep[q] - 1) // bstep[q]
-    state = np.zeros(_SLOT * (n_layers + 3), np.int64)
-    entered = _SLOT * (n_layers + 1)
-    left = entered + _SLOT
+        n_row_chunks[q] = (n_rows[q] + rstep[q] - 1) // rstep[q]
+        n_chunks[q] = n_row_chunks[q] + (n_out[q] + 63) // 64
+        for r0 in range(0, n_rows[q], rstep[q]):
+            scratch = max(scratch, row_ptr[min(n_rows[q], r0 + rstep[q])] - row_ptr[r0])
+    state = np.zeros(_state_size(n_layers, n_threads), np.int64)
     for w in prange(n_threads):
-        _atomic_add(state, entered, 1)
-        q = 0
-        while True:
-            t = _atomic_add(state, 0, 1)
-            if t >= first[n_layers]:
-                break
-            while t >= first[q + 1]:
-                q += 1
-            if q > 0:
-                _wait_at_least(state, _SLOT * q, first[q] - first[q - 1])
+        _enter(state, n_layers, n_threads)
+        gsum = np.empty(scratch, np.float32)
+        for q in range(n_layers):
             l = n_layers - 1 - q
-            if t < bias_first[q]:
-                r0 = (t - first[q]) * rstep[q]
-                r1 = min(n_rows[q], r0 + rstep[q])
-                _backward_rows(r0, r1, acts[l], deltas[l], row_ptrs[l], row_colss[l], datas[l],
-                               dfacs[l], inv_batch, grads[l], prev_deltas[l], velocities[l], lr,
-                               momentum, weight_decay, update)
-            else:
-                r0 = (t - bias_first[q]) * bstep[q]
-                r1 = min(n_out[q], r0 + bstep[q])
-                _bias_rows(r0, r1, deltas[l], biases[l], bias_velocities[l], lr, momentum,
-                           bias_grads[l], update)
-            _atomic_add(state, _SLOT * (q + 1), 1)
-        if w == 0:
-            _wait_at_least(state, left, _atomic_load(state, entered) - 1)
-        else:
-            _atomic_add(state, left, 1)
+            a_prev, delta, delta_prev, dfac_prev = acts[l], deltas[l], prev_deltas[l], dfacs[l]
+            row_ptr, row_cols, data, velocity = row_ptrs[l], row_colss[l], datas[l], velocities[l]
+            bias, bias_velocity = biases[l], bias_velocities[l]
+            grad, bias_grad = grads[l], bias_grads[l]
+            if q > 0:
+                _wait_phase(state, q - 1, n_layers, n_threads, n_chunks[q - 1])
+            for v in range(n_threads):
+                owner = (w + v) % n_threads
+                while True:
+                    c = _claim(state, q, owner, n_row_chunks[q], n_chunks[q], n_threads)
+                    if c < 0:
+                        break
+                    if c < n_row_chunks[q]:
+                        r0 = c * rstep[q]
+                        r1 = min(n_rows[q], r0 + rstep[q])
+                        _backward_rows(r0, r1, a_prev, delta, row_ptr, row_cols, data, dfac_prev,
+                                       inv_batch, grad, delta_prev, velocity, lr, momentum,
+                                       weight_decay, update, gsum)
+                    else:
+                        r0 = (c - n_row_chunks[q]) * 64
+                        r1 = min(n_out[q], r0 + 64)
+                        _bias_rows(r0, r1, delta, bias, bias_velocity, lr, momentum, bias_grad,
+                                   update)
+                    _chunk_done(state, q, n_layers, n_threads)
+        _leave(state, w, n_layers, n_threads)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
@@ -963,7 +1033,7 @@ def srelu_backward(zbuf, delta, params, inv_batch, pgrad):
         pgrad[SRELU_AR, j] = gar * inv_batch
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def row_mean(x, out):
     """``out[j] = mean_b x[j, b]`` (bias gradient from a feature-major delta)."""
     n = x.shape[0]
