@@ -56,6 +56,7 @@ TASKS = ("classification", "regression")
 _EMPTY = np.empty((0, 0), np.float32)
 _EMPTY_1D = np.empty(0, np.float32)
 _SEED_MIX = 0x9E3779B97F4A7C15
+_SIMD_COLUMNS = 16  # batch columns per vector in the kernels (16 float32 lanes: AVX-512)
 
 
 class SparseMLP:
@@ -423,9 +424,15 @@ class SparseMLP:
         bs = batch_size or self.eval_batch_size()
         out = np.empty((X.shape[0], self.n_outputs), np.float32)
         for start in range(0, X.shape[0], bs):
-            idx = np.arange(start, min(start + bs, X.shape[0]), dtype=np.int64)
+            stop = min(start + bs, X.shape[0])
+            # Round each chunk up to whole SIMD groups (repeating its last row) so that every
+            # sample takes the kernels' vector path: a row's outputs then do not depend on
+            # which other rows share its call or where it sits (the scalar tail rounds
+            # differently), as scikit-learn's sample-order and subset checks require.
+            width = -(-(stop - start) // _SIMD_COLUMNS) * _SIMD_COLUMNS
+            idx = np.minimum(np.arange(start, start + width, dtype=np.int64), stop - 1)
             bufs = self._forward(X, idx, training=False)
-            out[start:start + idx.shape[0]] = bufs["acts"][-1].T
+            out[start:stop] = bufs["acts"][-1][:, :stop - start].T
         if self.task == "regression":
             out *= self.target_std
             out += self.target_mean
