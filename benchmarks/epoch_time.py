@@ -75,6 +75,22 @@ def sgemm_gflops(threads: int, n: int = 2048, reps: int = 5) -> dict:
     return out
 
 
+def cpu_times():
+    """(wall, this process's CPU seconds, whole machine's busy and stolen CPU seconds) now;
+    the machine's figures come from /proc/stat (Linux) and are None elsewhere."""
+    t = os.times()
+    busy = steal = None
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        steal = ticks[7] / hz
+        busy = (sum(ticks[:8]) - ticks[3] - ticks[4] - ticks[7]) / hz  # not idle/iowait/steal
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.perf_counter(), t.user + t.system, busy, steal
+
+
 def dense_masked_epoch(model, ds, cfg, seed: int) -> dict:
     """One epoch of the dense-masked PyTorch baseline on the same initial weights."""
     import torch
@@ -179,6 +195,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.only_baseline:
         return _baseline_process(args)
+    # The baseline gets the environment as it was before sparsetrain was imported: the
+    # package sets OpenMP variables for Numba's pool (OMP_WAIT_POLICY, GOMP_SPINCOUNT) that
+    # a PyTorch user would not have.
+    user_env = dict(os.environ)
 
     import subprocess
     import sys
@@ -192,7 +212,7 @@ def main(argv=None) -> int:
     child = subprocess.run(
         [sys.executable, __file__, "--only-baseline", "--threads", str(args.threads),
          "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else []),
-        check=True, capture_output=True, text=True)
+        check=True, capture_output=True, text=True, env=user_env)
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     baseline, gemm = measured["baseline"], measured["sgemm"]
 
@@ -209,16 +229,31 @@ def main(argv=None) -> int:
     model = build_model(cfg, ds.X_train, 10)  # the same initial weights as the child's
     nnz = [layer.nnz for layer in model.layers]
     gemm_before = numpy_sgemm_gflops(args.threads)
+    before = cpu_times()
     history = Trainer(cfg, progress=False).fit(model, ds.X_train, ds.y_train, ds.X_test,
                                                ds.y_test)
-    gemm_here = max(gemm_before, numpy_sgemm_gflops(args.threads))
+    after = cpu_times()
+    gemm_after = numpy_sgemm_gflops(args.threads)
+    gemm_here = max(gemm_before, gemm_after)
+    # What else ran while we trained: CPU time of other processes, and time the hypervisor
+    # gave our virtual CPUs to other guests (a shared machine's outliers show up here).
+    wall, ours_cpu = after[0] - before[0], after[1] - before[1]
+    others = steal = None
+    if before[2] is not None and after[2] is not None:
+        others = max(0.0, after[2] - before[2] - ours_cpu)
+        steal = after[3] - before[3]
     rows = history[:3]  # epochs followed by evolution; the median damps outside noise
     ours = {k: float(np.median([r[k] for r in rows])) for k in
             ("train_seconds", "eval_seconds", "evolution_seconds", "epoch_seconds")}
     ours["test_accuracy_epoch1"] = history[0]["test_accuracy"]
     ours["test_accuracy_epoch3"] = history[2]["test_accuracy"]
 
-    flops = ds.X_train.shape[0] * (6 * sum(nnz) - 2 * nnz[0])
+    # Useful flops per training sample: the products a sparse layer cannot skip, 2 flops per
+    # connection each: forward, weight gradient at the connections (SDDMM), and input delta
+    # (transposed product) for every layer but the first, whose input needs no delta.
+    per_sample = {"forward": 2 * sum(nnz), "weight gradient": 2 * sum(nnz),
+                  "input delta": 2 * sum(nnz[1:])}
+    flops = ds.X_train.shape[0] * sum(per_sample.values())
     useful = flops / ours["train_seconds"] / 1e9
     ratio = baseline["epoch_seconds"] / ours["epoch_seconds"]
     print(f"threads {args.threads}; connections per layer {nnz} (total {sum(nnz)}; dense "
@@ -229,15 +264,28 @@ def main(argv=None) -> int:
         print(f"{part:<12}{a:>15.3f}{b:>16.3f}{b / a:>8.2f}")
     print(f"test accuracy after epoch 1: sparsetrain {ours['test_accuracy_epoch1']:.4f}, "
           f"dense-masked {baseline['test_accuracy']:.4f}")
-    print(f"sgemm GFLOP/s: numpy {gemm_here:.1f} (this process, around our epochs); child "
-          f"process: numpy {gemm['numpy']:.1f}, torch {gemm['torch']:.1f}")
+    print(f"sgemm GFLOP/s: numpy {gemm_here:.1f} (this process, the better of {gemm_before:.1f} "
+          f"before and {gemm_after:.1f} after our epochs); child process: numpy "
+          f"{gemm['numpy']:.1f}, torch {gemm['torch']:.1f}")
+    if others is not None:
+        print(f"during our {wall:.1f} s of epochs: other processes used {others:.2f} CPU-s, "
+              f"the hypervisor stole {steal:.2f} s (of {os.cpu_count() * wall:.1f} CPU-s)")
+    print("useful flops per training sample: " + " + ".join(
+        f"{k} {v:,}" for k, v in per_sample.items()) + f" = {sum(per_sample.values()):,}")
     print(f"training step: {useful:.1f} useful GFLOP/s = {100 * useful / gemm_here:.1f}% of "
           f"the sgemm measured around it ({100 * useful / max(gemm_here, gemm['best']):.1f}% "
           "of the best sgemm of the run)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "nnz": nnz, "ours": ours, "dense_masked": baseline,
-                       "sgemm_gflops": {**gemm, "numpy_here": gemm_here}, "useful_gflops": useful,
+                       "sgemm_gflops": {**gemm, "numpy_here": gemm_here,
+                                        "numpy_before": gemm_before, "numpy_after": gemm_after},
+                       "useful_gflops": useful,
+                       "useful_flops_per_sample": per_sample,
+                       "percent_of_sgemm": 100 * useful / gemm_here,
+                       "during_our_epochs": {"wall_seconds": wall, "our_cpu_seconds": ours_cpu,
+                                             "other_processes_cpu_seconds": others,
+                                             "stolen_seconds": steal},
                        "ratio": ratio}, f, indent=2)
     print(f"ratio_vs_dense_masked={ratio:.2f}")
     return 0
