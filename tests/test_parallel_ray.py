@@ -16,7 +16,7 @@ from sklearn.datasets import make_classification  # noqa: E402
 from sparsetrain.cli import main  # noqa: E402
 from sparsetrain.config import make_config  # noqa: E402
 from sparsetrain.io import load_model  # noqa: E402
-from sparsetrain.parallel import ParallelConfig, ParallelTrainer, RaySession  # noqa: E402
+from sparsetrain.parallel import ParallelConfig, ParallelTrainer, RaySession, shm  # noqa: E402
 from sparsetrain.trainer import build_model  # noqa: E402
 
 
@@ -35,8 +35,11 @@ def _data(n=3000, d=30, seed=0):
 
 
 @pytest.mark.parametrize("mode, transport", [("wasap", "auto"), ("wassp", "auto"),
-                                             ("wasap", "ray"), ("wassp", "ray")])
+                                             ("wasap", "shm"), ("wasap", "ray"),
+                                             ("wassp", "ray")])
 def test_parallel_run_end_to_end(ray_session, tmp_path, mode, transport):
+    if transport == "shm" and not shm.available():
+        pytest.skip("mailboxes need x86-64 Linux")
     Xtr, ytr, Xte, yte = _data()
     cfg = make_config(None, hidden=(64, 32), epsilon=5.0, epochs=4, batch_size=32, seed=1)
     model = build_model(cfg, Xtr, 3)

@@ -44,10 +44,20 @@ from ..model import SparseMLP
 from ..trainer import METRIC_COLUMNS, Trainer
 from . import shm
 from .server import ParameterServer
-from .state import average_models, full_state, get_values, model_from_state, vector_size
+from .state import (
+    average_models,
+    bind_values,
+    full_state,
+    get_values,
+    map_gradient,
+    model_from_state,
+    topology_keys,
+    vector_size,
+)
 from .worker import Worker
 
 MODES = ("wasap", "wassp")
+TRANSPORTS = ("auto", "shared", "shm", "ray")
 PARALLEL_COLUMNS = [*METRIC_COLUMNS, "phase", "workers", "samples_per_second", "bytes_moved",
                     "stale_updates", "mean_staleness", "dropped_updates", "dropped_entries",
                     "replica_test_accuracy", "events"]
@@ -81,10 +91,13 @@ class ParallelConfig:
     pipeline : bool
         WASAP: compute the next gradient while the previous push travels (hides the
         transfer; the copy is about ``K`` updates staler than with blocking pushes).
-    transport : {"auto", "shm", "ray"}
-        How phase-1 pushes travel: shared-memory mailboxes (same node; see
-        :mod:`sparsetrain.parallel.shm`) or Ray actor calls. ``auto``: mailboxes with the
-        embedded Ray on x86-64 Linux, actor calls on a cluster.
+    transport : {"auto", "shared", "shm", "ray"}
+        How phase-1 pushes travel (see :mod:`sparsetrain.parallel.shm`): ``shared``, the
+        server's model in shared memory, each worker applying its own pushes under a lock
+        (asynchronous mode, same node); ``shm``, shared-memory mailboxes answered by the
+        server's thread (same node); ``ray``, Ray actor calls. ``auto``: ``shared``
+        (WASAP) or ``shm`` (WASSP) with the embedded Ray on x86-64 Linux, ``ray`` on a
+        cluster.
     """
 
     mode: str = "wasap"
@@ -112,12 +125,15 @@ class ParallelConfig:
         if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
             raise SparsetrainError(f"The 'warmup_epochs' option must be >= 0. Got "
                                    f"{self.warmup_epochs!r} instead.")
-        if self.transport not in ("auto", "shm", "ray"):
-            raise SparsetrainError(f"The 'transport' option must be one of ['auto', 'shm', "
-                                   f"'ray']. Got {self.transport!r} instead.")
-        if self.transport == "shm" and not shm.available():
-            raise SparsetrainError("transport='shm' needs x86-64 Linux with /dev/shm; use "
-                                   "transport='ray'")
+        if self.transport not in TRANSPORTS:
+            raise SparsetrainError(f"The 'transport' option must be one of {list(TRANSPORTS)}. "
+                                   f"Got {self.transport!r} instead.")
+        if self.transport in ("shm", "shared") and not shm.available():
+            raise SparsetrainError(f"transport={self.transport!r} needs x86-64 Linux with "
+                                   "/dev/shm; use transport='ray'")
+        if self.transport == "shared" and self.mode != "wasap":
+            raise SparsetrainError("transport='shared' serves asynchronous pushes (WASAP); "
+                                   f"use 'shm' or 'ray' with {self.mode!r}")
         if not isinstance(self.worker_threads, int) or self.worker_threads < 1:
             raise SparsetrainError(f"The 'worker_threads' option must be an integer >= 1. Got "
                                    f"{self.worker_threads!r} instead.")
@@ -125,6 +141,14 @@ class ParallelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resolved_transport(self) -> str:
+        """The transport ``auto`` stands for here (see the class docstring)."""
+        if self.transport != "auto":
+            return self.transport
+        if self.ray_address is not None or not shm.available():
+            return "ray"
+        return "shared" if self.mode == "wasap" else "shm"
 
 
 # ---------------------------------------------------------------------- Ray plumbing
@@ -188,7 +212,7 @@ def _actors():
         serves the workers on this node while Ray calls (status, full states, workers
         elsewhere) are served by the actor's event loop."""
 
-        def __init__(self, kwargs, X_test, y_test, mailboxes):
+        def __init__(self, kwargs, X_test, y_test, mailboxes, shared=None):
             import numba
 
             from .. import _kernels
@@ -202,11 +226,35 @@ def _actors():
             self._event = asyncio.Event()
             self.boxes = []
             self._stop = threading.Event()
+            self.model_segment = None
             if mailboxes is not None:
                 run_id, capacity = mailboxes
                 self.boxes = [shm.Mailbox(shm.Mailbox.path_for(run_id, r), capacity, create=True)
                               for r in range(self.s.workers)]
                 threading.Thread(target=self._serve, daemon=True).start()
+            elif shared is not None:
+                run_id, capacity = shared
+                self.model_segment = shm.SharedModel(shm.SharedModel.path_for(run_id), capacity,
+                                                     create=True)
+                self.s.share(self.model_segment)
+                threading.Thread(target=self._serve_shared, daemon=True).start()
+
+        # -------------------------------------------------------------- shared model
+        def _serve_shared(self):
+            """The workers apply their own pushes; this thread runs the epoch ends."""
+            import numba
+
+            from .. import _kernels
+
+            numba.set_num_threads(1)
+            _kernels.enable_flush_to_zero()
+            seg = self.model_segment
+            while not self._stop.is_set():
+                if seg[_kernels.SH_FROZEN] and not seg[_kernels.SH_DONE]:
+                    with self.lock:
+                        self.s.shared_epoch_end()
+                else:
+                    time.sleep(1e-3)  # an epoch end waits at most this long
 
         # -------------------------------------------------------------- mailboxes
         def _answer(self, box, seq, version):
@@ -257,6 +305,8 @@ def _actors():
             self._stop.set()
             for box in self.boxes:
                 box.close(unlink=True)
+            if self.model_segment is not None:
+                self.model_segment.path.unlink(missing_ok=True)
 
         # -------------------------------------------------------------- Ray calls
         async def push(self, version, grad, loss, n, step):
@@ -284,7 +334,10 @@ def _actors():
 
         async def status(self):
             with self.lock:
-                return self.s.status()
+                st = self.s.status()
+                if self.model_segment is not None:
+                    st["updates"], st["total_updates"] = self.s.shared_counts()
+                return st
 
         async def take_rows(self):
             with self.lock:
@@ -323,7 +376,7 @@ def _actors():
         def pid(self):
             return os.getpid()
 
-        def run_phase1(self, server, sync, pipeline, mailboxes=None):
+        def run_phase1(self, server, sync, pipeline, mailboxes=None, shared=None):
             """Push gradients until the server says phase 1 is over; returns counters."""
             if self.restarted:
                 ray.get(server.note_restart.remote(self.w.rank))
@@ -334,6 +387,8 @@ def _actors():
             t0 = time.perf_counter()
             if mailboxes is not None:
                 self._run_mailbox(server, sync, pipeline, mailboxes)
+            elif shared is not None:
+                self._run_shared(server, shared)
             else:
                 self._run_ray(server, sync, pipeline)
             return {"rank": w.rank, "steps": w.steps, "compute_seconds": w.compute_seconds,
@@ -361,6 +416,54 @@ def _actors():
                             break
             finally:
                 box.close()
+
+        def _run_shared(self, server, shared):
+            """Apply every push to the server's shared model; after an epoch end, pull the
+            new topology and map the gradient computed on the old one onto it."""
+            from .. import _kernels as K
+
+            w, cfg = self.w, self.w.config
+            run_id, capacity = shared
+            seg = shm.SharedModel(shm.SharedModel.path_for(run_id), capacity)
+            pid = os.getpid()
+            lr, mom, wd = (np.float32(v) for v in (cfg.lr, cfg.momentum, cfg.weight_decay))
+            mine = np.empty(capacity, np.float32)  # the replica's values (its arrays view it)
+            gbuf = np.empty(capacity, np.float32)
+            bind_values(w.model, mine)
+            try:
+                while not seg[K.SH_DONE]:
+                    loss, g, n, version, step = w.gradient(out=gbuf)
+                    stale = dropped = 0
+                    t0 = time.perf_counter()
+                    while True:
+                        r = K.shared_push(seg.header, seg.stats, seg.values, seg.velocity, g,
+                                          mine, lr, mom, wd, pid, version, step, loss, n,
+                                          stale, dropped, 20000)
+                        if r > 0:
+                            w.step = int(r)  # the server's count once this update is in
+                            break
+                        if time.perf_counter() - t0 > 600:
+                            raise TimeoutError("the parameter server did not open the shared "
+                                               "model for 600 s")
+                        if r == -1:  # locked for long: its owner may have died
+                            seg.break_dead_lock()
+                            continue
+                        while (seg[K.SH_FROZEN] and not seg[K.SH_DONE]
+                               and time.perf_counter() - t0 < 600):
+                            time.sleep(1e-4)  # the server is ending an epoch
+                        if seg[K.SH_DONE]:
+                            break
+                        if seg[K.SH_VERSION] != w.version:  # a new topology: pull, map
+                            old = ([la.n_out for la in w.model.layers], topology_keys(w.model))
+                            w.receive(ray.get(server.full.remote()))
+                            bind_values(w.model, mine)
+                            g, dropped = map_gradient(old, w.model, g)
+                            if g is None:  # neurons were removed since: drop it
+                                K.shared_add(seg.header, K.SH_DROPPED_UPDATES, 1)
+                                break
+                            stale, version = 1, w.version
+            finally:
+                seg.close()
 
         def _take(self, reply, server):
             """Apply a mailbox answer to the replica; True when phase 1 is over."""
@@ -516,19 +619,23 @@ class ParallelTrainer(Trainer):
     def _phase1(self, model, workers, ServerActor, n, test_ref, bar):
         ray = _import_ray()
         cfg, par = self.config, self.parallel
-        mailboxes = None
-        if par.transport == "shm" or (par.transport == "auto" and par.ray_address is None
-                                      and shm.available()):
+        mailboxes = shared = None
+        transport = par.resolved_transport()
+        if transport == "shm":
             mailboxes = (shm.new_run_id(), vector_size(model))
             self.mailbox_paths = [shm.Mailbox.path_for(mailboxes[0], r) for r in range(par.workers)]
+        elif transport == "shared":
+            shared = (shm.new_run_id(), vector_size(model))
+            self.mailbox_paths = [shm.SharedModel.path_for(shared[0])]
         server = ServerActor.remote(dict(
             state=full_state(model), config=cfg.to_dict(), n_train=n, workers=par.workers,
             mode="sync" if par.mode == "wassp" else "async", phase1_epochs=par.phase1_epochs,
-            start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, mailboxes)
+            start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, mailboxes,
+            shared)
         self.server = server
         try:
-            runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes)
-                    for w in workers]
+            runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes,
+                                        shared) for w in workers]
             pending = list(runs)
             while True:
                 done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
@@ -562,9 +669,8 @@ class ParallelTrainer(Trainer):
             except Exception:  # noqa: BLE001 - the server may already be gone
                 pass
             ray.kill(server)
-            if mailboxes is not None:
-                for path in self.mailbox_paths:
-                    path.unlink(missing_ok=True)
+            for path in self.mailbox_paths:
+                path.unlink(missing_ok=True)
         model, _ = model_from_state(state)
         return model
 

@@ -17,6 +17,7 @@ actor in :mod:`sparsetrain.parallel.runner` only forwards calls to this class.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -25,14 +26,18 @@ from .. import _kernels
 from ..config import TrainConfig
 from ..trainer import Trainer
 from .state import (
+    bind_values,
     full_state,
     get_values,
+    map_gradient,
     model_from_state,
-    retain_valid,
     topology_keys,
     value_layout,
 )
 
+#: Shared-model header words an epoch end takes (and zeroes).
+_COUNTERS = (_kernels.SH_SAMPLES, _kernels.SH_STALENESS, _kernels.SH_PUSHES, _kernels.SH_BYTES,
+             _kernels.SH_STALE, _kernels.SH_DROPPED_UPDATES, _kernels.SH_DROPPED_ENTRIES)
 _KEEP_VERSIONS = 4  # old topologies kept to map stale gradients (older ones are dropped)
 _KEEP_SNAPSHOTS = 4  # end-of-epoch states kept for a driver that polls slower than epochs end
 
@@ -81,7 +86,9 @@ class ParameterServer:
         self.restarts = 0
         self.pids: dict[int, int] = {}  # worker rank -> process id (diagnostics, tests)
         self._reset_epoch_stats()
-        self._snapshot = (self.epoch, full_state(self.model))
+        self.shared = None  # the SharedModel the workers apply their pushes to, if any
+        self._pid = os.getpid()
+        self._snapshot = (self.epoch, self._copy_state())
         self._unsaved: dict[int, dict] = {}  # epoch -> state not yet taken by the driver
 
     # ------------------------------------------------------------------ bookkeeping
@@ -141,9 +148,20 @@ class ParameterServer:
         """``(epoch, full state)`` at the end of the latest finished epoch."""
         return self._snapshot
 
+    def _copy_state(self) -> dict:
+        """The full state as copies (the model's arrays change in place with every update)."""
+        shared = self.shared
+        if shared is not None:  # a worker may be applying a push right now
+            shared.lock(self._pid)
+        try:
+            return {k: np.array(v) for k, v in full_state(self.model).items()}
+        finally:
+            if shared is not None:
+                shared.unlock(self._pid)
+
     def full(self) -> dict:
         """Reply with the full current state (a new or restarted worker)."""
-        state = full_state(self.model)
+        state = self._copy_state()
         self._bytes += sum(a.nbytes for a in state.values())
         return {"done": self.done, "version": self.version, "state": state, "values": None,
                 "step": self.total_updates}
@@ -217,22 +235,12 @@ class ParameterServer:
         """``grad`` (computed on topology ``version``) in the current layout, zeros where the
         current topology has connections the old one lacked; None if it cannot be mapped."""
         old = self._keys.get(version)
-        sizes, keys = self._keys[self.version]
-        if old is None or old[0] != sizes:
+        out, dropped = (None, 0) if old is None else map_gradient(old, self.model, grad)
+        if out is None:
             self._dropped_updates += 1
             return None
         self._stale += 1
-        layout = value_layout(self.model)
-        out = np.zeros(layout[-1][3], np.float32)
-        old_pos = 0
-        maps = retain_valid(old[1], keys)
-        for (w, *_), (src, dst), k_old in zip(layout, maps, old[1], strict=True):
-            out[w + dst] = grad[old_pos + src]
-            self._dropped_entries += k_old.size - src.size
-            old_pos += k_old.size
-        # biases and neuron parameters: same sizes, same order, right after the weights
-        n_neuron = layout[-1][3] - layout[0][1]
-        out[layout[0][1]:] = grad[old_pos:old_pos + n_neuron]
+        self._dropped_entries += dropped
         return out
 
     def _apply(self, version: int, grad: np.ndarray, lr: float) -> None:
@@ -250,9 +258,71 @@ class ParameterServer:
                 _kernels.momentum_sgd(la.neuron_params.ravel(), la.neuron_velocity.ravel(),
                                       grad[p:e], lr, mom, zero)
 
+    # ------------------------------------------------------------------ shared model
+    def share(self, shared) -> None:
+        """Serve asynchronous pushes through ``shared`` (a
+        :class:`~sparsetrain.parallel.shm.SharedModel`): the model's arrays become views
+        of its vectors, which the workers update under its lock; the update counters live
+        in its header until :meth:`shared_epoch_end` takes them."""
+        if self.mode != "async":
+            raise ValueError("a shared model serves asynchronous pushes only")
+        self.shared = shared
+        self._publish()
+
+    def _publish(self) -> None:
+        """Lay the current model into the shared vectors and open it for pushes."""
+        h = self.shared.header
+        size = bind_values(self.model, self.shared.values, self.shared.velocity)
+        h[_kernels.SH_SIZE] = size
+        h[_kernels.SH_N_WEIGHTS] = value_layout(self.model)[0][1]
+        h[_kernels.SH_VERSION] = self.version
+        h[_kernels.SH_PER_EPOCH] = self.updates_per_epoch
+        h[_kernels.SH_UPDATES] = self.updates
+        h[_kernels.SH_TOTAL] = self.total_updates
+        h[_kernels.SH_DONE] = int(self.done)
+        h[_kernels.SH_FROZEN] = int(self.done)  # last: workers may push from here on
+
+    def shared_counts(self) -> tuple[int, int]:
+        """``(updates this epoch, updates in all)`` as the shared model counts them."""
+        h = self.shared.header
+        return int(h[_kernels.SH_UPDATES]), int(h[_kernels.SH_TOTAL])
+
+    def shared_epoch_end(self) -> bool:
+        """If the workers froze the shared model (the epoch's last update, or a non-finite
+        loss): take its counters, end the epoch (evaluation, Importance Pruning, SET) and
+        open the new topology for pushes, or mark phase 1 done. True if it ran."""
+        sh = self.shared
+        h = sh.header
+        if not h[_kernels.SH_FROZEN] or h[_kernels.SH_DONE]:
+            return False
+        counters = {}
+        for slot in _COUNTERS:
+            counters[slot] = int(h[slot])
+            _kernels.shared_add(h, slot, -counters[slot])  # atomic: a late dropped push still counts
+        loss_sum, sh.stats[0] = float(sh.stats[0]), 0.0
+        self.updates, self.total_updates = int(h[_kernels.SH_UPDATES]), int(h[_kernels.SH_TOTAL])
+        self._loss += loss_sum
+        self._samples += counters[_kernels.SH_SAMPLES]
+        self._staleness += counters[_kernels.SH_STALENESS]
+        self._pushes += counters[_kernels.SH_PUSHES]
+        self._bytes += counters[_kernels.SH_BYTES]
+        self._stale += counters[_kernels.SH_STALE]
+        self._dropped_updates += counters[_kernels.SH_DROPPED_UPDATES]
+        self._dropped_entries += counters[_kernels.SH_DROPPED_ENTRIES]
+        if h[_kernels.SH_FAILED]:
+            self.failed = (f"the loss became non-finite at epoch {self.epoch + 1}, update "
+                           f"{self.updates + 1}/{self.updates_per_epoch}")
+        elif self.updates >= self.updates_per_epoch:
+            self._end_epoch()
+        if self.done:
+            h[_kernels.SH_DONE] = 1
+        else:
+            self._publish()
+        return True
+
     # ------------------------------------------------------------------ epochs
     def _snapshot_state(self) -> dict:
-        state = full_state(self.model)
+        state = self._copy_state()
         self._unsaved[self.epoch] = state
         for e in sorted(self._unsaved)[:-_KEEP_SNAPSHOTS]:
             del self._unsaved[e]

@@ -20,6 +20,7 @@ sequence number, so the half-written gradient is never applied.
 
 from __future__ import annotations
 
+import mmap
 import os
 import platform
 import time
@@ -27,6 +28,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
+from .. import _kernels as K
 
 PUSH_SEQ, REPLY_SEQ, VERSION, STEP, N, SIZE, KIND, R_VERSION, R_STEP, R_SIZE, SLOT = range(11)
 _HEADER = 16  # int64 words
@@ -139,3 +142,83 @@ class Mailbox:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+class SharedModel:
+    """The parameter server's value and momentum vectors in shared memory (same node).
+
+    Asynchronous phase 1 without a round trip per push: the server's model arrays are
+    views of :attr:`values` and :attr:`velocity` (layout of
+    :func:`~sparsetrain.parallel.state.value_layout`), and a worker applies its own
+    gradient to them under a lock (:func:`sparsetrain._kernels.shared_push`), copying the
+    new values into its replica in the same pass; the server's thread only runs the
+    epoch ends. Layout: ``SH_WORDS`` int64 header words (``SH_*`` in
+    :mod:`sparsetrain._kernels`), 8 float64 statistics (``stats[0]``: the epoch's loss
+    sum), then the two float32 vectors of ``capacity`` entries.
+
+    The lock word holds the owner's process id, so a waiter can tell a dead owner (a
+    worker killed while applying) and break its lock: that one update is then partly
+    applied (entries before the kill moved, the others not) and not counted.
+    """
+
+    _STATS = 8
+
+    def __init__(self, path, capacity: int, create: bool = False):
+        self.path = Path(path)
+        self.capacity = int(capacity)
+        base = 8 * (K.SH_WORDS + self._STATS)
+        nbytes = base + 8 * self.capacity
+        if create:
+            with open(self.path, "wb") as f:
+                f.truncate(nbytes)
+        with open(self.path, "r+b") as f:
+            self._mm = mmap.mmap(f.fileno(), nbytes)
+        buf = np.frombuffer(self._mm, dtype=np.uint8)
+        self.header = buf[:8 * K.SH_WORDS].view(np.int64)
+        self.stats = buf[8 * K.SH_WORDS:base].view(np.float64)
+        self.values = buf[base:base + 4 * self.capacity].view(np.float32)
+        self.velocity = buf[base + 4 * self.capacity:nbytes].view(np.float32)
+
+    @staticmethod
+    def path_for(run_id: str) -> Path:
+        return _ROOT / f"{run_id}-model"
+
+    def __getitem__(self, slot: int) -> int:
+        return int(self.header[slot])
+
+    def lock(self, owner: int, timeout: float = 600.0) -> None:
+        """Take the lock (breaking that of a dead owner); raises TimeoutError."""
+        t0 = time.perf_counter()
+        while not K.shared_lock(self.header, owner, 20000):
+            self.break_dead_lock()
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"the shared model stayed locked for {timeout:.0f} s")
+
+    def unlock(self, owner: int) -> None:
+        K.shared_unlock(self.header, owner)
+
+    def break_dead_lock(self) -> bool:
+        """Release the lock if its owner's process is gone; True if it was broken."""
+        holder = int(self.header[K.SH_LOCK])
+        if holder <= 0 or _alive(holder):
+            return False
+        return bool(K.shared_unlock(self.header, holder))
+
+    def close(self, unlink: bool = False) -> None:
+        self.header = self.stats = self.values = self.velocity = None
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still alive somewhere: the mapping goes with it
+            pass
+        if unlink:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -79,6 +79,72 @@ def set_values(model: SparseMLP, values: np.ndarray) -> None:
             la.neuron_params[...] = values[p:e].reshape(la.neuron_params.shape)
 
 
+def get_velocities(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:
+    """Every momentum entry of ``model`` in one float32 vector (the value layout)."""
+    layout = value_layout(model)
+    out = np.empty(layout[-1][3], np.float32) if out is None else out
+    for (w, b, p, e), la in zip(layout, model.layers, strict=True):
+        out[w:w + la.nnz] = la.velocity
+        out[b:b + la.n_out] = la.bias_velocity
+        if la.neuron_params is not None:
+            out[p:e] = la.neuron_velocity.ravel()
+    return out
+
+
+def bind_values(model: SparseMLP, values: np.ndarray, velocity: np.ndarray | None = None,
+                ) -> int:
+    """Move ``model``'s values (and momentum) into the first entries of the flat buffers
+    ``values`` (``velocity``) and make its arrays views of them, so that a kernel updating
+    the buffers updates the model; returns the vector size. The model's arrays may
+    already be views of the same buffers (in another layout): everything is copied out
+    before anything is written."""
+    size = vector_size(model)
+    if values.shape[0] < size or (velocity is not None and velocity.shape[0] < size):
+        raise ValueError(f"value vector of {size} entries exceeds the buffer "
+                         f"({values.shape[0]})")
+    new_values = get_values(model)
+    new_velocity = get_velocities(model) if velocity is not None else None
+    values[:size] = new_values
+    if velocity is not None:
+        velocity[:size] = new_velocity
+    for (w, b, p, e), la in zip(value_layout(model), model.layers, strict=True):
+        la.data = values[w:w + la.nnz]
+        la.bias = values[b:b + la.n_out]
+        if velocity is not None:
+            la.velocity = velocity[w:w + la.nnz]
+            la.bias_velocity = velocity[b:b + la.n_out]
+        if la.neuron_params is not None:
+            shape = la.neuron_params.shape
+            la.neuron_params = values[p:e].reshape(shape)
+            if velocity is not None:
+                la.neuron_velocity = velocity[p:e].reshape(shape)
+    return size
+
+
+def map_gradient(old: tuple[list[int], list[np.ndarray]], model: SparseMLP, grad: np.ndarray,
+                 ) -> tuple[np.ndarray | None, int]:
+    """A gradient computed on an older topology ``old = (layer sizes, topology keys)``, in
+    the value layout of ``model``: entries of connections that still exist move to their
+    new positions, connections added since get 0 (SPEC 1.8 "retain valid updates").
+    Returns ``(gradient, dropped entries)``, or ``(None, 0)`` when the layer sizes differ
+    (neurons were removed since: the gradient cannot be mapped)."""
+    sizes, keys = [la.n_out for la in model.layers], topology_keys(model)
+    if list(old[0]) != sizes:
+        return None, 0
+    layout = value_layout(model)
+    out = np.zeros(layout[-1][3], np.float32)
+    old_pos = dropped = 0
+    maps = retain_valid(old[1], keys)
+    for (w, *_), (src, dst), k_old in zip(layout, maps, old[1], strict=True):
+        out[w + dst] = grad[old_pos + src]
+        dropped += k_old.size - src.size
+        old_pos += k_old.size
+    # biases and neuron parameters: same sizes, same order, right after the weights
+    n_neuron = layout[-1][3] - layout[0][1]
+    out[layout[0][1]:] = grad[old_pos:old_pos + n_neuron]
+    return out, dropped
+
+
 def pack_gradients(model: SparseMLP, grads: list[LayerGradient],
                    out: np.ndarray | None = None) -> np.ndarray:
     """Per-layer gradients as one vector in the value layout of ``model`` (written into the
