@@ -12,9 +12,12 @@ Layout of a run with ``K`` workers:
   state from the server and goes on with its shard (the event is recorded in metrics).
 
 Phase 1 (epochs ``1..e1``): asynchronous (``wasap``) or synchronous (``wassp``) updates
-at the server. In asynchronous mode each worker pipelines one push: it computes the next
-gradient while its previous one travels, so its copy is at most one update staler than
-with blocking pushes and the transfer hides behind computation. Phase 2 (``e1+1..E``):
+at the server. Asynchronous pushes on the server's node go through the shared model
+(:class:`~.shm.SharedModel`): the worker applies its gradient to the server's vectors
+under a lock and copies the result back in the same pass, and the server's thread runs
+only the epoch ends. Otherwise (mailboxes, Ray calls) each asynchronous worker pipelines
+one push: it computes the next gradient while its previous one travels, so its copy is
+at most one update staler than with blocking pushes. Phase 2 (``e1+1..E``):
 every worker trains its replica on its shard, one pass per epoch, with its own SET
 evolution. At the end the replicas are averaged over the union topology and pruned back
 to the per-layer connection counts of the end of phase 1.
@@ -89,8 +92,9 @@ class ParallelConfig:
     max_restarts : int
         How often Ray restarts a dead worker.
     pipeline : bool
-        WASAP: compute the next gradient while the previous push travels (hides the
-        transfer; the copy is about ``K`` updates staler than with blocking pushes).
+        WASAP over mailboxes or Ray calls: compute the next gradient while the previous
+        push travels (hides the transfer; the copy is about ``K`` updates staler than with
+        blocking pushes). Pushes to a shared model are applied at once, not pipelined.
     transport : {"auto", "shared", "shm", "ray"}
         How phase-1 pushes travel (see :mod:`sparsetrain.parallel.shm`): ``shared``, the
         server's model in shared memory, each worker applying its own pushes under a lock
@@ -209,8 +213,9 @@ def _actors():
 
     class ServerActor:
         """Forwards to a :class:`ParameterServer` under a lock; with mailboxes, a thread
-        serves the workers on this node while Ray calls (status, full states, workers
-        elsewhere) are served by the actor's event loop."""
+        serves the workers on this node, with a shared model a thread runs the epoch
+        ends, while Ray calls (status, full states, workers elsewhere) are served by the
+        actor's event loop."""
 
         def __init__(self, kwargs, X_test, y_test, mailboxes, shared=None):
             import numba
