@@ -534,7 +534,7 @@ class ParallelTrainer(Trainer):
         self.parallel = parallel.validate(self.config.epochs)
         self.run_info["parallel"] = self.parallel.to_dict()
         self.worker_stats: list[dict] = []
-        self.mailbox_paths: list = []  # the run's /dev/shm mailboxes (removed at the end)
+        self.mailbox_paths: list = []  # the run's /dev/shm files: mailboxes or shared model
         self._events: list[str] = []  # server events still to be put in a metrics row
 
     @classmethod

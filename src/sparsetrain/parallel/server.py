@@ -35,9 +35,11 @@ from .state import (
     value_layout,
 )
 
-#: Shared-model header words an epoch end takes (and zeroes).
-_COUNTERS = (_kernels.SH_SAMPLES, _kernels.SH_STALENESS, _kernels.SH_PUSHES, _kernels.SH_BYTES,
-             _kernels.SH_STALE, _kernels.SH_DROPPED_UPDATES, _kernels.SH_DROPPED_ENTRIES)
+#: Shared-model header words an epoch end adds to the server's epoch statistics (and zeroes).
+_COUNTERS = {_kernels.SH_SAMPLES: "_samples", _kernels.SH_STALENESS: "_staleness",
+             _kernels.SH_PUSHES: "_pushes", _kernels.SH_BYTES: "_bytes", _kernels.SH_STALE: "_stale",
+             _kernels.SH_DROPPED_UPDATES: "_dropped_updates",
+             _kernels.SH_DROPPED_ENTRIES: "_dropped_entries"}
 _KEEP_VERSIONS = 4  # old topologies kept to map stale gradients (older ones are dropped)
 _KEEP_SNAPSHOTS = 4  # end-of-epoch states kept for a driver that polls slower than epochs end
 
@@ -295,20 +297,13 @@ class ParameterServer:
         h = sh.header
         if not h[_kernels.SH_FROZEN] or h[_kernels.SH_DONE]:
             return False
-        counters = {}
-        for slot in _COUNTERS:
-            counters[slot] = int(h[slot])
-            _kernels.shared_add(h, slot, -counters[slot])  # atomic: a late dropped push still counts
-        loss_sum, sh.stats[0] = float(sh.stats[0]), 0.0
-        self.updates, self.total_updates = int(h[_kernels.SH_UPDATES]), int(h[_kernels.SH_TOTAL])
-        self._loss += loss_sum
-        self._samples += counters[_kernels.SH_SAMPLES]
-        self._staleness += counters[_kernels.SH_STALENESS]
-        self._pushes += counters[_kernels.SH_PUSHES]
-        self._bytes += counters[_kernels.SH_BYTES]
-        self._stale += counters[_kernels.SH_STALE]
-        self._dropped_updates += counters[_kernels.SH_DROPPED_UPDATES]
-        self._dropped_entries += counters[_kernels.SH_DROPPED_ENTRIES]
+        for slot, attr in _COUNTERS.items():
+            count = int(h[slot])
+            _kernels.shared_add(h, slot, -count)  # atomic: a late dropped push still counts
+            setattr(self, attr, getattr(self, attr) + count)
+        self._loss += float(sh.stats[0])
+        sh.stats[0] = 0.0
+        self.updates, self.total_updates = self.shared_counts()
         if h[_kernels.SH_FAILED]:
             self.failed = (f"the loss became non-finite at epoch {self.epoch + 1}, update "
                            f"{self.updates + 1}/{self.updates_per_epoch}")

@@ -55,16 +55,27 @@ def vector_size(model: SparseMLP) -> int:
     return value_layout(model)[-1][3] if model.layers else 0
 
 
-def get_values(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:
-    """Every trainable value of ``model`` in one float32 vector."""
+_VALUES = ("data", "bias", "neuron_params")
+_VELOCITIES = ("velocity", "bias_velocity", "neuron_velocity")
+
+
+def _gather(model: SparseMLP, names: tuple[str, str, str], out: np.ndarray | None) -> np.ndarray:
+    """The layers' ``(connection, bias, neuron-parameter)`` arrays ``names`` in one float32
+    vector of the value layout."""
     layout = value_layout(model)
     out = np.empty(layout[-1][3], np.float32) if out is None else out
+    conn, bias, neuron = names
     for (w, b, p, e), la in zip(layout, model.layers, strict=True):
-        out[w:w + la.nnz] = la.data
-        out[b:b + la.n_out] = la.bias
+        out[w:w + la.nnz] = getattr(la, conn)
+        out[b:b + la.n_out] = getattr(la, bias)
         if la.neuron_params is not None:
-            out[p:e] = la.neuron_params.ravel()
+            out[p:e] = getattr(la, neuron).ravel()
     return out
+
+
+def get_values(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:
+    """Every trainable value of ``model`` in one float32 vector."""
+    return _gather(model, _VALUES, out)
 
 
 def set_values(model: SparseMLP, values: np.ndarray) -> None:
@@ -81,14 +92,7 @@ def set_values(model: SparseMLP, values: np.ndarray) -> None:
 
 def get_velocities(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:
     """Every momentum entry of ``model`` in one float32 vector (the value layout)."""
-    layout = value_layout(model)
-    out = np.empty(layout[-1][3], np.float32) if out is None else out
-    for (w, b, p, e), la in zip(layout, model.layers, strict=True):
-        out[w:w + la.nnz] = la.velocity
-        out[b:b + la.n_out] = la.bias_velocity
-        if la.neuron_params is not None:
-            out[p:e] = la.neuron_velocity.ravel()
-    return out
+    return _gather(model, _VELOCITIES, out)
 
 
 def bind_values(model: SparseMLP, values: np.ndarray, velocity: np.ndarray | None = None,
