@@ -24,12 +24,16 @@ then renamed over the target, so a crash never leaves a half-written file.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +69,27 @@ def atomic_write(path, mode="wb"):
 def write_text(path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
+             float_format: str | None = None) -> str:
+    """CSV with a header of ``columns`` and one line per row (a missing key is an empty
+    cell); floats as ``repr`` or, with ``float_format`` (e.g. ``".6g"``), formatted."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        if float_format is not None:
+            cells = [format(v, float_format) if isinstance(v, float) else v for v in cells]
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+def write_csv(path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
+              float_format: str | None = None) -> None:
+    """The project's one CSV writer (metrics, benchmark and report tables): atomic."""
+    write_text(path, csv_text(rows, columns, float_format))
 
 
 def model_to_arrays(model: SparseMLP, extra: dict | None = None) -> dict[str, np.ndarray]:
