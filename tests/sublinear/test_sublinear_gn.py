@@ -9,6 +9,7 @@ import pytest
 
 from sparsetrain.errors import SparsetrainError
 from sparsetrain.sublinear import ShiftedReLUNetwork, synthetic
+from sparsetrain.sublinear import _kernels as K
 from sparsetrain.sublinear import gauss_newton as gn
 from sparsetrain.sublinear import sketch as sk
 from sparsetrain.sublinear.ntk import ntk_gram, ntk_regression
@@ -158,16 +159,16 @@ def test_parallel_kernels_equal_serial(small):
     X, _, net = small
     indptr, indices = fired_csr(net, X)
     m = net.width
-    tptr, tind, src = gn._transpose(indptr, indices, m)
+    tptr, tind, src = K.csr_transpose(indptr, indices, m)
     np.testing.assert_array_equal(indices[src], np.repeat(np.arange(m), np.diff(tptr)))
     v = np.random.default_rng(3).standard_normal(X.shape[0])
     U1, U2 = np.empty((m, 5)), np.empty((m, 5))
-    gn._jt_apply_par(tptr, tind, net.a, X, v, 0.1, U1)
-    gn._jt_apply(tptr, tind, net.a, X, v, 0.1, U2)
+    K.jt_apply_par(tptr, tind, net.a, X, v, 0.1, U1)
+    K.jt_apply(tptr, tind, net.a, X, v, 0.1, U2)
     np.testing.assert_array_equal(U1, U2)
     o1, o2 = np.empty(X.shape[0]), np.empty(X.shape[0])
-    gn._j_apply_par(indptr, indices, net.a, X, U1, 0.1, o1)
-    gn._j_apply(indptr, indices, net.a, X, U1, 0.1, o2)
+    K.j_apply_par(indptr, indices, net.a, X, U1, 0.1, o1)
+    K.j_apply(indptr, indices, net.a, X, U1, 0.1, o2)
     np.testing.assert_array_equal(o1, o2)
     J = gn.jacobian_dense(net.W, net.a, net.shift, X)
     np.testing.assert_allclose(o1, 0.01 * math.sqrt(m) ** 2 * (J @ (J.T @ v)), rtol=1e-10)

@@ -1,8 +1,13 @@
-"""Numba kernels of the sublinear subpackage (network math and the four indexes).
+"""Numba kernels of the sublinear subpackage, all of them, in one module.
 
-Every kernel is a module-level function over flat NumPy arrays; no Python
-objects cross the kernel boundary.  The Python classes in :mod:`.indexes` and
-:mod:`.network` check dtypes and dispatch here.
+Network math, the four indexes, Gauss-Newton over fired pairs and the
+sketches of ``J^T``.  Every kernel is a module-level function over flat NumPy
+arrays; no Python objects cross the kernel boundary.  The Python code in
+:mod:`.indexes`, :mod:`.network`, :mod:`.train`, :mod:`.gauss_newton` and
+:mod:`.sketch` checks dtypes and dispatches here.  A parallel kernel either
+gives the same bits on any thread count (each thread owns whole output rows;
+the tests run it on 1 thread and on all) or has a single-thread reference
+beside it (``name_par`` and ``name``; the tests compare them).
 
 Firing rule (the one definition every index shares)
 ---------------------------------------------------
@@ -855,3 +860,220 @@ def sparse_sgd_update(W, a, step, X, coef, indptr, indices, stamp, acc):
         norms[t] = acc[touched[t]]
         acc[touched[t]] = 0.0
     return touched[:k], norms
+
+
+# ---------------------------------------------------------------------------
+# Gauss-Newton over fired pairs.  CSR over inputs: indptr (n+1,), indices
+# (nnz,); CSC over neurons: tptr (m+1,), tind (nnz,) (the inputs each neuron
+# fires on).  Each parallel kernel ``*_par`` has a single-thread reference of
+# the same name without the suffix (its ``py_func`` compiled serially); the
+# tests compare the two.
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True)
+def fired_counts_par(indptr, indices, tptr, tind, n):
+    """``C[i, j] = |S_i & S_j|`` (= (A A^T)[i, j]) in ``sum_r |T_r|^2`` work; rows in parallel."""
+    C = np.zeros((n, n))
+    for i in numba.prange(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            r = indices[p]
+            for q in range(tptr[r], tptr[r + 1]):
+                C[i, tind[q]] += 1.0
+    return C
+
+
+fired_counts = numba.njit(cache=True)(fired_counts_par.py_func)  # single-thread reference
+
+
+@numba.njit(cache=True)
+def csr_transpose(indptr, indices, m):
+    """CSR over inputs -> CSC over neurons (counting sort): ``tptr`` (m+1,), ``tind``, ``src``.
+
+    ``src[q]`` is the CSR position of CSC entry ``q``; inputs are ascending
+    within each neuron.
+    """
+    n = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    tptr = np.zeros(m + 1, np.int64)
+    for p in range(nnz):
+        tptr[indices[p] + 1] += 1
+    for r in range(m):
+        tptr[r + 1] += tptr[r]
+    fill = tptr[:-1].copy()
+    tind = np.empty(nnz, np.int64)
+    src = np.empty(nnz, np.int64)
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            r = indices[p]
+            tind[fill[r]] = i
+            src[fill[r]] = p
+            fill[r] += 1
+    return tptr, tind, src
+
+
+@numba.njit(parallel=True, cache=True)
+def jt_apply_par(tptr, tind, a, X, v, scale, out):
+    """``out[r] = scale a_r sum_{i in T_r} v_i x_i`` for every neuron (rows in parallel)."""
+    m = tptr.shape[0] - 1
+    d = X.shape[1]
+    for r in numba.prange(m):
+        for k in range(d):
+            out[r, k] = 0.0
+        for q in range(tptr[r], tptr[r + 1]):
+            c = scale * a[r] * v[tind[q]]
+            i = tind[q]
+            for k in range(d):
+                out[r, k] += c * X[i, k]
+
+
+jt_apply = numba.njit(cache=True)(jt_apply_par.py_func)  # single-thread reference
+
+
+@numba.njit(parallel=True, cache=True)
+def j_apply_par(indptr, indices, a, X, U, scale, out):
+    """``out[i] = scale sum_{r in S_i} a_r <u_r, x_i>`` (inputs in parallel)."""
+    n, d = X.shape
+    for i in numba.prange(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            r = indices[p]
+            t = 0.0
+            for k in range(d):
+                t += U[r, k] * X[i, k]
+            s += a[r] * t
+        out[i] = scale * s
+
+
+j_apply = numba.njit(cache=True)(j_apply_par.py_func)  # single-thread reference
+
+
+@numba.njit(parallel=True, cache=True)
+def implicit_preacts_par(tptr, tind, ppos, ukeys, urow, coef, z0, G, n):
+    """``z[q] = <w_r(0), x_i> + sum_{(r, j) in C} C[r, j] G[j, i]`` for CSC pair ``q = (r, i)``.
+
+    ``ppos[q]``: position of the pair in the union pattern (sorted keys
+    ``ukeys = r n + j``, row pointers ``urow`` (m+1,), ``coef``, ``z0``).
+    """
+    m = tptr.shape[0] - 1
+    z = np.empty(tind.shape[0])
+    for r in numba.prange(m):
+        base = r * n
+        for q in range(tptr[r], tptr[r + 1]):
+            i = tind[q]
+            s = z0[ppos[q]]
+            for u in range(urow[r], urow[r + 1]):
+                s += coef[u] * G[ukeys[u] - base, i]
+            z[q] = s
+    return z
+
+
+implicit_preacts = numba.njit(cache=True)(implicit_preacts_par.py_func)  # single-thread reference
+
+
+@numba.njit(parallel=True, cache=True)
+def materialise_step_par(tptr, tind, delta, X, G, W, rows_out, norms_out):
+    """``w_r += sum_{i in T_r} delta_q x_i`` and ``||step_r|| = sqrt(delta^T G_TT delta)``.
+
+    Writes the moved rows (neurons with ``T_r`` nonempty, ascending) into
+    ``rows_out`` and their step norms (from the Gram matrix, no ``d``) into
+    ``norms_out``; returns their count.
+    """
+    m = tptr.shape[0] - 1
+    d = X.shape[1]
+    slot = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        slot[r + 1] = slot[r] + (1 if tptr[r + 1] > tptr[r] else 0)
+    for r in numba.prange(m):
+        lo, hi = tptr[r], tptr[r + 1]
+        if hi == lo:
+            continue
+        s2 = 0.0
+        for q in range(lo, hi):
+            i = tind[q]
+            c = delta[q]
+            for k in range(d):
+                W[r, k] += c * X[i, k]
+            for q2 in range(lo, hi):
+                s2 += c * delta[q2] * G[i, tind[q2]]
+        rows_out[slot[r]] = r
+        norms_out[slot[r]] = np.sqrt(max(s2, 0.0))
+    return slot[m]
+
+
+materialise_step = numba.njit(cache=True)(materialise_step_par.py_func)  # single-thread reference
+
+
+@numba.njit(cache=True)
+def pair_dots(W, X, keys, n):
+    """``<w_r, x_i>`` for pair keys ``r n + i`` (canonical left-to-right sums)."""
+    out = np.empty(keys.shape[0])
+    d = X.shape[1]
+    for t in range(keys.shape[0]):
+        r = keys[t] // n
+        i = keys[t] - r * n
+        s = 0.0
+        for k in range(d):
+            s += W[r, k] * X[i, k]
+        out[t] = s
+    return out
+
+
+@numba.njit(cache=True)
+def materialise_all(W0, X, ukeys, urow, coef, n):
+    """``W = W(0) + C X`` from the implicit representation (m d + |C| d)."""
+    W = W0.copy()
+    m, d = W0.shape
+    for r in range(m):
+        for u in range(urow[r], urow[r + 1]):
+            j = ukeys[u] - r * n
+            c = coef[u]
+            for k in range(d):
+                W[r, k] += c * X[j, k]
+    return W
+
+
+# ---------------------------------------------------------------------------
+# sketches of J^T (fired sets as CSR over inputs)
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def countsketch_apply(indptr, indices, a, X, bucket, sign, scale, out):
+    """``out[bucket[r, k], i] += sign[r, k] * scale * a_r * x_ik`` over fired pairs."""
+    n, d = X.shape
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            r = indices[p]
+            c = scale * a[r]
+            for k in range(d):
+                out[bucket[r, k], i] += sign[r, k] * c * X[i, k]
+
+
+@numba.njit(cache=True)
+def _popcount(v):
+    c = 0
+    while v:
+        v &= v - 1
+        c += 1
+    return c
+
+
+@numba.njit(parallel=True, cache=True)
+def srht_rows_par(indptr, indices, a, X, rows, dsign, scale, out):
+    """``out[t, i] = scale sum_{r in S_i, k} (-1)^popcount(rows_t & (r d + k)) D_(r d + k) a_r x_ik``."""
+    n, d = X.shape
+    for t in numba.prange(rows.shape[0]):
+        p_ = rows[t]
+        for i in range(n):
+            s = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                r = indices[p]
+                for k in range(d):
+                    q = r * d + k
+                    h = 1.0 - 2.0 * (_popcount(p_ & q) & 1)
+                    s += h * dsign[q] * a[r] * X[i, k]
+            out[t, i] = scale * s
+
+
+srht_rows = numba.njit(cache=True)(srht_rows_par.py_func)  # single-thread reference

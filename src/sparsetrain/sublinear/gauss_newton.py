@@ -62,11 +62,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 from scipy import linalg as sla
 
 from ..errors import NonFiniteLossError, SparsetrainError
+from . import _kernels as kernels
 from .indexes import make_index
 from .network import ShiftedReLUNetwork
 from .sketch import (
@@ -116,174 +116,6 @@ class DampingWarning(UserWarning):
     """The damped Gauss-Newton system needed more damping than asked for."""
 
 
-# ---------------------------------------------------------------------------
-# kernels over fired pairs.  CSR over inputs: indptr (n+1,), indices (nnz,);
-# CSC over neurons: tptr (m+1,), tind (nnz,) (inputs each neuron fires on).
-# ---------------------------------------------------------------------------
-
-
-@numba.njit(parallel=True, cache=True)
-def _fired_counts_par(indptr, indices, tptr, tind, n):
-    """``C[i, j] = |S_i & S_j|`` (= (A A^T)[i, j]) in ``sum_r |T_r|^2`` work; rows in parallel."""
-    C = np.zeros((n, n))
-    for i in numba.prange(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            r = indices[p]
-            for q in range(tptr[r], tptr[r + 1]):
-                C[i, tind[q]] += 1.0
-    return C
-
-
-_fired_counts = numba.njit(cache=True)(_fired_counts_par.py_func)  # single-thread reference
-
-
-@numba.njit(cache=True)
-def _transpose(indptr, indices, m):
-    """CSR over inputs -> CSC over neurons (counting sort): ``tptr`` (m+1,), ``tind``, ``src``.
-
-    ``src[q]`` is the CSR position of CSC entry ``q``; inputs are ascending
-    within each neuron.
-    """
-    n = indptr.shape[0] - 1
-    nnz = indices.shape[0]
-    tptr = np.zeros(m + 1, np.int64)
-    for p in range(nnz):
-        tptr[indices[p] + 1] += 1
-    for r in range(m):
-        tptr[r + 1] += tptr[r]
-    fill = tptr[:-1].copy()
-    tind = np.empty(nnz, np.int64)
-    src = np.empty(nnz, np.int64)
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            r = indices[p]
-            tind[fill[r]] = i
-            src[fill[r]] = p
-            fill[r] += 1
-    return tptr, tind, src
-
-
-@numba.njit(parallel=True, cache=True)
-def _jt_apply_par(tptr, tind, a, X, v, scale, out):
-    """``out[r] = scale a_r sum_{i in T_r} v_i x_i`` for every neuron (rows in parallel)."""
-    m = tptr.shape[0] - 1
-    d = X.shape[1]
-    for r in numba.prange(m):
-        for k in range(d):
-            out[r, k] = 0.0
-        for q in range(tptr[r], tptr[r + 1]):
-            c = scale * a[r] * v[tind[q]]
-            i = tind[q]
-            for k in range(d):
-                out[r, k] += c * X[i, k]
-
-
-_jt_apply = numba.njit(cache=True)(_jt_apply_par.py_func)
-
-
-@numba.njit(parallel=True, cache=True)
-def _j_apply_par(indptr, indices, a, X, U, scale, out):
-    """``out[i] = scale sum_{r in S_i} a_r <u_r, x_i>`` (inputs in parallel)."""
-    n, d = X.shape
-    for i in numba.prange(n):
-        s = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            r = indices[p]
-            t = 0.0
-            for k in range(d):
-                t += U[r, k] * X[i, k]
-            s += a[r] * t
-        out[i] = scale * s
-
-
-_j_apply = numba.njit(cache=True)(_j_apply_par.py_func)
-
-
-@numba.njit(parallel=True, cache=True)
-def _implicit_preacts_par(tptr, tind, ppos, ukeys, urow, coef, z0, G, n):
-    """``z[q] = <w_r(0), x_i> + sum_{(r, j) in C} C[r, j] G[j, i]`` for CSC pair ``q = (r, i)``.
-
-    ``ppos[q]``: position of the pair in the union pattern (sorted keys
-    ``ukeys = r n + j``, row pointers ``urow`` (m+1,), ``coef``, ``z0``).
-    """
-    m = tptr.shape[0] - 1
-    z = np.empty(tind.shape[0])
-    for r in numba.prange(m):
-        base = r * n
-        for q in range(tptr[r], tptr[r + 1]):
-            i = tind[q]
-            s = z0[ppos[q]]
-            for u in range(urow[r], urow[r + 1]):
-                s += coef[u] * G[ukeys[u] - base, i]
-            z[q] = s
-    return z
-
-
-_implicit_preacts = numba.njit(cache=True)(_implicit_preacts_par.py_func)
-
-
-@numba.njit(parallel=True, cache=True)
-def _materialise_step_par(tptr, tind, delta, X, G, W, rows_out, norms_out):
-    """``w_r += sum_{i in T_r} delta_q x_i`` and ``||step_r|| = sqrt(delta^T G_TT delta)``.
-
-    Writes the moved rows (neurons with ``T_r`` nonempty, ascending) into
-    ``rows_out`` and their step norms (from the Gram matrix, no ``d``) into
-    ``norms_out``; returns their count.
-    """
-    m = tptr.shape[0] - 1
-    d = X.shape[1]
-    slot = np.zeros(m + 1, np.int64)
-    for r in range(m):
-        slot[r + 1] = slot[r] + (1 if tptr[r + 1] > tptr[r] else 0)
-    for r in numba.prange(m):
-        lo, hi = tptr[r], tptr[r + 1]
-        if hi == lo:
-            continue
-        s2 = 0.0
-        for q in range(lo, hi):
-            i = tind[q]
-            c = delta[q]
-            for k in range(d):
-                W[r, k] += c * X[i, k]
-            for q2 in range(lo, hi):
-                s2 += c * delta[q2] * G[i, tind[q2]]
-        rows_out[slot[r]] = r
-        norms_out[slot[r]] = np.sqrt(max(s2, 0.0))
-    return slot[m]
-
-
-_materialise_step = numba.njit(cache=True)(_materialise_step_par.py_func)
-
-
-@numba.njit(cache=True)
-def _pair_dots(W, X, keys, n):
-    """``<w_r, x_i>`` for pair keys ``r n + i`` (canonical left-to-right sums)."""
-    out = np.empty(keys.shape[0])
-    d = X.shape[1]
-    for t in range(keys.shape[0]):
-        r = keys[t] // n
-        i = keys[t] - r * n
-        s = 0.0
-        for k in range(d):
-            s += W[r, k] * X[i, k]
-        out[t] = s
-    return out
-
-
-@numba.njit(cache=True)
-def _materialise_all(W0, X, ukeys, urow, coef, n):
-    """``W = W(0) + C X`` from the implicit representation (m d + |C| d)."""
-    W = W0.copy()
-    m, d = W0.shape
-    for r in range(m):
-        for u in range(urow[r], urow[r + 1]):
-            j = ukeys[u] - r * n
-            c = coef[u]
-            for k in range(d):
-                W[r, k] += c * X[j, k]
-    return W
-
-
 def fired_gram(
     fired: tuple[np.ndarray, np.ndarray], G: np.ndarray, m: int, *, parallel: bool = True
 ) -> np.ndarray:
@@ -293,8 +125,8 @@ def fired_gram(
     """
     indptr, indices = fired
     n = indptr.shape[0] - 1
-    tptr, tind, _ = _transpose(indptr, indices, m)
-    kern = _fired_counts_par if parallel else _fired_counts
+    tptr, tind, _ = kernels.csr_transpose(indptr, indices, m)
+    kern = kernels.fired_counts_par if parallel else kernels.fired_counts
     return kern(indptr, indices, tptr, tind, n) * G / m
 
 
@@ -428,8 +260,8 @@ class SketchGN(DenseGN):
         t1 = time.perf_counter()
         g, lam, its, tj = _sketch_cg_solve(self, (indptr, indices), res)
         t2 = time.perf_counter()
-        tptr, tind, _ = _transpose(indptr, indices, self.m)
-        jt = _jt_apply_par if self.parallel else _jt_apply
+        tptr, tind, _ = kernels.csr_transpose(indptr, indices, self.m)
+        jt = kernels.jt_apply_par if self.parallel else kernels.jt_apply
         jt(tptr, tind, self.a, self.X, g, 1.0 / math.sqrt(self.m), self._U)
         W -= eta * self._U
         t3 = time.perf_counter()
@@ -457,10 +289,10 @@ def _sketch_cg_solve(solver, fired, res, K: np.ndarray | None = None):
     R = sketch_preconditioner(SJt, lam)
     t_mv = [0.0]
     if K is None:
-        tptr, tind, _ = _transpose(indptr, indices, m)
+        tptr, tind, _ = kernels.csr_transpose(indptr, indices, m)
         U = solver._U
-        jt = _jt_apply_par if solver.parallel else _jt_apply
-        jj = _j_apply_par if solver.parallel else _j_apply
+        jt = kernels.jt_apply_par if solver.parallel else kernels.jt_apply
+        jj = kernels.j_apply_par if solver.parallel else kernels.j_apply
         out = np.empty(n)
         s = 1.0 / math.sqrt(m)
 
@@ -522,7 +354,7 @@ class SublinearGN(_GNBase):
 
     def weights(self) -> np.ndarray:
         """Materialise ``W = W(0) + C X`` from the implicit representation."""
-        return _materialise_all(self.W0, self.X, self.ukeys, self.urow, self.coef, self.n)
+        return kernels.materialise_all(self.W0, self.X, self.ukeys, self.urow, self.coef, self.n)
 
     def _merge(self, keys_now: np.ndarray) -> np.ndarray:
         """Add new pairs to the union pattern; returns positions of ``keys_now`` in it."""
@@ -535,14 +367,14 @@ class SublinearGN(_GNBase):
             order = np.argsort(keys, kind="stable")
             self.ukeys = keys[order]
             self.coef = np.concatenate([self.coef, np.zeros(new.size)])[order]
-            self.z0 = np.concatenate([self.z0, _pair_dots(self.W0, self.X, new, self.n)])[order]
+            self.z0 = np.concatenate([self.z0, kernels.pair_dots(self.W0, self.X, new, self.n)])[order]
             self.urow = np.searchsorted(self.ukeys, np.arange(self.m + 1, dtype=np.int64) * self.n)
             pos = np.searchsorted(self.ukeys, keys_now)
         return pos
 
     def _identify(self):
         indptr, indices = self.index.query(self.X, self._ids)
-        tptr, tind, src = _transpose(indptr, indices, self.m)
+        tptr, tind, src = kernels.csr_transpose(indptr, indices, self.m)
         return indptr, indices, tptr, tind, src
 
     def step(self, eta):
@@ -559,11 +391,11 @@ class SublinearGN(_GNBase):
             flips = keys_now.size + self._prev_keys.size - 2 * both
         self._prev_keys = keys_now
         t2 = time.perf_counter()
-        zk = _implicit_preacts_par if self.parallel else _implicit_preacts
+        zk = kernels.implicit_preacts_par if self.parallel else kernels.implicit_preacts
         z = zk(tptr, tind, ppos, self.ukeys, self.urow, self.coef, self.z0, self.G, self.n)  # (nnz,)
         f = np.bincount(tind, weights=self.a[neuron] * (z - self.b), minlength=self.n) / math.sqrt(self.m)
         res = f - self.y
-        ck = _fired_counts_par if self.parallel else _fired_counts
+        ck = kernels.fired_counts_par if self.parallel else kernels.fired_counts
         K = None
         if self.solver == "direct":
             K = ck(indptr, indices, tptr, tind, self.n) * self.G / self.m
@@ -583,7 +415,7 @@ class SublinearGN(_GNBase):
         # keep the index's explicit copy of the moved rows current (departure, see module doc)
         rows = np.empty(self.m, np.int64)
         norms = np.empty(self.m)
-        mk = _materialise_step_par if self.parallel else _materialise_step
+        mk = kernels.materialise_step_par if self.parallel else kernels.materialise_step
         k = mk(tptr, tind, delta, self.X, self.G, self.net.W, rows, norms)
         self.index.update(rows[:k], norms[:k])
         t6 = time.perf_counter()

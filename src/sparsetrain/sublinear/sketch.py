@@ -33,11 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numba
 import numpy as np
 from scipy import linalg as sla
 
 from ..errors import SparsetrainError
+from . import _kernels as K
 
 __all__ = [
     "SKETCHES",
@@ -52,52 +52,6 @@ __all__ = [
 DEFAULT_SKETCH = "countsketch"
 DEFAULT_SKETCH_FACTOR = 4  # s = 4 n rows: a constant-distortion embedding in practice
 DEFAULT_CG_TOL = 1e-10  # relative residual ||(K + lambda I) g - r|| <= tol ||r||
-
-
-# ---------------------------------------------------------------------------
-# kernels (fired sets as CSR over inputs)
-# ---------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def _countsketch_kernel(indptr, indices, a, X, bucket, sign, scale, out):
-    """``out[bucket[r, k], i] += sign[r, k] * scale * a_r * x_ik`` over fired pairs."""
-    n, d = X.shape
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            r = indices[p]
-            c = scale * a[r]
-            for k in range(d):
-                out[bucket[r, k], i] += sign[r, k] * c * X[i, k]
-
-
-@numba.njit(cache=True)
-def _popcount(v):
-    c = 0
-    while v:
-        v &= v - 1
-        c += 1
-    return c
-
-
-@numba.njit(parallel=True, cache=True)
-def _srht_kernel_par(indptr, indices, a, X, rows, dsign, scale, out):
-    """``out[t, i] = scale sum_{r in S_i, k} (-1)^popcount(rows_t & (r d + k)) D_(r d + k) a_r x_ik``."""
-    n, d = X.shape
-    for t in numba.prange(rows.shape[0]):
-        p_ = rows[t]
-        for i in range(n):
-            s = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                r = indices[p]
-                for k in range(d):
-                    q = r * d + k
-                    h = 1.0 - 2.0 * (_popcount(p_ & q) & 1)
-                    s += h * dsign[q] * a[r] * X[i, k]
-            out[t, i] = scale * s
-
-
-_srht_kernel = numba.njit(cache=True)(_srht_kernel_par.py_func)  # single-thread reference
 
 
 # ---------------------------------------------------------------------------
@@ -132,7 +86,7 @@ def _srht(s, indptr, indices, a, X, m, rng, parallel=True):
     rows = np.sort(rng.choice(N, size=s, replace=False)).astype(np.int64)
     out = np.empty((s, n))
     scale = math.sqrt(N / s) / math.sqrt(N) / math.sqrt(m)  # sqrt(N/s) * H/sqrt(N) * J's 1/sqrt(m)
-    kern = _srht_kernel_par if parallel else _srht_kernel
+    kern = K.srht_rows_par if parallel else K.srht_rows
     kern(indptr, indices, a, X, rows, dsign, scale, out)
     return out
 
@@ -142,7 +96,7 @@ def _countsketch(s, indptr, indices, a, X, m, rng):
     bucket = rng.integers(0, s, size=(m, d))  # (m, d) hash h(r, k)
     sign = rng.choice(np.array([-1.0, 1.0]), size=(m, d))  # (m, d) sigma(r, k)
     out = np.zeros((s, n))
-    _countsketch_kernel(indptr, indices, a, X, bucket, sign, 1.0 / math.sqrt(m), out)
+    K.countsketch_apply(indptr, indices, a, X, bucket, sign, 1.0 / math.sqrt(m), out)
     return out
 
 
