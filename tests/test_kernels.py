@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sparsetrain import _kernels as K
+from sparsetrain import optim
 from sparsetrain.layers import SparseLinear
 
 EMPTY = np.empty((0, 0), np.float32)
@@ -217,7 +218,7 @@ def test_row_mean_and_momentum_sgd(rng):
     v0 = rng.standard_normal(1000).astype(np.float32)
     g = rng.standard_normal(1000).astype(np.float32)
     one, many = threads_agree(
-        K.momentum_sgd, lambda: (w0.copy(), v0.copy(), g, np.float32(0.05), np.float32(0.9),
+        optim.momentum_sgd, lambda: (w0.copy(), v0.copy(), g, np.float32(0.05), np.float32(0.9),
                                  np.float32(2e-4)))
     np.testing.assert_array_equal(one[0], many[0])
     v = 0.9 * v0.astype(np.float64) - 0.05 * (g + 2e-4 * w0)

@@ -7,10 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from sparsetrain import _kernels as K
 from sparsetrain.config import make_config
 from sparsetrain.errors import SparsetrainError
+from sparsetrain.optim import TINY
 from sparsetrain.parallel import ParallelConfig, shm
+from sparsetrain.parallel import _kernels as K
 from sparsetrain.parallel.server import ParameterServer
 from sparsetrain.parallel.state import (
     bind_values,
@@ -72,7 +73,7 @@ def _momentum_reference(values, velocity, grad, n_weights, cfg):
     wd = np.where(np.arange(values.size) < n_weights, np.float32(cfg.weight_decay),
                   np.float32(0.0)).astype(np.float32)
     v = mom * velocity - lr * (grad + wd * values)
-    v[np.abs(v) < K.TINY] = 0
+    v[np.abs(v) < TINY] = 0
     return values + v, v
 
 

@@ -61,10 +61,10 @@ ACT_SIGMOID = 2  # f(z) = 1 / (1 + exp(-z))
 # SReLU (Jin et al. 2016) runs as a second pass (srelu_forward) after a linear sparse_forward.
 SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) parameter array
 
-# Smallest normal float32. Subnormal operands make x86 multiply-adds ~100x slower; a
-# confident softmax underflows to them and they spread through deltas and momentum, so
-# values below this are flushed to zero where they arise (no information is lost).
-TINY = np.float32(np.finfo(np.float32).tiny)
+# TINY (smallest normal float32): values below it are flushed to zero where they arise
+# (deltas here, velocities in the update rule), see sparsetrain.optim. The momentum-SGD
+# rule itself lives there; momentum_sgd is re-exported for the model's SReLU parameters.
+from .optim import TINY, momentum_sgd, momentum_velocity  # noqa: E402, F401
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _FTZ_ENABLED = False
@@ -703,24 +703,11 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
                       bias, act, slope, drop_rate, seed, out, dfac)
 
 
-@numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
-def _momentum_velocity(v, g, w, lr, momentum, weight_decay):
-    """``momentum * v - lr * (g + weight_decay * w)``, flushed to zero below TINY.
-
-    Scalar arguments and no fast-math flags (set explicitly, or a fast-math caller's would
-    be inherited): LLVM inlines it but may not contract it into fused multiply-adds, so
-    vectorised and scalar copies of a loop round alike, in every kernel that inlines it,
-    and the result does not depend on where a scheduling chunk starts.
-    """
-    vk = momentum * v - lr * (g + weight_decay * w)
-    return vk if abs(vk) >= TINY else np.float32(0.0)
-
-
 @numba.njit(inline="always")
 def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
     """Either store the gradient of connection ``k``, or apply momentum SGD to it at once."""
     if update:
-        vk = _momentum_velocity(velocity[k], g, data[k], lr, momentum, weight_decay)
+        vk = momentum_velocity(velocity[k], g, data[k], lr, momentum, weight_decay)
         velocity[k] = vk
         data[k] += vk
     else:
@@ -824,7 +811,7 @@ def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update):
     for j in range(j0, j1):
         s = _row_sum(delta, j)
         if update:
-            vj = _momentum_velocity(velocity[j], s * inv, np.float32(0.0), lr, momentum,
+            vj = momentum_velocity(velocity[j], s * inv, np.float32(0.0), lr, momentum,
                                     np.float32(0.0))
             velocity[j] = vj
             bias[j] += vj
@@ -1055,19 +1042,6 @@ def row_mean(x, out):
         _bias_rows(j, j + 1, x, out, out, np.float32(0.0), np.float32(0.0), out, False)
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True)
-def momentum_sgd(w, v, g, lr, momentum, weight_decay):
-    """Momentum SGD with L2 weight decay inside the learning rate (SPEC 1.3)::
-
-        v <- momentum * v - lr * (g + weight_decay * w);   w <- w + v
-    """
-    for k in prange(w.shape[0]):
-        vk = momentum * v[k] - lr * (g[k] + weight_decay * w[k])
-        vk = vk if abs(vk) >= TINY else np.float32(0.0)  # no subnormal momentum
-        v[k] = vk
-        w[k] += vk
-
-
 @numba.njit(cache=True)
 def csr_to_csc(row_ptr, row_cols, n_out, col_ptr, col_rows, col_pos):
     """Build the CSC index of a CSR layer (counting sort; rows stay ordered within a column).
@@ -1091,89 +1065,3 @@ def csr_to_csc(row_ptr, row_cols, n_out, col_ptr, col_rows, col_pos):
             col_rows[dst] = i
             col_pos[dst] = k
             counts[j] = dst + 1
-
-
-# ---------------------------------------------------------------- shared parameter server
-# WASAP phase 1 on one node (sparsetrain.parallel.shm.SharedModel): the server's value
-# and momentum vectors live in shared memory with an int64 header; a worker applies its
-# own push under a lock whose word holds the owner's process id. Header words:
-SH_LOCK, SH_FROZEN, SH_VERSION, SH_DONE, SH_FAILED, SH_SIZE, SH_N_WEIGHTS, SH_PER_EPOCH = range(8)
-SH_UPDATES, SH_TOTAL, SH_SAMPLES, SH_STALENESS, SH_PUSHES, SH_BYTES, SH_STALE = range(8, 15)
-SH_DROPPED_UPDATES, SH_DROPPED_ENTRIES = 15, 16
-SH_WORDS = 32  # header size in int64 words (the vectors start 64-byte aligned after it)
-
-
-@numba.njit(cache=True)
-def shared_lock(header, owner, spins):
-    """Try to take the lock for process ``owner`` (> 0) ``spins`` times; True if taken.
-    Re-reads the word ``_SPIN`` times, then yields the CPU between tries."""
-    for t in range(spins):
-        if _atomic_cas(header, SH_LOCK, 0, owner) == 0:
-            return True
-        if t >= _SPIN:
-            _os_yield()
-    return False
-
-
-@numba.njit(cache=True)
-def shared_unlock(header, owner):
-    """Release the lock if ``owner`` holds it (also: break the lock of a dead owner);
-    True if it was released."""
-    return _atomic_cas(header, SH_LOCK, owner, 0) == owner
-
-
-@numba.njit(fastmath=False, cache=True)
-def shared_push(header, stats, values, velocity, grad, mine, lr, momentum, weight_decay,
-                owner, version, step, loss, n, stale, dropped_entries, spins):
-    """Apply one asynchronous push to the shared model: under the lock, momentum SGD
-    (weight decay on the first ``header[SH_N_WEIGHTS]`` entries, the connection values)
-    of ``grad`` on ``values``/``velocity``, the new values copied into ``mine`` (the
-    worker's own value vector) in the same pass, and the epoch's counters updated.
-
-    Applied only if the shared model is not frozen (an epoch end is due or running),
-    holds topology ``version`` and has ``grad``'s size. The push that completes the epoch
-    freezes the model; a non-finite ``loss`` is not applied and freezes it with
-    ``SH_FAILED`` set. Returns the server's update count after this update (>= 1), -1 if
-    the lock was not taken in ``spins`` tries, -2 if not applied.
-    """
-    if not shared_lock(header, owner, spins):
-        return -1
-    status = -2
-    size = grad.shape[0]
-    if (header[SH_FROZEN] == 0 and header[SH_VERSION] == version
-            and header[SH_SIZE] == size):
-        if not np.isfinite(loss):
-            header[SH_FAILED] = 1
-            header[SH_FROZEN] = 1
-        else:
-            n_weights = header[SH_N_WEIGHTS]
-            zero = np.float32(0.0)
-            for k in range(size):
-                wd = weight_decay if k < n_weights else zero
-                vk = _momentum_velocity(velocity[k], grad[k], values[k], lr, momentum, wd)
-                velocity[k] = vk
-                wk = values[k] + vk
-                values[k] = wk
-                mine[k] = wk
-            total = header[SH_TOTAL]
-            if step >= 0:
-                header[SH_STALENESS] += total - step
-                header[SH_PUSHES] += 1
-            stats[0] += loss * n
-            header[SH_SAMPLES] += n
-            header[SH_BYTES] += 8 * size  # the gradient in, the values out
-            header[SH_STALE] += stale
-            header[SH_DROPPED_ENTRIES] += dropped_entries
-            header[SH_TOTAL] = total + 1
-            header[SH_UPDATES] += 1
-            if header[SH_UPDATES] >= header[SH_PER_EPOCH]:
-                header[SH_FROZEN] = 1
-            status = total + 1
-    shared_unlock(header, owner)
-    return status
-
-
-@numba.njit(cache=True)
-def shared_add(header, slot, value):
-    """``header[slot] += value`` atomically (counters kept outside the lock)."""
-    return _atomic_add(header, slot, value)

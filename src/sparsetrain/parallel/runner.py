@@ -44,8 +44,10 @@ from ..config import TrainConfig
 from ..errors import NonFiniteLossError, SparsetrainError
 from ..io import write_arrays
 from ..model import SparseMLP
+from ..optim import hyperparameters
 from ..trainer import METRIC_COLUMNS, Trainer
 from . import shm
+from ._kernels import SH_DONE, SH_FROZEN
 from .server import ParameterServer
 from .state import (
     average_models,
@@ -255,7 +257,7 @@ def _actors():
             _kernels.enable_flush_to_zero()
             seg = self.model_segment
             while not self._stop.is_set():
-                if seg[_kernels.SH_FROZEN] and not seg[_kernels.SH_DONE]:
+                if seg[SH_FROZEN] and not seg[SH_DONE]:
                     with self.lock:
                         self.s.shared_epoch_end()
                 else:
@@ -425,13 +427,16 @@ def _actors():
         def _run_shared(self, server, shared):
             """Apply every push to the server's shared model; after an epoch end, pull the
             new topology and map the gradient computed on the old one onto it."""
-            from .. import _kernels as K
+            from . import _kernels as K
 
             w, cfg = self.w, self.w.config
             run_id, capacity = shared
             seg = shm.SharedModel(shm.SharedModel.path_for(run_id), capacity)
             pid = os.getpid()
-            lr, mom, wd = (np.float32(v) for v in (cfg.lr, cfg.momentum, cfg.weight_decay))
+            # The shared model serves asynchronous pushes only (ParameterServer.share
+            # refuses synchronous mode), and the asynchronous schedule is the constant lr:
+            # the same hyperparameters the server's own async pushes use.
+            lr, mom, wd = hyperparameters(cfg)
             mine = np.empty(capacity, np.float32)  # the replica's values (its arrays view it)
             gbuf = np.empty(capacity, np.float32)
             bind_values(w.model, mine)

@@ -22,9 +22,10 @@ import time
 
 import numpy as np
 
-from .. import _kernels
 from ..config import TrainConfig
+from ..optim import hyperparameters, momentum_sgd
 from ..trainer import Trainer
+from . import _kernels
 from .state import (
     bind_values,
     full_state,
@@ -112,14 +113,15 @@ class ParameterServer:
     def done(self) -> bool:
         return self.failed is not None or self.epoch >= self.phase1_epochs
 
+    def _schedule(self) -> dict:
+        """Where this server is in the learning-rate schedule (:func:`~sparsetrain.optim.scheduled_lr`)."""
+        return dict(workers=self.workers, sync=self.mode == "sync", updates=self.total_updates,
+                    warmup_updates=self.warmup_updates)
+
     def lr(self) -> float:
         """Learning rate of the next update: ``lr`` (async) or ``lr * K`` reached by a
         linear warm-up over the first ``warmup_epochs`` epochs (sync, Goyal et al.)."""
-        lr = self.config.lr
-        if self.mode != "sync" or self.workers == 1:
-            return lr
-        frac = min(1.0, self.total_updates / self.warmup_updates) if self.warmup_updates else 1.0
-        return lr * (1.0 + (self.workers - 1) * frac)
+        return float(hyperparameters(self.config, **self._schedule()).lr)
 
     def note_restart(self, rank: int) -> None:
         self.events.append(f"worker {rank} restarted")
@@ -198,7 +200,7 @@ class ParameterServer:
             self._staleness += self.total_updates - step
             self._pushes += 1
         self._bytes += grad.nbytes
-        self._apply(version, grad, self.lr())
+        self._apply(version, grad)
         self._count(loss * n, n)
 
     def count_bytes(self, nbytes: int) -> None:
@@ -213,12 +215,12 @@ class ParameterServer:
         self._bytes += sum(p[1].nbytes for p in pushes)
         if versions == {self.version}:
             grad = np.mean([p[1] for p in pushes], axis=0, dtype=np.float32)
-            self._apply(self.version, grad, self.lr())
+            self._apply(self.version, grad)
         else:  # a worker restarted from an older copy: map each gradient, then average
             mapped = [self._map(p[0], p[1]) for p in pushes]
             mapped = [m for m in mapped if m is not None]
             if mapped:
-                self._apply(self.version, np.mean(mapped, axis=0, dtype=np.float32), self.lr())
+                self._apply(self.version, np.mean(mapped, axis=0, dtype=np.float32))
         self._count(sum(p[2] * p[3] for p in pushes), sum(p[3] for p in pushes))
 
     def _count(self, loss_sum: float, n: int) -> None:
@@ -245,20 +247,21 @@ class ParameterServer:
         self._dropped_entries += dropped
         return out
 
-    def _apply(self, version: int, grad: np.ndarray, lr: float) -> None:
+    def _apply(self, version: int, grad: np.ndarray) -> None:
+        """One momentum-SGD step (:func:`~sparsetrain.optim.momentum_sgd`) of ``grad`` at
+        the scheduled learning rate: weight decay on connection values only."""
         if version != self.version:
             grad = self._map(version, grad)
             if grad is None:
                 return
-        cfg = self.config
-        lr, mom, wd = np.float32(lr), np.float32(cfg.momentum), np.float32(cfg.weight_decay)
+        lr, mom, wd = hyperparameters(self.config, **self._schedule())
         zero = np.float32(0.0)
         for (w, b, p, e), la in zip(value_layout(self.model), self.model.layers, strict=True):
-            _kernels.momentum_sgd(la.data, la.velocity, grad[w:w + la.nnz], lr, mom, wd)
-            _kernels.momentum_sgd(la.bias, la.bias_velocity, grad[b:b + la.n_out], lr, mom, zero)
+            momentum_sgd(la.data, la.velocity, grad[w:w + la.nnz], lr, mom, wd)
+            momentum_sgd(la.bias, la.bias_velocity, grad[b:b + la.n_out], lr, mom, zero)
             if la.neuron_params is not None:
-                _kernels.momentum_sgd(la.neuron_params.ravel(), la.neuron_velocity.ravel(),
-                                      grad[p:e], lr, mom, zero)
+                momentum_sgd(la.neuron_params.ravel(), la.neuron_velocity.ravel(), grad[p:e],
+                             lr, mom, zero)
 
     # ------------------------------------------------------------------ shared model
     def share(self, shared) -> None:

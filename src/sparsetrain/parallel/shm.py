@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _kernels as K
+from . import _kernels as K
 
 PUSH_SEQ, REPLY_SEQ, VERSION, STEP, N, SIZE, KIND, R_VERSION, R_STEP, R_SIZE, SLOT = range(11)
 _HEADER = 16  # int64 words
@@ -156,10 +156,10 @@ class SharedModel:
     Asynchronous phase 1 without a round trip per push: the server's model arrays are
     views of :attr:`values` and :attr:`velocity` (layout of
     :func:`~sparsetrain.parallel.state.value_layout`), and a worker applies its own
-    gradient to them under a lock (:func:`sparsetrain._kernels.shared_push`), copying the
+    gradient to them under a lock (:func:`sparsetrain.parallel._kernels.shared_push`), copying the
     new values into its replica in the same pass; the server's thread only runs the
     epoch ends. Layout: ``SH_WORDS`` int64 header words (``SH_*`` in
-    :mod:`sparsetrain._kernels`), 8 float64 statistics (``stats[0]``: the epoch's loss
+    :mod:`sparsetrain.parallel._kernels`), 8 float64 statistics (``stats[0]``: the epoch's loss
     sum), then the two float32 vectors of ``capacity`` entries.
 
     The lock word holds the owner's process id, so a waiter can tell a dead owner (a

@@ -1,0 +1,106 @@
+"""Momentum SGD with L2 weight decay (SPEC 1.3): the one update rule of every training
+path, and its learning-rate schedule.
+
+For a trainable value ``w`` with gradient ``g`` and momentum (velocity) ``v``:
+
+.. math::
+
+    v \\leftarrow m\\,v - \\eta\\,(g + \\lambda\\,w), \\qquad w \\leftarrow w + v
+
+with learning rate :math:`\\eta` (``lr``), momentum :math:`m` and weight decay
+:math:`\\lambda` (connection values only; biases and activation parameters get
+:math:`\\lambda = 0`). This is PyTorch's ``SGD(momentum=m, weight_decay=λ)`` with the
+learning rate inside the velocity (``v`` holds ``-η`` times torch's buffer), which equals
+it for a constant :math:`\\eta`. One departure: a velocity of magnitude below the
+smallest normal float32 (:data:`TINY`) is stored as zero, so no subnormal value enters
+the next step's arithmetic (subnormal operands make x86 multiply-adds ~100x slower).
+
+:func:`momentum_velocity` is the rule itself, compiled once with exact IEEE float32
+arithmetic (no fast-math, so no fused multiply-add): the sequential kernels
+(:mod:`sparsetrain._kernels`), the parameter server (mailboxes, Ray calls, WASSP's
+averaged step) and the workers' shared-model pushes (:mod:`sparsetrain.parallel._kernels`)
+all call it, so the same inputs give the same bits on every path
+(``tests/test_optim.py``).
+
+:func:`scheduled_lr` is the learning-rate schedule: constant, except WASSP's linear
+warm-up from ``lr`` to ``K lr`` (Goyal et al. 2017), and :func:`hyperparameters` is where
+the learning rate, momentum and weight decay are read from a
+:class:`~sparsetrain.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import prange
+
+# Smallest normal float32. Subnormal operands make x86 multiply-adds ~100x slower; a
+# confident softmax underflows to them and they spread through deltas and momentum, so
+# values below this are flushed to zero where they arise (no information is lost).
+TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+@numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
+def momentum_velocity(v, g, w, lr, momentum, weight_decay):
+    """The new velocity ``momentum * v - lr * (g + weight_decay * w)``, zero below TINY.
+
+    Scalar float32 arguments; the caller stores it as the velocity and adds it to ``w``.
+    No fast-math flags (set explicitly, or a fast-math caller's would be inherited): LLVM
+    inlines it but may not contract it into fused multiply-adds, so vectorised and scalar
+    copies of a loop round alike in every kernel that calls it, and the result does not
+    depend on where a scheduling chunk starts.
+    """
+    vk = momentum * v - lr * (g + weight_decay * w)
+    return vk if abs(vk) >= TINY else np.float32(0.0)
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def momentum_sgd(w, v, g, lr, momentum, weight_decay):
+    """Momentum SGD on flat float32 arrays, in place (see the module docstring)::
+
+        v <- momentum * v - lr * (g + weight_decay * w);   w <- w + v
+
+    Every element through :func:`momentum_velocity`, so the result is bit for bit the
+    one the fused training kernels give, whatever the number of threads.
+    """
+    for k in prange(w.shape[0]):
+        vk = momentum_velocity(v[k], g[k], w[k], lr, momentum, weight_decay)
+        v[k] = vk
+        w[k] += vk
+
+
+class Hyperparameters(NamedTuple):
+    """The scalars of one momentum-SGD step, as the kernels take them (float32)."""
+
+    lr: np.float32
+    momentum: np.float32
+    weight_decay: np.float32
+
+
+def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: int = 0,
+                 warmup_updates: float = 0.0) -> float:
+    """Learning rate of update ``updates`` (0-based count of updates applied before it).
+
+    Constant ``lr`` for sequential training, asynchronous pushes (WASAP) and one worker.
+    Synchronous mode (WASSP: each update is the mean of ``K = workers`` gradients) ramps
+    linearly to ``K lr`` over ``warmup_updates`` updates (Goyal et al. 2017)::
+
+        lr_t = lr * (1 + (K - 1) * min(1, t / T_warmup))        (T_warmup = 0: K lr at once)
+    """
+    if not sync or workers == 1:
+        return lr
+    frac = min(1.0, updates / warmup_updates) if warmup_updates else 1.0
+    return lr * (1.0 + (workers - 1) * frac)
+
+
+def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: int = 0,
+                    warmup_updates: float = 0.0) -> Hyperparameters:
+    """``(lr, momentum, weight_decay)`` of the next step of a run with ``config`` (a
+    :class:`~sparsetrain.config.TrainConfig`), the learning rate from :func:`scheduled_lr`
+    (the keyword arguments are its schedule's)."""
+    lr = scheduled_lr(config.lr, workers=workers, sync=sync, updates=updates,
+                      warmup_updates=warmup_updates)
+    return Hyperparameters(np.float32(lr), np.float32(config.momentum),
+                           np.float32(config.weight_decay))

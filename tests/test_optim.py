@@ -1,0 +1,130 @@
+"""The momentum-SGD rule (sparsetrain.optim): one floating-point contract on every path.
+
+The same gradient applied by the sequential fused kernels, the parameter server (the
+mailbox and Ray-call paths of WASAP), a WASSP step and a push to the shared model gives
+the same bits; the kernel matches a NumPy float32 reference bit for bit."""
+
+import numba
+import numpy as np
+import pytest
+
+from sparsetrain import optim
+from sparsetrain.config import make_config
+from sparsetrain.parallel import shm
+from sparsetrain.parallel._kernels import shared_push
+from sparsetrain.parallel.server import ParameterServer
+from sparsetrain.parallel.state import (
+    bind_values,
+    full_state,
+    get_values,
+    get_velocities,
+    model_from_state,
+    pack_gradients,
+)
+from sparsetrain.trainer import build_model
+
+
+def _numpy_step(w, v, g, lr, momentum, weight_decay):
+    """The rule in NumPy float32 (IEEE, one rounding per operation, no fused multiply-add)."""
+    lr, momentum, weight_decay = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    v = momentum * v - lr * (g + weight_decay * w)
+    v[np.abs(v) < optim.TINY] = 0.0
+    return w + v, v
+
+
+def test_momentum_sgd_equals_numpy_float32_single_thread(rng):
+    n = 4099  # not a multiple of any vector width
+    w = rng.standard_normal(n).astype(np.float32)
+    v = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    v[:50] = 1e-39  # velocities that decay below TINY are flushed to zero
+    g[:50] = 0.0
+    w[:50] = 0.0
+    ref_w, ref_v = _numpy_step(w, v, g, 0.05, 0.9, 2e-4)
+    assert np.all(ref_v[:50] == 0)
+    numba.set_num_threads(1)
+    try:
+        w1, v1 = w.copy(), v.copy()
+        optim.momentum_sgd(w1, v1, g, np.float32(0.05), np.float32(0.9), np.float32(2e-4))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(v1, ref_v)
+    np.testing.assert_array_equal(w1, ref_w)
+    for k in range(0, n, 97):  # the scalar rule is the same function
+        assert optim.momentum_velocity(v[k], g[k], w[k], np.float32(0.05), np.float32(0.9),
+                                       np.float32(2e-4)) == ref_v[k]
+
+
+def test_scheduled_lr_is_constant_except_the_wassp_warmup():
+    assert optim.scheduled_lr(0.1) == 0.1
+    assert optim.scheduled_lr(0.1, workers=4, sync=False, updates=3, warmup_updates=10) == 0.1
+    assert optim.scheduled_lr(0.1, workers=1, sync=True, updates=3, warmup_updates=10) == 0.1
+    assert optim.scheduled_lr(0.1, workers=4, sync=True, updates=0, warmup_updates=10) == 0.1
+    assert optim.scheduled_lr(0.1, workers=4, sync=True, updates=5,
+                              warmup_updates=10) == pytest.approx(0.1 * 2.5)
+    assert optim.scheduled_lr(0.1, workers=4, sync=True, updates=50,
+                              warmup_updates=10) == pytest.approx(0.4)
+    assert optim.scheduled_lr(0.1, workers=4, sync=True, warmup_updates=0) == pytest.approx(0.4)
+    cfg = make_config(None, lr=0.1, momentum=0.5, weight_decay=1e-3)
+    hp = optim.hyperparameters(cfg, workers=4, sync=True, updates=5, warmup_updates=10)
+    assert hp == (np.float32(0.25), np.float32(0.5), np.float32(1e-3))
+    assert all(isinstance(x, np.float32) for x in hp)
+
+
+def _problem(rng, activation):
+    X = rng.normal(size=(256, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    cfg = make_config(None, hidden=(30, 20), epsilon=3.0, epochs=4, batch_size=32,
+                      activation=activation, seed=3, weight_decay=1e-2)
+    return X, y, cfg, build_model(cfg, X, 3)
+
+
+def _assert_same_bits(model, values, velocities):
+    np.testing.assert_array_equal(get_values(model), values)
+    np.testing.assert_array_equal(get_velocities(model), velocities)
+
+
+@pytest.mark.parametrize("activation", ["all-relu", "srelu"])
+def test_sequential_wasap_and_wassp_steps_give_identical_bits(rng, tmp_path, activation):
+    """Two steps from the same model and gradients: the sequential kernels' fused step,
+    the server's apply (mailbox and Ray-call pushes), a WASSP step (two workers with the
+    same gradient: their mean is that gradient) and a shared-model push. The second step
+    has non-zero momentum; the WASSP step runs at its warm-up learning rate, which the
+    sequential step is given."""
+    X, y, cfg, model = _problem(rng, activation)
+    seq, _ = model_from_state(full_state(model))
+    async_server = ParameterServer(full_state(model), cfg, n_train=256, workers=2,
+                                   mode="async", phase1_epochs=3)
+    sync_server = ParameterServer(full_state(model), cfg, n_train=256, workers=2, mode="sync",
+                                  phase1_epochs=3, warmup_epochs=1.0)
+    shared_server = ParameterServer(full_state(model), cfg, n_train=256, workers=2,
+                                    mode="async", phase1_epochs=3)
+    capacity = get_values(model).size
+    seg = shm.SharedModel(tmp_path / "model", capacity, create=True)
+    try:
+        shared_server.share(seg)
+        replica, _ = model_from_state(full_state(model))
+        mine = np.empty(capacity, np.float32)
+        bind_values(replica, mine)
+        for step in range(2):
+            idx = np.arange(32 * step, 32 * step + 32, dtype=np.int64)
+            loss, grads = seq.gradients(X, y, idx, seed=step)
+            g = pack_gradients(seq, grads).copy()
+            lr = sync_server.lr()  # step 2: the warm-up has begun (lr_1 > lr)
+            assert (lr > cfg.lr) == (step == 1)
+            seq.train_step(X, y, idx, lr=lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, seed=step)
+            values, velocities = get_values(seq), get_velocities(seq)
+            sync_server.push_many([(0, g, loss, 32), (0, g.copy(), loss, 32)])
+            _assert_same_bits(sync_server.model, values, velocities)
+            if step == 0:  # asynchronous pushes run at the constant lr
+                async_server.apply_push(0, g, loss, 32)
+                _assert_same_bits(async_server.model, values, velocities)
+                hp = optim.hyperparameters(cfg)
+                assert shared_push(seg.header, seg.stats, seg.values, seg.velocity, g, mine,
+                                   hp.lr, hp.momentum, hp.weight_decay, 4242, 0, -1, loss,
+                                   32, 0, 0, 1000) == 1
+                _assert_same_bits(shared_server.model, values, velocities)
+                np.testing.assert_array_equal(get_values(replica), values)
+    finally:
+        seg.close()
