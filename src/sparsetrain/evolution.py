@@ -71,3 +71,15 @@ def evolve_layer(layer: SparseLinear, zeta: float, rng: np.random.Generator,
               else layer.init_values(rng, new_keys.size))
     layer.replace_connections(keep, new_keys, values)
     return int((~keep).sum())
+
+
+def evolve_layers(layers: list[SparseLinear], zeta: float, rng: np.random.Generator, *,
+                  evolve_output: bool = True, targets: list[int | None] | None = None,
+                  regrow: str = "zero") -> int:
+    """One SET step on every layer in order (all from ``rng``), the output layer only if
+    ``evolve_output``; ``targets[l]`` is layer ``l``'s ``target_nnz`` (default: keep its
+    count). Returns the number of connections rewired."""
+    last = len(layers) - 1
+    targets = [None] * len(layers) if targets is None else targets
+    return sum(evolve_layer(layer, zeta, rng, target_nnz=targets[l], regrow=regrow)
+               for l, layer in enumerate(layers) if l < last or evolve_output)

@@ -45,7 +45,8 @@ from ..errors import NonFiniteLossError, SparsetrainError
 from ..io import write_arrays
 from ..model import SparseMLP
 from ..optim import hyperparameters
-from ..trainer import METRIC_COLUMNS, Trainer
+from ..schedule import METRIC_COLUMNS, metrics_row
+from ..trainer import Trainer
 from . import shm
 from ._kernels import SH_DONE, SH_FROZEN
 from .server import ParameterServer
@@ -569,10 +570,7 @@ class ParallelTrainer(Trainer):
         arrays = dict(state)
         arrays["meta"] = np.array(json.dumps(meta))
         write_arrays(self.checkpoint_path, arrays)
-        from ..io import write_text
-        from ..trainer import metrics_csv
-
-        write_text(self.out_dir / "metrics.csv", metrics_csv(self.history, self.columns))
+        self.write_metrics()
 
     def fit(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None) -> list[dict]:
         """Train epochs ``self.epoch + 1 .. epochs`` in parallel; returns the history and
@@ -612,12 +610,7 @@ class ParallelTrainer(Trainer):
                     last["events"] = "; ".join([e for e in [last.get("events")] if e]
                                                + self._events)
                     self._events = []
-                    if self.out_dir is not None:
-                        from ..io import write_text
-                        from ..trainer import metrics_csv
-
-                        write_text(self.out_dir / "metrics.csv",
-                                   metrics_csv(self.history, self.columns))
+                    self.write_metrics()
             finally:
                 bar.close()
                 for w in workers:
@@ -693,33 +686,30 @@ class ParallelTrainer(Trainer):
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             parts = ray.get([w.local_epoch.remote(epoch) for w in workers])
-            wall = time.perf_counter() - t0
-            row = {"epoch": epoch, "phase": "local", "workers": par.workers,
-                   "train_loss": float(np.mean([p["train_loss"] for p in parts])),
-                   "epoch_seconds": wall,
-                   "train_seconds": max(p["train_seconds"] for p in parts),
-                   "eval_seconds": max(p["eval_seconds"] for p in parts),
-                   "evolution_seconds": max(p["evolution_seconds"] for p in parts),
-                   "bytes_moved": 0, "events": ""}
-            row["samples_per_second"] = sum(p["samples"] for p in parts) / row["train_seconds"]
+            # The replicas run side by side: an epoch takes as long as the slowest one.
+            train_s, eval_s, evolution_s = (max(p[k] for p in parts) for k in (
+                "train_seconds", "eval_seconds", "evolution_seconds"))
+            extra = {"phase": "local", "workers": par.workers, "bytes_moved": 0, "events": "",
+                     "samples_per_second": sum(p["samples"] for p in parts) / train_s}
+            test = {}
             if "test_accuracy" in parts[0]:  # mean over the replicas
-                row["test_loss"] = float(np.mean([p["test_loss"] for p in parts]))
-                row["test_accuracy"] = float(np.mean([p["test_accuracy"] for p in parts]))
+                test = {k: float(np.mean([p[k] for p in parts]))
+                        for k in ("test_loss", "test_accuracy")}
+            connections = targets
             if epoch == cfg.epochs:
                 t1 = time.perf_counter()
                 states = ray.get([w.state.remote() for w in workers])
-                row["bytes_moved"] = sum(a.nbytes for s in states for a in s.values())
+                extra["bytes_moved"] = sum(a.nbytes for s in states for a in s.values())
                 model, _ = average_models(states, targets)
-                row["phase"] = "averaged"
-                row["replica_test_accuracy"] = row.get("test_accuracy")
+                extra["phase"] = "averaged"
+                extra["replica_test_accuracy"] = test.get("test_accuracy")
                 if self._test is not None:
-                    row["test_loss"], row["test_accuracy"] = model.evaluate(*self._test)
-                row["evolution_seconds"] += time.perf_counter() - t1
-                row["epoch_seconds"] = time.perf_counter() - t0
-            row.update(n_connections=sum(targets) if epoch < cfg.epochs else model.n_connections,
-                       connections_per_layer=" ".join(str(t) for t in targets)
-                       if epoch < cfg.epochs else " ".join(str(la.nnz) for la in model.layers),
-                       neurons_per_layer=" ".join(str(s) for s in model.sizes))
+                    test["test_loss"], test["test_accuracy"] = model.evaluate(*self._test)
+                evolution_s += time.perf_counter() - t1
+                connections = [la.nnz for la in model.layers]
+            row = metrics_row(epoch, float(np.mean([p["train_loss"] for p in parts])), test,
+                              (time.perf_counter() - t0, train_s, eval_s, evolution_s),
+                              connections, model.sizes, **extra)
             self._log(row)
             self.epoch = epoch
             bar.update(1)

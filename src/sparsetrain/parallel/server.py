@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..optim import hyperparameters, momentum_sgd
-from ..trainer import Trainer
+from ..schedule import marks_to_seconds, metrics_row, topology_step
 from . import _kernels
 from .state import (
     bind_values,
@@ -80,7 +80,6 @@ class ParameterServer:
         self.total_updates = self.epoch * self.updates_per_epoch
         self.warmup_updates = warmup_epochs * self.updates_per_epoch
         self.X_test, self.y_test = X_test, y_test
-        self._trainer = Trainer(config, progress=False, verbose=False)
         self.version = 0
         self._keys = {0: self._topology()}
         self.rows: list[dict] = []
@@ -336,28 +335,24 @@ class ParameterServer:
         if not math.isfinite(test.get("test_loss", 0.0)):
             self.failed = f"the test loss became {test['test_loss']} at epoch {self.epoch}"
             return
-        if self.epoch < self.config.epochs:
-            self._trainer._topology_step(self.model, self.epoch)
+        if self.epoch < self.config.epochs:  # Importance Pruning when scheduled, then SET
+            rng = np.random.default_rng([self.config.seed, self.epoch, 1])
+            topology_step(self.model, self.config, self.epoch, rng)
             self.version += 1
             self._keys[self.version] = self._topology()
             for v in [v for v in self._keys if v <= self.version - _KEEP_VERSIONS]:
                 del self._keys[v]
         t3 = time.perf_counter()
-        m = self.model
         train_seconds = t1 - self._t0
-        self.rows.append({
-            "epoch": self.epoch, "train_loss": self._loss / max(self._samples, 1), **test,
-            "epoch_seconds": t3 - self._t0, "train_seconds": train_seconds,
-            "eval_seconds": t2 - t1, "evolution_seconds": t3 - t2,
-            "n_connections": m.n_connections,
-            "connections_per_layer": " ".join(str(la.nnz) for la in m.layers),
-            "neurons_per_layer": " ".join(str(n) for n in m.sizes),
-            "phase": self.mode, "workers": self.workers,
-            "samples_per_second": self._samples / train_seconds if train_seconds > 0 else 0.0,
-            "bytes_moved": self._bytes, "stale_updates": self._stale,
-            "mean_staleness": self._staleness / self._pushes if self._pushes else "",
-            "dropped_updates": self._dropped_updates, "dropped_entries": self._dropped_entries,
-            "events": "; ".join(self.events)})
+        self.rows.append(metrics_row(
+            self.epoch, self._loss / max(self._samples, 1), test,
+            marks_to_seconds(self._t0, t1, t2, t3), [la.nnz for la in self.model.layers],
+            self.model.sizes, phase=self.mode, workers=self.workers,
+            samples_per_second=self._samples / train_seconds if train_seconds > 0 else 0.0,
+            bytes_moved=self._bytes, stale_updates=self._stale,
+            mean_staleness=self._staleness / self._pushes if self._pushes else "",
+            dropped_updates=self._dropped_updates, dropped_entries=self._dropped_entries,
+            events="; ".join(self.events)))
         self.events = []
         self._snapshot = (self.epoch, self._snapshot_state())
         self._reset_epoch_stats()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import NonFiniteLossError, SparsetrainError
-from ..evolution import evolve_layer
+from ..schedule import run_epoch, topology_step
 from .state import model_from_state, pack_gradients, set_values
 
 
@@ -80,38 +80,28 @@ class Worker:
 
     # ------------------------------------------------------------------ phase 2
     def local_epoch(self, epoch: int) -> dict:
-        """One pass over the shard, evaluation of the replica, then its SET step."""
+        """One pass over the shard, evaluation of the replica, then its SET step
+        (:func:`~sparsetrain.schedule.run_epoch`); returns its metrics row with the
+        shard's ``samples``."""
         if self.model is None:
             raise SparsetrainError(f"worker {self.rank} has no model for phase 2 (it was "
                                    "restarted after phase 1 ended)")
-        cfg = self.config
-        rng = np.random.default_rng([cfg.seed, epoch, 7, self.rank])
-        n = self.X.shape[0]
-        perm = rng.permutation(n).astype(np.int64)
-        n_batches = math.ceil(n / cfg.batch_size)
-        seeds = rng.integers(0, 2**62, size=n_batches)
-        t0 = time.perf_counter()
-        total = 0.0
-        for b in range(n_batches):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss = self.model.train_step(self.X, self.y, idx, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, seed=int(seeds[b]))
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"training stopped: the loss became {loss} at epoch "
-                                         f"{epoch} on worker {self.rank} (phase 2)")
-            total += loss * idx.size
-        t1 = time.perf_counter()
-        row = {"train_loss": total / n, "train_seconds": t1 - t0, "samples": n}
-        if self.X_test is not None:
-            row["test_loss"], row["test_accuracy"] = self.model.evaluate(self.X_test, self.y_test)
-        t2 = time.perf_counter()
-        if epoch < cfg.epochs:
-            erng = np.random.default_rng([cfg.seed, epoch, 1, self.rank + 1])
-            last = len(self.model.layers) - 1
-            for l, layer in enumerate(self.model.layers):
-                if l < last or cfg.evolve_output:
-                    evolve_layer(layer, cfg.zeta, erng, regrow=cfg.regrow)
-            self.model.invalidate_buffers()
-        row["eval_seconds"] = t2 - t1
-        row["evolution_seconds"] = time.perf_counter() - t2
+        cfg, model = self.config, self.model
+
+        def topology():
+            # No Importance Pruning in phase 2 (prune=False): each replica would remove the
+            # neurons its own weights rank lowest, different ones on different workers, and
+            # the final averaging (state.average_models) needs every replica to keep the
+            # same neurons. The server prunes in phase 1, where there is one model.
+            rng = np.random.default_rng([cfg.seed, epoch, 1, self.rank + 1])
+            topology_step(model, cfg, epoch, rng, prune=False)
+
+        def fail(value, where):
+            raise NonFiniteLossError(f"training stopped: the loss became {value} at epoch "
+                                     f"{epoch} on worker {self.rank} (phase 2, {where})")
+
+        row = run_epoch(model, self.X, self.y, cfg, epoch,
+                        shuffle_key=[cfg.seed, epoch, 7, self.rank], topology=topology,
+                        on_non_finite=fail, X_test=self.X_test, y_test=self.y_test)
+        row["samples"] = self.X.shape[0]
         return row

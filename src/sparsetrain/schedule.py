@@ -1,0 +1,130 @@
+"""One training epoch and the topology step after it: the schedule every trainer shares.
+
+An epoch of truly sparse training (SPEC 1.3-1.6) is::
+
+    shuffle -> mini-batch momentum-SGD steps -> evaluate -> topology step -> metrics row
+
+:func:`run_epoch` runs it on one model (the sequential :class:`~sparsetrain.trainer.Trainer`
+and each phase-2 worker of parallel training); :func:`topology_step` is the step after an
+epoch, Importance Pruning (when scheduled, :func:`prunes_after`) then SET evolution, which
+the parameter server also runs at the end of a phase-1 epoch; :func:`metrics_row` builds
+the row every trainer reports. Randomness comes in as explicit seed keys
+(``numpy.random.default_rng(key)``), so each caller keeps its own streams.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .evolution import evolve_layers
+from .optim import hyperparameters
+from .pruning import model_constants, original_widths, prune_neurons, regrowth_targets
+
+#: Columns of ``metrics.csv`` (in this order) for a sequential run.
+METRIC_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_seconds",
+                  "train_seconds", "eval_seconds", "evolution_seconds", "n_connections",
+                  "connections_per_layer", "neurons_per_layer"]
+
+
+def prunes_after(config, epoch: int) -> bool:
+    """Whether Importance Pruning runs after ``epoch`` (from ``ip_start`` every ``ip_step``
+    epochs, never after the last) for a :class:`~sparsetrain.config.TrainConfig`."""
+    return (config.ip_start is not None and config.ip_start <= epoch < config.epochs
+            and (epoch - config.ip_start) % config.ip_step == 0)
+
+
+def topology_step(model, config, epoch: int, rng: np.random.Generator, *,
+                  prune: bool = True) -> None:
+    """The topology step after ``epoch``, in place on ``model``.
+
+    1. Importance Pruning when ``prune`` and :func:`prunes_after` (pruned neurons folded
+       into the next layer's bias and removed; the percentile over the configured hidden
+       widths, so a run resumed from a checkpoint prunes as the uninterrupted one), see
+       :mod:`sparsetrain.pruning`;
+    2. SET evolution of every layer (the output layer if ``config.evolve_output``) from
+       ``rng``; after a pruning step it regrows fewer
+       (:func:`sparsetrain.pruning.regrowth_targets`).
+    """
+    targets = None
+    if prune and prunes_after(config, epoch):
+        widths = original_widths(config.hidden, model.layers)
+        prune_neurons(model.layers, config.ip_percentile, constants=model_constants(model),
+                      original_widths=widths)
+        targets = regrowth_targets(model.layers, widths, config.zeta)
+    evolve_layers(model.layers, config.zeta, rng, evolve_output=config.evolve_output,
+                  targets=targets, regrow=config.regrow)
+    model.invalidate_buffers()
+
+
+def metrics_row(epoch: int, train_loss: float, test: dict, seconds: Sequence[float],
+                connections: Sequence[int], sizes: Sequence[int], **extra) -> dict:
+    """One row of ``metrics.csv`` (:data:`METRIC_COLUMNS`, then ``extra``).
+
+    ``test``: ``{"test_loss", "test_accuracy"}`` or empty (no test set); ``seconds``:
+    ``(epoch, train, eval, evolution)``; ``connections``: per layer; ``sizes``: neurons
+    per layer, input and output included.
+    """
+    epoch_s, train_s, eval_s, evolution_s = seconds
+    return {"epoch": epoch, "train_loss": train_loss, **test, "epoch_seconds": epoch_s,
+            "train_seconds": train_s, "eval_seconds": eval_s,
+            "evolution_seconds": evolution_s, "n_connections": int(sum(connections)),
+            "connections_per_layer": " ".join(str(c) for c in connections),
+            "neurons_per_layer": " ".join(str(n) for n in sizes), **extra}
+
+
+def marks_to_seconds(t0: float, t1: float, t2: float, t3: float) -> tuple[float, ...]:
+    """``(epoch, train, eval, evolution)`` seconds from the clock readings at the start,
+    after training, after evaluation and after the topology step."""
+    return t3 - t0, t1 - t0, t2 - t1, t3 - t2
+
+
+def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
+              topology: Callable[[], None], on_non_finite: Callable[[float, str], None],
+              X_test=None, y_test=None, progress: bool | None = False) -> dict:
+    """Train ``model`` for epoch ``epoch`` (1-based) of ``config`` on ``X, y``; returns its
+    :func:`metrics_row`.
+
+    The batch order and the batches' dropout seeds come from ``default_rng(shuffle_key)``;
+    ``topology()`` runs the topology step (normally :func:`topology_step` with the
+    caller's seed key) after every epoch but the last. A non-finite batch or test loss
+    calls ``on_non_finite(value, where)``, which is expected to raise. ``progress``: a
+    tqdm bar over the batches (None: only on a terminal).
+    """
+    lr, momentum, weight_decay = hyperparameters(config)
+    batch = config.batch_size
+    n = X.shape[0]
+    n_batches = math.ceil(n / batch)
+    rng = np.random.default_rng(shuffle_key)
+    perm = rng.permutation(n).astype(np.int64)
+    seeds = rng.integers(0, 2**62, size=n_batches)
+    total = 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+               leave=False, disable=None if progress is None else not progress)
+    for b in bar:
+        idx = perm[b * batch:(b + 1) * batch]
+        loss = model.train_step(X, y, idx, lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, seed=int(seeds[b]))
+        if not math.isfinite(loss):
+            on_non_finite(loss, f"batch {b + 1}/{n_batches}")
+        total += loss * idx.shape[0]
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    bar.close()
+    t1 = time.perf_counter()
+    test = {}
+    if X_test is not None:
+        test["test_loss"], test["test_accuracy"] = model.evaluate(X_test, y_test)
+        if not math.isfinite(test["test_loss"]):
+            on_non_finite(test["test_loss"], "evaluation")
+    t2 = time.perf_counter()
+    if epoch < config.epochs:  # the topology changes after every epoch but the last
+        topology()
+    t3 = time.perf_counter()
+    return metrics_row(epoch, total / n, test, marks_to_seconds(t0, t1, t2, t3),
+                       [la.nnz for la in model.layers], model.sizes)
