@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sparsetrain.errors import DataNotFoundError, SparsetrainError
+from sparsetrain.errors import DataNotFoundError, SparsetrainError, param_error
 
 __all__ = [
     "DATASETS",
@@ -51,6 +51,10 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "cache_dir",
+    "check_X",
+    "check_labels",
+    "check_targets",
+    "check_y",
     "feature_stats",
     "data_dirs",
     "list_datasets",
@@ -199,6 +203,162 @@ class DatasetSpec:
 # ---------------------------------------------------------------------------
 
 
+def check_X(
+    X: Any, name: str = "X", *, n_features: int | None = None, expected: str = ""
+) -> np.ndarray:
+    """The one check of a feature matrix; returns it as an array (not copied).
+
+    ``X`` must be 2-D with at least one row and one column, numeric, and finite; with
+    ``n_features``, it must have exactly that many columns (``expected`` says whose
+    count that is, for the message: ``"X_train has 3"``, ``"the model expects 3"``).
+    Errors name the array as ``name``.
+    """
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise SparsetrainError(
+            f"{name} must be a 2-D array of shape (n_samples, n_features); got an array "
+            f"of shape {arr.shape}. Reshape it, e.g. {name}.reshape(len({name}), -1)."
+        )
+    if arr.shape[0] == 0:
+        raise SparsetrainError(
+            f"{name} has 0 samples; every split needs at least one sample. "
+            "Check the file or the split fraction."
+        )
+    if arr.shape[1] == 0:
+        raise SparsetrainError(f"{name} has 0 features; it needs at least one column. Check the file.")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise SparsetrainError(
+            f"{name} must hold numbers; got dtype {arr.dtype}. "
+            "Convert it with np.asarray(..., dtype=np.float32)."
+        )
+    if n_features is not None and arr.shape[1] != n_features:
+        raise SparsetrainError(
+            f"{name} has {arr.shape[1]} features but {expected or f'{n_features} are expected'}"
+        )
+    if np.issubdtype(arr.dtype, np.inexact):
+        finite = np.isfinite(arr)
+        n_bad = arr.size - int(np.count_nonzero(finite))
+        if n_bad:
+            n_rows = int(np.count_nonzero(~finite.all(axis=1)))
+            raise SparsetrainError(
+                f"{name} contains {n_bad} NaN or infinite values (in {n_rows} of "
+                f"{len(arr)} rows); features must be finite. Remove or impute them "
+                "before training."
+            )
+    return arr
+
+
+def check_labels(
+    y: Any,
+    name: str = "y",
+    *,
+    n_rows: int,
+    rows: str = "X",
+    n_classes: int | None = None,
+    origin: str = "given",
+    fix: str = "",
+) -> tuple[np.ndarray, int]:
+    """The one check of classification labels; returns ``(labels as int64, n_classes)``.
+
+    ``y`` must be 1-D with ``n_rows`` integer-valued labels (``rows`` names the feature
+    array they belong to) in ``[0, n_classes)``; ``n_classes`` defaults to ``max(y) + 1``
+    and must be at least 2. ``origin`` says where a given ``n_classes`` comes from and
+    ``fix`` what to do about a label beyond it (default: pass a larger ``n_classes``).
+    """
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise SparsetrainError(
+            f"{name} must be a 1-D array of class labels; got shape {arr.shape}. "
+            f"Flatten it with {name}.ravel() (one-hot labels: use argmax(axis=1))."
+        )
+    if len(arr) != n_rows:
+        raise SparsetrainError(
+            f"{name} has {len(arr)} labels but {rows} has {n_rows} rows; "
+            "give exactly one label per row."
+        )
+    if arr.dtype != np.bool_:
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise SparsetrainError(
+                f"{name} must hold integer class labels; got dtype {arr.dtype}. Encode the "
+                "classes as 0..n_classes-1, e.g. with sklearn.preprocessing.LabelEncoder."
+            )
+        if np.issubdtype(arr.dtype, np.floating):
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if bad.any():
+                value = arr[np.argmax(bad)].item()
+                raise SparsetrainError(
+                    f"{name} must hold integer-valued class labels; got {value!r}. Encode "
+                    "the classes as 0..n_classes-1, e.g. with "
+                    "sklearn.preprocessing.LabelEncoder."
+                )
+    lo, hi = int(arr.min()), int(arr.max())
+    if n_classes is None:
+        n_classes, origin = hi + 1, f"max({name}) + 1"
+    elif isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer):
+        raise param_error("n_classes", "an int >= 2", n_classes,
+                          fix="Pass the number of classes as an integer.")
+    n_classes = int(n_classes)
+    if n_classes < 2:
+        raise SparsetrainError(
+            f"A classifier needs at least 2 classes; got n_classes={n_classes} ({origin}). "
+            f"Check that {name} holds more than one class."
+        )
+    if lo < 0:
+        raise SparsetrainError(
+            f"{name} contains label {lo}; labels must be integers in [0, {n_classes}). "
+            "Map them to 0..n_classes-1 (e.g. -1/+1 -> 0/1)."
+        )
+    if hi >= n_classes:
+        raise SparsetrainError(
+            f"{name} contains label {hi}, but n_classes is {n_classes} ({origin}), so "
+            f"labels must be in [0, {n_classes}). "
+            + (fix or f"Pass n_classes={hi + 1} or more, or re-encode the labels.")
+        )
+    return arr.astype(np.int64), n_classes
+
+
+def check_targets(
+    y: Any, name: str = "y", *, n_rows: int, n_outputs: int, rows: str = "X"
+) -> np.ndarray:
+    """The one check of regression targets; returns them as float32 (n_rows, n_outputs).
+
+    ``y`` must hold finite real numbers (within float32), shape ``(n_rows, n_outputs)``
+    or, for one output, ``(n_rows,)``.
+    """
+    arr = np.asarray(y)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+        raise SparsetrainError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_outputs or arr.shape[0] != n_rows:
+        raise SparsetrainError(
+            f"{name} has shape {np.shape(y)}; this regression model expects "
+            f"({n_rows}, {n_outputs})" + (f" or ({n_rows},)" if n_outputs == 1 else "")
+            + f": one row of targets per row of {rows}."
+        )
+    arr = np.ascontiguousarray(arr, np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise SparsetrainError(f"{name} contains NaN or infinite targets (or values beyond "
+                               "float32); targets must be finite. Remove or rescale them.")
+    return arr
+
+
+def check_y(
+    y: Any, name: str = "y", *, task: str, n_rows: int, n_outputs: int, rows: str = "X",
+    origin: str = "the model's outputs",
+) -> np.ndarray:
+    """The targets of a model with ``n_outputs`` outputs: class labels (``task=
+    "classification"``, :func:`check_labels`, int64) or real targets (``"regression"``,
+    :func:`check_targets`, float32 (n_rows, n_outputs))."""
+    if task == "regression":
+        return check_targets(y, name, n_rows=n_rows, n_outputs=n_outputs, rows=rows)
+    labels, _ = check_labels(
+        y, name, n_rows=n_rows, rows=rows, n_classes=n_outputs, origin=origin,
+        fix="Re-encode the labels as 0..n_classes-1, or use a model with more outputs.",
+    )
+    return labels
+
+
 def validate_arrays(
     X_train: Any,
     y_train: Any,
@@ -206,14 +366,14 @@ def validate_arrays(
     y_test: Any,
     n_classes: int | None = None,
 ) -> int:
-    """Check a train/test split and return the number of classes.
+    """Check a classification train/test split and return the number of classes.
 
     Parameters
     ----------
     X_train, X_test : array-like of shape (n_samples, n_features)
-        Numeric features, all finite, with the same number of columns.
+        Numeric features, all finite, with the same number of columns (:func:`check_X`).
     y_train, y_test : array-like of shape (n_samples,)
-        Integer-valued class labels in ``[0, n_classes)``.
+        Integer-valued class labels in ``[0, n_classes)`` (:func:`check_labels`).
     n_classes : int, optional
         Number of classes; default ``max(y_train) + 1``.
 
@@ -228,105 +388,15 @@ def validate_arrays(
         With a one-line message naming the split, what is allowed, what came
         in, and the fix.
     """
-    X = {"X_train": np.asarray(X_train), "X_test": np.asarray(X_test)}
-    y = {"y_train": np.asarray(y_train), "y_test": np.asarray(y_test)}
-    for key, arr in X.items():
-        if arr.ndim != 2:
-            raise SparsetrainError(
-                f"{key} must be a 2-D array of shape (n_samples, n_features); got an array "
-                f"of shape {arr.shape}. Reshape it, e.g. {key}.reshape(len({key}), -1)."
-            )
-        if arr.shape[0] == 0:
-            raise SparsetrainError(
-                f"{key} has 0 samples; every split needs at least one sample. "
-                "Check the file or the split fraction."
-            )
-        if arr.shape[1] == 0:
-            raise SparsetrainError(
-                f"{key} has 0 features; it needs at least one column. Check the file."
-            )
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise SparsetrainError(
-                f"{key} must hold numbers; got dtype {arr.dtype}. "
-                "Convert it with np.asarray(..., dtype=np.float32)."
-            )
-    n_feat_train, n_feat_test = X["X_train"].shape[1], X["X_test"].shape[1]
-    if n_feat_train != n_feat_test:
-        raise SparsetrainError(
-            f"X_test has {n_feat_test} features but X_train has {n_feat_train}; "
-            "both splits must have the same columns in the same order."
-        )
-    for split in ("train", "test"):
-        Xs, ys = X[f"X_{split}"], y[f"y_{split}"]
-        if ys.ndim != 1:
-            raise SparsetrainError(
-                f"y_{split} must be a 1-D array of class labels; got shape {ys.shape}. "
-                f"Flatten it with y_{split}.ravel() (one-hot labels: use argmax(axis=1))."
-            )
-        if len(ys) != len(Xs):
-            raise SparsetrainError(
-                f"y_{split} has {len(ys)} labels but X_{split} has {len(Xs)} rows; "
-                "give exactly one label per row."
-            )
-    for key, arr in X.items():
-        if np.issubdtype(arr.dtype, np.inexact):
-            finite = np.isfinite(arr)
-            n_bad = arr.size - int(np.count_nonzero(finite))
-            if n_bad:
-                n_rows = int(np.count_nonzero(~finite.all(axis=1)))
-                raise SparsetrainError(
-                    f"{key} contains {n_bad} NaN or infinite values (in {n_rows} of "
-                    f"{len(arr)} rows); features must be finite. Remove or impute them "
-                    "before training."
-                )
-    for key, arr in y.items():
-        if arr.dtype == np.bool_:
-            continue
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise SparsetrainError(
-                f"{key} must hold integer class labels; got dtype {arr.dtype}. Encode the "
-                "classes as 0..n_classes-1, e.g. with sklearn.preprocessing.LabelEncoder."
-            )
-        if np.issubdtype(arr.dtype, np.floating):
-            bad = ~np.isfinite(arr) | (arr != np.round(arr))
-            if bad.any():
-                value = arr[np.argmax(bad)].item()
-                raise SparsetrainError(
-                    f"{key} must hold integer-valued class labels; got {value!r}. Encode "
-                    "the classes as 0..n_classes-1, e.g. with "
-                    "sklearn.preprocessing.LabelEncoder."
-                )
-    y_max = int(y["y_train"].max())
-    if n_classes is None:
-        n_classes = y_max + 1
-        origin = "max(y_train) + 1"
-    else:
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer):
-            raise SparsetrainError(
-                f"The 'n_classes' parameter must be an int >= 2; got {n_classes!r}. "
-                "Pass the number of classes as an integer."
-            )
-        n_classes = int(n_classes)
-        origin = "given"
-    if n_classes < 2:
-        raise SparsetrainError(
-            f"A classifier needs at least 2 classes; got n_classes={n_classes} ({origin}). "
-            "Check that y_train holds more than one class."
-        )
-    for key, arr in y.items():
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0:
-            raise SparsetrainError(
-                f"{key} contains label {lo}; labels must be integers in [0, {n_classes}). "
-                "Map them to 0..n_classes-1 (e.g. -1/+1 -> 0/1)."
-            )
-        if hi >= n_classes:
-            raise SparsetrainError(
-                f"{key} contains label {hi}, but n_classes is {n_classes} ({origin}), so "
-                f"labels must be in [0, {n_classes}). Pass n_classes={hi + 1} or more, or "
-                "re-encode the labels."
-            )
-    return n_classes
+    X_train = check_X(X_train, "X_train")
+    n = X_train.shape[1]
+    X_test = check_X(X_test, "X_test", n_features=n, expected=f"X_train has {n}; both splits "
+                     "must have the same columns in the same order.")
+    _, k = check_labels(y_train, "y_train", n_rows=len(X_train), rows="X_train",
+                        n_classes=n_classes)
+    check_labels(y_test, "y_test", n_rows=len(X_test), rows="X_test", n_classes=k,
+                 origin="given" if n_classes is not None else "max(y_train) + 1")
+    return k
 
 
 def feature_stats(X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

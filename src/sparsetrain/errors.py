@@ -18,3 +18,12 @@ class DataNotFoundError(SparsetrainError):
 
 class NonFiniteLossError(SparsetrainError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def param_error(name: str, allowed: str, got, *, owner: str | None = None,
+                fix: str = "") -> SparsetrainError:
+    """The one message for a bad parameter value (scikit-learn style): ``The 'name'
+    parameter [of owner] must be <allowed>. Got <value> instead.`` plus ``fix``."""
+    of = f" of {owner}" if owner else ""
+    return SparsetrainError(f"The '{name}' parameter{of} must be {allowed}. Got {got!r} instead."
+                            + (f" {fix}" if fix else ""))
