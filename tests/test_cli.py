@@ -115,7 +115,7 @@ def test_evaluate_more_classes_than_model(capsys, tiny_run):
     msg = user_error(capsys, ["evaluate", "--model", tiny_run / "model.npz", "--dataset",
                               "synthetic", "--n-samples", "600", "--n-features", "20",
                               "--n-informative", "4", "--n-classes", "3", "--threads", "1"])
-    assert "'synthetic' has label 2" in msg and "only 2 classes" in msg
+    assert "y_test of dataset 'synthetic' contains label 2" in msg and "only 2 classes" in msg
 
 
 def test_evaluate_wrong_feature_count_synthetic(capsys, tiny_run):

@@ -13,18 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .config import PARAMS, Flag, Param
 from .errors import SparsetrainError
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive widths such as 1000,1000,1000, got {text!r}")
-    return sizes
 
 
 def _add_data_args(p):
@@ -40,6 +30,22 @@ def _add_data_args(p):
     g.add_argument("--n-classes", type=int, help="classes (default 2)")
 
 
+def _add_option(parser, param: Param, help: str | None = None) -> None:
+    """The option of one :class:`TrainConfig` field, from its entry in :data:`PARAMS`.
+
+    Values are parsed to the field's type only; what is allowed is checked once, by
+    :meth:`TrainConfig.validate`, so a bad value gets the same message as in Python.
+    Unset options stay None (the preset decides); ``--no-...`` flags store False.
+    """
+    help = help or param.help
+    if isinstance(param.rule, Flag):
+        parser.add_argument(param.flag, dest=param.name, action="store_false", default=None,
+                            help=help)
+    else:
+        parser.add_argument(param.flag, dest=param.name, type=param.rule.parse, help=help,
+                            metavar=getattr(param.rule, "metavar", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsetrain", description="Truly sparse neural network training.")
@@ -52,33 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--preset", default="paper", choices=["paper", "none"],
                    help="paper: the paper's settings for the dataset (default); none: defaults")
-    t.add_argument("--hidden", type=_hidden, help="hidden widths, e.g. 1000,1000,1000")
-    t.add_argument("--epsilon", type=float, help="Erdős–Rényi density parameter")
-    t.add_argument("--activation", help="relu, leaky-relu, all-relu, sigmoid")
-    t.add_argument("--alpha", type=float, help="negative slope of All-ReLU / leaky ReLU")
-    t.add_argument("--dropout", type=float, help="dropout rate of hidden layers")
-    t.add_argument("--init", help="he-uniform, xavier, normal")
-    t.add_argument("--fan-in", dest="fan_in", choices=["sparse", "dense"],
-                   help="fan-in the initialiser scales with (default sparse: mean fan-in)")
-    t.add_argument("--loss", choices=["cross-entropy", "mse"])
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", dest="batch_size", type=int)
-    t.add_argument("--lr", type=float, help="learning rate")
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", dest="weight_decay", type=float)
-    t.add_argument("--zeta", type=float, help="fraction rewired by SET each epoch")
-    t.add_argument("--regrow", choices=["zero", "init"],
-                   help="value of regrown connections (default zero)")
-    t.add_argument("--no-evolve-output", dest="evolve_output", action="store_false", default=None,
-                   help="keep the output layer's topology fixed")
-    ip = t.add_argument_group("Importance Pruning of hidden neurons (SPEC 1.6)")
+    ip = t.add_argument_group(PARAMS["ip_start"].group)
     ip.add_argument("--ip", action="store_true",
                     help="enable it; starts at 40%% of the epochs unless --ip-start is given")
-    ip.add_argument("--ip-start", dest="ip_start", type=int, help="first epoch after which to prune")
-    ip.add_argument("--ip-step", dest="ip_step", type=int, help="epochs between pruning steps (10)")
-    ip.add_argument("--ip-percentile", dest="ip_percentile", type=float,
-                    help="prune neurons at or below this percentile of importance (20)")
-    t.add_argument("--seed", type=int)
+    groups = {ip.title: ip}
+    for param in PARAMS.values():
+        if param.group and param.group not in groups:
+            groups[param.group] = t.add_argument_group(param.group)
+        _add_option(groups.get(param.group, t), param)
     t.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     t.add_argument("--out", help="run folder: config.json, metrics.csv, model.npz, PNG")
     t.add_argument("--resume", action="store_true",
@@ -111,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", required=True)
     r.add_argument("--data-dir")
     r.add_argument("--no-download", action="store_true")
-    r.add_argument("--epochs", type=int, help="epochs per run (default: the preset's 500)")
+    _add_option(r, PARAMS["epochs"], "epochs per run (default: the preset's 500)")
     r.add_argument("--seeds", type=int, default=1, help="seeds per variant (default 1)")
     r.add_argument("--variants", help="comma-separated subset of: " + ", ".join(
         v.slug for v in _variants()))
-    r.add_argument("--ip-start", type=int, help="default: 40%% of the epochs")
-    r.add_argument("--ip-step", type=int, help="default: 10 * epochs / 500")
-    r.add_argument("--ip-percentile", type=float, help="default: 20")
+    _add_option(r, PARAMS["ip_start"], "default: 40%% of the epochs")
+    _add_option(r, PARAMS["ip_step"], "default: 10 * epochs / 500")
+    _add_option(r, PARAMS["ip_percentile"], "default: 20")
     r.add_argument("--threads", type=int)
     r.add_argument("--out", help="output folder (default: reproduce-DATASET)")
     r.add_argument("--no-progress", action="store_true")
@@ -178,11 +165,6 @@ def _load_data(args, dataset=None, options=None):
                         download=not args.no_download, **options), options
 
 
-_TRAIN_OPTIONS = ("hidden", "epsilon", "activation", "alpha", "dropout", "init", "fan_in", "loss",
-                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "zeta", "regrow",
-                  "evolve_output", "ip_start", "ip_step", "ip_percentile", "seed")
-
-
 def cmd_train(args) -> int:
     from .config import make_config
     from .trainer import Trainer, build_model
@@ -208,7 +190,7 @@ def cmd_train(args) -> int:
                 trainer.parallel.ray_address = args.ray_address
         elif args.parallel:
             raise SparsetrainError(f"{out} holds a sequential run; resume it without --parallel")
-        ignored = [f"--{k.replace('_', '-')}" for k in _TRAIN_OPTIONS
+        ignored = [f"--{k.replace('_', '-')}" for k in PARAMS
                    if k != "epochs" and getattr(args, k) is not None]
         if ignored or args.dataset:
             print(f"sparsetrain: warning: --resume continues with the run's saved config.json; "
@@ -221,7 +203,7 @@ def cmd_train(args) -> int:
         if args.resume:
             print(f"sparsetrain: no checkpoint in {out}; starting a new run", file=sys.stderr)
         ds, options = _load_data(args)
-        overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
+        overrides = {k: getattr(args, k) for k in PARAMS}
         cfg = make_config(args.dataset, args.preset, **overrides)
         if args.ip and cfg.ip_start is None:
             cfg.ip_start = max(1, round(0.4 * cfg.epochs))  # the paper: 200 of 500 epochs
@@ -255,18 +237,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .data import check_X, check_y
     from .io import load_model
 
     _set_threads(args.threads)
     model, meta = load_model(args.model)
     ds, _ = _load_data(args)
     X, y = (ds.X_test, ds.y_test) if args.split == "test" else (ds.X_train, ds.y_train)
-    if X.shape[1] != model.n_features:
-        raise SparsetrainError(f"dataset {ds.name!r} has {X.shape[1]} features but the model in "
-                               f"{args.model} expects {model.n_features}")
-    if y.size and int(y.max()) >= model.n_outputs:
-        raise SparsetrainError(f"dataset {ds.name!r} has label {int(y.max())} but the model has "
-                               f"only {model.n_outputs} classes (labels 0..{model.n_outputs - 1})")
+    name = f"dataset {ds.name!r}"
+    X = check_X(X, name, n_features=model.n_features,
+                expected=f"the model in {args.model} expects {model.n_features}")
+    check_y(y, f"y_{args.split} of {name}", task=model.task, n_rows=len(X),
+            n_outputs=model.n_outputs, rows=name,
+            origin=f"the model in {args.model} has only {model.n_outputs} classes")
     loss, acc = model.evaluate(X, y)
     print(json.dumps({"dataset": ds.name, "split": args.split, "n": int(len(y)),
                       "loss": loss, "accuracy": acc, "epoch": meta.get("epoch")}))

@@ -1,7 +1,20 @@
-"""Training configuration and the paper's presets (SPEC 1.7, Table 7 and the reference code).
+"""Training configuration, its one table of hyperparameters, and the paper's presets
+(SPEC 1.7, Table 7 and the reference code).
 
-A :class:`TrainConfig` holds every hyperparameter of a sequential SET run. The
-``paper`` preset of a dataset starts from the defaults and overrides what Table 7
+A :class:`TrainConfig` holds every hyperparameter of a sequential SET run. Each field
+carries its :class:`Param` (rule, help text, command-line flag, scikit-learn name) in
+its dataclass metadata, and :data:`PARAMS` collects them: :meth:`TrainConfig.validate`,
+the ``sparsetrain train`` options and the estimators' ``_parameter_constraints`` are all
+built from it, so adding a hyperparameter is one field here plus its documentation.
+
+Validation happens here, at the boundary. The layers below (:class:`SparseMLP`,
+:class:`SparseLinear`) also take inputs that never pass through a ``TrainConfig``
+(direct library use, model files, PyTorch modules) and keep only what protects them:
+the structure the kernels index into, the Erdős–Rényi density their sizes allow, and
+the names they dispatch on (an unknown name has no code to run), raised with the same
+message :meth:`TrainConfig.validate` gives.
+
+The ``paper`` preset of a dataset starts from the defaults and overrides what Table 7
 gives for it; options the user passes override the preset.
 """
 
@@ -9,12 +22,176 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+import numpy as np
 
 from .activations import ACTIVATIONS
-from .errors import SparsetrainError
+from .errors import SparsetrainError, param_error
+from .evolution import REGROW
 from .layers import FAN_IN_MODES, INITIALIZERS
 from .model import LOSSES
+
+# ---------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number in an interval: ``kind`` is ``int`` (Python ints only, so configs stay
+    JSON-able) or ``float`` (any finite real). ``closed`` says which ends belong to it:
+    ``"left"``, ``"right"``, ``"both"`` or ``"neither"``; ``None`` bounds are infinite.
+    ``none`` (if set) says what ``None`` means, and allows it."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+    noun: str = ""
+    none: str = ""
+
+    def allows(self, value) -> bool:
+        if value is None:
+            return bool(self.none)
+        if self.kind is int:
+            if not isinstance(value, int):
+                return False
+        elif not (isinstance(value, Real) and math.isfinite(value)):
+            return False
+        if self.low is not None and not (value >= self.low if self.closed in ("left", "both")
+                                         else value > self.low):
+            return False
+        return self.high is None or (value <= self.high if self.closed in ("right", "both")
+                                     else value < self.high)
+
+    @property
+    def text(self) -> str:
+        noun = self.noun or ("an integer" if self.kind is int else "a float")
+        if self.low is None and self.high is None:
+            text = noun
+        elif self.high is None and self.kind is int:
+            text = f"{noun} {'>=' if self.closed in ('left', 'both') else '>'} {self.low:g}"
+        else:
+            left = "[" if self.closed in ("left", "both") else "("
+            right = "]" if self.closed in ("right", "both") else ")"
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            text = f"{noun} in {left}{low}, {high}{right}"
+        return f"{text}, or None for {self.none}" if self.none else text
+
+    def parse(self, text: str):
+        """The command-line value (argparse ``type``)."""
+        return self.kind(text)
+
+    def coerce(self, value):
+        """A face's value (e.g. a NumPy scalar from scikit-learn) as the config stores it."""
+        return value if value is None else self.kind(value)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One name of ``options``, the lookup table that owns the names (``ACTIVATIONS``...)."""
+
+    options: Collection[str]
+
+    def allows(self, value) -> bool:
+        return isinstance(value, str) and value in self.options
+
+    @property
+    def text(self) -> str:
+        return f"one of {sorted(self.options)}"
+
+    @property
+    def metavar(self) -> str:
+        return "{" + ",".join(self.options) + "}"
+
+    parse = staticmethod(str)
+    coerce = staticmethod(lambda value: value)
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Hidden layer widths: a non-empty sequence of positive Python ints."""
+
+    text = "a list of positive integers such as 1000,1000,1000"
+
+    def allows(self, value) -> bool:
+        return (isinstance(value, tuple | list) and len(value) > 0
+                and all(isinstance(h, int) and h >= 1 for h in value))
+
+    @staticmethod
+    def parse(text: str) -> tuple[int, ...]:
+        import argparse  # only the command line parses text
+
+        try:
+            sizes = tuple(int(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated positive widths such as 1000,1000,1000, got {text!r}")
+        return sizes
+
+    @staticmethod
+    def coerce(value):
+        """Any 1-D integer array-like (or one int) as a tuple of ints; else unchanged, so
+        that validation reports what came in."""
+        sizes = np.atleast_1d(np.asarray(value))
+        if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
+            return value
+        return tuple(int(h) for h in sizes)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A boolean (``0``/``1`` and NumPy booleans count as one)."""
+
+    text = "True or False"
+
+    @staticmethod
+    def allows(value) -> bool:
+        return isinstance(value, bool | int | np.bool_) and value in (True, False)
+
+    coerce = staticmethod(bool)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its rule, one line of help, and its name on each face.
+
+    ``flag``: the ``sparsetrain train`` option (``--no-...`` flags switch a default
+    True off); ``estimator``: the scikit-learn parameter name, or None where the
+    estimators fix it themselves (``loss``) or do not offer it; ``group``: the heading
+    of the option in ``--help``.
+    """
+
+    name: str
+    rule: Interval | Choice | Widths | Flag
+    help: str
+    flag: str
+    estimator: str | None
+    group: str | None = None
+
+    def check(self, value, name: str | None = None, owner: str | None = None) -> None:
+        """Raise the one message for this parameter unless ``value`` is allowed."""
+        if not self.rule.allows(value):
+            raise param_error(name or self.name, self.rule.text, value, owner=owner)
+
+
+_SAME = "<same>"
+_IP = "Importance Pruning of hidden neurons (SPEC 1.6)"
+
+
+def _param(default, rule, help: str, *, flag: str | None = None, estimator: str | None = _SAME,
+           group: str | None = None):
+    """A :class:`TrainConfig` field whose metadata is its :class:`Param` (named later)."""
+    spec = dict(rule=rule, help=help, flag=flag, estimator=estimator, group=group)
+    return dataclasses.field(default=default, metadata={"param": spec})
+
+
+# ---------------------------------------------------------------------------- the table
 
 
 @dataclass
@@ -50,73 +227,66 @@ class TrainConfig:
         the ``ip_percentile``-th percentile of its layer. ``ip_start=None``: no pruning.
     seed : int
         The one seed of the run.
+
+    The allowed values, help texts and option names of every field are in :data:`PARAMS`.
     """
 
-    hidden: tuple[int, ...] = (1000, 1000, 1000)
-    epsilon: float = 20.0
-    activation: str = "all-relu"
-    alpha: float = 0.6
-    dropout: float = 0.3
-    init: str = "he-uniform"
-    fan_in: str = "sparse"
-    loss: str = "cross-entropy"
-    epochs: int = 500
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    zeta: float = 0.3
-    regrow: str = "zero"
-    evolve_output: bool = True
-    ip_start: int | None = None
-    ip_step: int = 10
-    ip_percentile: float = 20.0
-    seed: int = 0
+    hidden: tuple[int, ...] = _param(
+        (1000, 1000, 1000), Widths(), "hidden widths, e.g. 1000,1000,1000",
+        estimator="hidden_layer_sizes")
+    epsilon: float = _param(
+        20.0, Interval(float, 0, None, "neither"), "Erdős–Rényi density parameter")
+    activation: str = _param(
+        "all-relu", Choice(ACTIVATIONS), "hidden activation")
+    alpha: float = _param(
+        0.6, Interval(float, None, None, "neither", noun="a finite float"),
+        "negative slope of All-ReLU / leaky ReLU")
+    dropout: float = _param(
+        0.3, Interval(float, 0, 1, "left"), "dropout rate of hidden layers")
+    init: str = _param(
+        "he-uniform", Choice(INITIALIZERS), "initialiser of new connections")
+    fan_in: str = _param(
+        "sparse", Choice(FAN_IN_MODES),
+        "fan-in the initialiser scales with (default sparse: mean fan-in; dense: n_in)")
+    loss: str = _param(
+        "cross-entropy", Choice(LOSSES), "output loss", estimator=None)
+    epochs: int = _param(
+        500, Interval(int, 1, None, "left"), "training epochs", estimator="max_iter")
+    batch_size: int = _param(
+        128, Interval(int, 1, None, "left"), "mini-batch size")
+    lr: float = _param(
+        0.01, Interval(float, 0, None, "neither"), "learning rate", estimator="learning_rate")
+    momentum: float = _param(
+        0.9, Interval(float, 0, 1, "left"), "SGD momentum")
+    weight_decay: float = _param(
+        2e-4, Interval(float, 0, None, "left"), "L2 penalty on connection values")
+    zeta: float = _param(
+        0.3, Interval(float, 0, 1, "left"), "fraction rewired by SET each epoch")
+    regrow: str = _param(
+        "zero", Choice(REGROW), "value of regrown connections (default zero)",
+        estimator=None)
+    evolve_output: bool = _param(
+        True, Flag(), "keep the output layer's topology fixed", flag="--no-evolve-output")
+    ip_start: int | None = _param(
+        None, Interval(int, 1, None, "left", noun="an epoch number",
+                       none="no Importance Pruning"),
+        "first epoch after which to prune", estimator=None, group=_IP)
+    ip_step: int = _param(
+        10, Interval(int, 1, None, "left"), "epochs between pruning steps (10)",
+        estimator=None, group=_IP)
+    ip_percentile: float = _param(
+        20.0, Interval(float, 0, 100, "both", noun="a percentile"),
+        "prune neurons at or below this percentile of importance (20)", estimator=None,
+        group=_IP)
+    seed: int = _param(
+        0, Interval(int, 0, None, "left"), "the one seed of the run", estimator=None)
 
-    def validate(self) -> TrainConfig:
-        """Check every field; raise :class:`SparsetrainError` naming the first bad one."""
-        def bad(name, allowed, got):
-            raise SparsetrainError(f"The '{name}' parameter must be {allowed}. Got {got!r} instead.")
-
-        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            bad("hidden", "a list of positive integers such as 1000,1000,1000", self.hidden)
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            bad("epsilon", "a float in (0, inf)", self.epsilon)
-        if self.activation not in ACTIVATIONS:
-            bad("activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
-        if not math.isfinite(self.alpha):
-            bad("alpha", "a finite float", self.alpha)
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "a float in [0, 1)", self.dropout)
-        if self.init not in INITIALIZERS:
-            bad("init", f"one of {sorted(INITIALIZERS)}", self.init)
-        if self.fan_in not in FAN_IN_MODES:
-            bad("fan_in", f"one of {list(FAN_IN_MODES)}", self.fan_in)
-        if self.loss not in LOSSES:
-            bad("loss", f"one of {list(LOSSES)}", self.loss)
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad("epochs", "an integer >= 1", self.epochs)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            bad("batch_size", "an integer >= 1", self.batch_size)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            bad("lr", "a float in (0, inf)", self.lr)
-        if not 0.0 <= self.momentum < 1.0:
-            bad("momentum", "a float in [0, 1)", self.momentum)
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            bad("weight_decay", "a float in [0, inf)", self.weight_decay)
-        if not 0.0 <= self.zeta < 1.0:
-            bad("zeta", "a float in [0, 1)", self.zeta)
-        if self.ip_start is not None and (not isinstance(self.ip_start, int) or self.ip_start < 1):
-            bad("ip_start", "an epoch number >= 1 (or None for no Importance Pruning)",
-                self.ip_start)
-        if not isinstance(self.ip_step, int) or self.ip_step < 1:
-            bad("ip_step", "an integer >= 1 (epochs between pruning steps)", self.ip_step)
-        if not (isinstance(self.ip_percentile, int | float) and 0 <= self.ip_percentile <= 100):
-            bad("ip_percentile", "a percentile in [0, 100]", self.ip_percentile)
-        if self.regrow not in ("zero", "init"):
-            bad("regrow", "'zero' or 'init'", self.regrow)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            bad("seed", "an integer >= 0", self.seed)
+    def validate(self, *, names: Mapping[str, str] | None = None,
+                 owner: str | None = None) -> TrainConfig:
+        """Check every field against :data:`PARAMS`; raise :class:`SparsetrainError`
+        naming the first bad one (as ``names[field]`` where given, of ``owner``)."""
+        for name, param in PARAMS.items():
+            param.check(getattr(self, name), (names or {}).get(name), owner)
         return self
 
     def to_dict(self) -> dict:
@@ -126,14 +296,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - set(PARAMS)
         if unknown:
-            raise SparsetrainError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+            raise SparsetrainError(f"unknown training options {sorted(unknown)}; "
+                                   f"known: {sorted(PARAMS)}")
         d = dict(d)
         if "hidden" in d:
             d["hidden"] = tuple(int(h) for h in d["hidden"])
         return cls(**d)
+
+
+def _named(field: dataclasses.Field) -> Param:
+    spec = dict(field.metadata["param"])
+    if spec["flag"] is None:
+        spec["flag"] = "--" + field.name.replace("_", "-")
+    if spec["estimator"] == _SAME:
+        spec["estimator"] = field.name
+    return Param(field.name, **spec)
+
+
+#: Every hyperparameter of :class:`TrainConfig`, in field order: name -> :class:`Param`.
+PARAMS: dict[str, Param] = {f.name: _named(f) for f in dataclasses.fields(TrainConfig)}
+
+
+def train_default(name: str) -> Any:
+    """The default of the :class:`TrainConfig` field ``name``."""
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 #: Paper settings per dataset (SPEC 1.7): overrides of the defaults above.
@@ -160,7 +348,7 @@ def make_config(dataset: str | None, preset: str = "paper", **overrides) -> Trai
     """Defaults, then the dataset's ``paper`` preset (if any and asked for), then ``overrides``
     (``None`` values are ignored)."""
     if preset not in ("paper", "none"):
-        raise SparsetrainError(f"The 'preset' parameter must be 'paper' or 'none'. Got {preset!r} instead.")
+        raise param_error("preset", "'paper' or 'none'", preset)
     values = {}
     if preset == "paper" and dataset in PRESETS:
         values.update(PRESETS[dataset])

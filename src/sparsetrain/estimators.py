@@ -39,17 +39,33 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.utils import _param_validation as skl
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .activations import ACTIVATIONS
-from .config import TrainConfig
-from .layers import FAN_IN_MODES, INITIALIZERS, er_density
+from .config import PARAMS, Choice, Flag, Interval, TrainConfig, Widths
+from .layers import er_density
 from .trainer import Trainer, build_model
 
 __all__ = ["SETMLPClassifier", "SETMLPRegressor"]
+
+#: TrainConfig field -> estimator parameter, for the messages of TrainConfig.validate.
+_ESTIMATOR_NAMES = {p.name: p.estimator for p in PARAMS.values() if p.estimator}
+
+
+def _constraint(rule) -> list:
+    """scikit-learn's ``_parameter_constraints`` entry for a :data:`PARAMS` rule (the
+    finer checks, e.g. finiteness, are :meth:`TrainConfig.validate`'s in ``fit``)."""
+    if isinstance(rule, Widths):
+        return ["array-like", skl.Interval(Integral, 1, None, closed="left")]
+    if isinstance(rule, Flag):
+        return ["boolean"]
+    if isinstance(rule, Choice):
+        return [skl.StrOptions(set(rule.options))]
+    assert isinstance(rule, Interval)
+    return [skl.Interval(Integral if rule.kind is int else Real, rule.low, rule.high,
+                      closed=rule.closed)]
 
 
 class _BaseSETMLP(BaseEstimator):
@@ -92,20 +108,7 @@ class _BaseSETMLP(BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "alpha": [Interval(Real, None, None, closed="neither")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "init": [StrOptions(set(INITIALIZERS))],
-        "fan_in": [StrOptions(set(FAN_IN_MODES))],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "zeta": [Interval(Real, 0, 1, closed="left")],
-        "evolve_output": ["boolean"],
+        **{p.estimator: _constraint(p.rule) for p in PARAMS.values() if p.estimator},
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -135,25 +138,13 @@ class _BaseSETMLP(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ configuration
-    def _hidden(self) -> tuple[int, ...]:
-        sizes = np.atleast_1d(np.asarray(self.hidden_layer_sizes))
-        if sizes.ndim != 1 or sizes.size == 0 or not np.issubdtype(sizes.dtype, np.integer) \
-                or np.any(sizes < 1):
-            raise ValueError(
-                f"The 'hidden_layer_sizes' parameter of {type(self).__name__} must be a "
-                f"sequence of integers >= 1. Got {self.hidden_layer_sizes!r} instead.")
-        return tuple(int(h) for h in sizes)
-
     def _config(self, epochs: int, seed: int) -> TrainConfig:
-        """The :class:`TrainConfig` these hyperparameters mean (the CLI's options)."""
-        return TrainConfig(
-            hidden=self._hidden(), epsilon=float(self.epsilon), activation=self.activation,
-            alpha=float(self.alpha), dropout=float(self.dropout), init=self.init,
-            fan_in=self.fan_in, loss=self._loss, epochs=int(epochs),
-            batch_size=int(self.batch_size), lr=float(self.learning_rate),
-            momentum=float(self.momentum), weight_decay=float(self.weight_decay),
-            zeta=float(self.zeta), evolve_output=bool(self.evolve_output), seed=int(seed),
-        ).validate()
+        """The :class:`TrainConfig` these hyperparameters mean (the CLI's options), validated
+        with the estimator's parameter names in its messages."""
+        values = {p.name: p.rule.coerce(getattr(self, p.estimator))
+                  for p in PARAMS.values() if p.estimator}
+        values.update(loss=self._loss, epochs=int(epochs), seed=int(seed))
+        return TrainConfig(**values).validate(names=_ESTIMATOR_NAMES, owner=type(self).__name__)
 
     def _warn_capped(self, sizes: list[int]) -> None:
         capped = [f"{sizes[l]}->{sizes[l + 1]}" for l in range(len(sizes) - 2)
@@ -306,15 +297,12 @@ class SETMLPRegressor(RegressorMixin, _BaseSETMLP):
     _loss = "mse"
 
     def _encode_targets(self, y, first, classes):
-        y = np.asarray(y, np.float64)
-        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        # The targets' shape against the network's outputs is checked by the trainer
+        # (sparsetrain.data.check_targets), as for every other caller.
         if first:
-            self.n_outputs_ = n_outputs
+            self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
             self._y_ndim = y.ndim
-        elif n_outputs != self.n_outputs_:
-            raise ValueError(f"y has {n_outputs} outputs but the regressor was fitted "
-                             f"with {self.n_outputs_}.")
-        return y.reshape(y.shape[0], n_outputs), n_outputs
+        return y, self.n_outputs_
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
