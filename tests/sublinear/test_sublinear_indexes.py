@@ -159,21 +159,21 @@ def test_output_buffer_grows(rng):
 
 
 def test_bad_parameters_raise():
-    with pytest.raises(SparsetrainError, match="index must be one of"):
+    with pytest.raises(SparsetrainError, match="The 'index' parameter must be one of"):
         make_index("kd-forest")
     with pytest.raises(SparsetrainError, match="leaf_size"):
         make_index("halfspace-tree", leaf_size=0)
     with pytest.raises(SparsetrainError, match="unknown parameter"):
         make_index("brute-force", leaf_size=3)
     W = np.zeros((4, 2))
-    with pytest.raises(SparsetrainError, match="X_train is required"):
+    with pytest.raises(SparsetrainError, match="The 'X_train' parameter must be the training set"):
         make_index("correlation-tree").build(W, 0.1)
     idx = make_index("correlation-tree").build(W, 0.1, np.eye(2))
-    with pytest.raises(SparsetrainError, match="ids is required"):
+    with pytest.raises(SparsetrainError, match="The 'ids' parameter must be the training-set row of each"):
         idx.query(np.eye(2))
-    with pytest.raises(SparsetrainError, match="W must be a 2-D float64"):
+    with pytest.raises(SparsetrainError, match="The 'W' parameter must be a 2-D float64"):
         make_index("brute-force").build(W.astype(np.float32), 0.1)
-    with pytest.raises(SparsetrainError, match="X must have shape"):
+    with pytest.raises(SparsetrainError, match=r"The 'X' parameter must be an array of shape \(B, 2\)"):
         make_index("brute-force").build(W, 0.1).query(np.ones((2, 3)))
 
 
@@ -288,5 +288,5 @@ def test_wrong_or_missing_coefficients_fall_back_to_direct():
     got, want = fired_lists(idx, X), truth_sets(W, X, 0.9)
     for q in range(n):
         np.testing.assert_array_equal(got[q], want[q])
-    with pytest.raises(SparsetrainError, match="coefs must be a SpanUpdate"):
+    with pytest.raises(SparsetrainError, match="The 'coefs' parameter must be a SpanUpdate"):
         idx.update(rows, None, SpanUpdate(ids, np.array([0, 1]), rows, np.array([0.1])))

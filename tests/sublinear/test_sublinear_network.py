@@ -35,7 +35,7 @@ def test_init_is_seeded_and_shaped():
     np.testing.assert_array_equal(a.W, b.W)
     assert set(np.unique(a.a)) <= {-1.0, 1.0}
     assert a.W.shape == (100, 3) and a.shift == default_shift(100)
-    with pytest.raises(SparsetrainError, match="width must be an integer >= 1"):
+    with pytest.raises(SparsetrainError, match="The 'width' parameter must be an integer >= 1"):
         ShiftedReLUNetwork.init(0, 3)
 
 

@@ -61,13 +61,13 @@ def test_same_seed_same_result(problem):
 
 def test_bad_arguments(problem):
     X, y, net = problem
-    with pytest.raises(SparsetrainError, match="index must be 'dense' or one of"):
+    with pytest.raises(SparsetrainError, match=r"The 'index' parameter must be one of \['dense', "):
         train_sgd(net, X, y, index="nope")
-    with pytest.raises(SparsetrainError, match="lr must be a float"):
+    with pytest.raises(SparsetrainError, match="The 'lr' parameter must be a float"):
         train_sgd(net, X, y, lr=-1.0)
-    with pytest.raises(SparsetrainError, match="batch_size must be at most"):
+    with pytest.raises(SparsetrainError, match="The 'batch_size' parameter must be at most"):
         train_sgd(net, X, y, batch_size=1000)
-    with pytest.raises(SparsetrainError, match="X must have shape"):
+    with pytest.raises(SparsetrainError, match=r"The 'X' parameter must be an array of shape \(n, "):
         train_sgd(net, X[:, :3], y)
 
 

@@ -67,8 +67,9 @@ from scipy import linalg as sla
 
 from ..errors import NonFiniteLossError, SparsetrainError
 from . import _kernels as kernels
-from .indexes import make_index
-from .network import ShiftedReLUNetwork
+from ._checks import check_choice, check_float, check_int, check_xy, invalid
+from .indexes import EXACT_INDEXES, make_index
+from .network import ShiftedReLUNetwork, fired_sets
 from .sketch import (
     DEFAULT_CG_TOL,
     DEFAULT_SKETCH,
@@ -160,7 +161,9 @@ def damped_solve(K: np.ndarray, r: np.ndarray, damping: float = DEFAULT_DAMPING)
             DampingWarning,
             stacklevel=3,
         )
-    raise SparsetrainError("J J^T could not be factorised even with large damping; check X for NaN or inf.")
+    raise SparsetrainError(
+        f"J J^T could not be factorised even with damping lambda = {lam:.3g}; check X for NaN or inf."
+    )
 
 
 def _lambda(K: np.ndarray, damping: float) -> float:
@@ -253,10 +256,7 @@ class SketchGN(DenseGN):
         A = Z > self.b
         f = np.maximum(Z - self.b, 0.0) @ self.a / math.sqrt(self.m)
         res = f - self.y
-        ii, rr = np.nonzero(A)  # row-major: CSR over inputs, ascending neurons
-        indptr = np.zeros(self.n + 1, np.int64)
-        np.cumsum(np.bincount(ii, minlength=self.n), out=indptr[1:])
-        indices = rr.astype(np.int64)
+        indptr, indices = fired_sets(A)  # CSR over inputs, ascending neurons
         t1 = time.perf_counter()
         g, lam, its, tj = _sketch_cg_solve(self, (indptr, indices), res)
         t2 = time.perf_counter()
@@ -332,8 +332,7 @@ class SublinearGN(_GNBase):
     def __init__(self, net, X, y, *, index="correlation-tree", index_params=None, solver="direct",
                  sketch=DEFAULT_SKETCH, sketch_size=None, cg_tol=DEFAULT_CG_TOL, **kw):  # fmt: skip
         super().__init__(net, X, y, **kw)
-        if solver not in ("direct", "sketch-cg"):
-            raise SparsetrainError(f"solver must be 'direct' or 'sketch-cg'; got {solver!r}.")
+        check_choice("solver", solver, ("direct", "sketch-cg"))
         self.solver = solver
         self.sketch = sketch
         self.sketch_size = DEFAULT_SKETCH_FACTOR * self.n if sketch_size is None else sketch_size
@@ -342,7 +341,7 @@ class SublinearGN(_GNBase):
         self.W0 = net.W.copy()  # (m, d) w_r(0); net.W becomes the index's materialised copy
         self.index = make_index(index, **(index_params or {})).build(net.W, self.b, X)
         if not self.index.exact:
-            raise SparsetrainError(f"index must be exact for Gauss-Newton; got the approximate {index!r}.")
+            raise invalid("index", f"an exact index for Gauss-Newton (one of {list(EXACT_INDEXES)})", index)
         self._ids = np.arange(self.n, dtype=np.int64)
         # implicit part: union pattern of pairs that ever fired, sorted keys r n + i
         self.ukeys = np.empty(0, np.int64)
@@ -450,20 +449,6 @@ class GNResult:
     solver: Any = None
 
 
-def _check(net, X, y):
-    if not isinstance(net, ShiftedReLUNetwork):
-        raise SparsetrainError(f"net must be a ShiftedReLUNetwork; got {type(net).__name__}.")
-    X = np.ascontiguousarray(X, np.float64)
-    y = np.ascontiguousarray(y, np.float64)
-    if X.ndim != 2 or X.shape[1] != net.dim or X.shape[0] < 1:
-        raise SparsetrainError(f"X must have shape (n, {net.dim}) with n >= 1; got {X.shape}.")
-    if y.shape != (X.shape[0],):
-        raise SparsetrainError(f"y must have shape ({X.shape[0]},); got {y.shape}.")
-    if not (np.isfinite(X).all() and np.isfinite(y).all()):
-        raise SparsetrainError("X and y must be finite; got NaN or inf values.")
-    return X, y
-
-
 def train_gn(
     net: ShiftedReLUNetwork,
     X: np.ndarray,
@@ -508,29 +493,25 @@ def train_gn(
         (default ``1e-10``).  ``gn-sublinear``: ``index_params``, ``solver``
         (``direct`` | ``sketch-cg``) and the sketch options.
     """
-    if method not in GN_METHODS:
-        raise SparsetrainError(f"method must be one of {', '.join(GN_METHODS)}; got {method!r}.")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise SparsetrainError(f"lr must be a float in (0, inf); got {lr!r}.")
-    if not (isinstance(damping, int | float) and damping >= 0 and math.isfinite(damping)):
-        raise SparsetrainError(f"damping must be a float in [0, inf); got {damping!r}.")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 0:
-        raise SparsetrainError(f"n_iter must be an integer >= 0; got {n_iter!r}.")
-    if "sketch" in method_params and method_params["sketch"] not in SKETCHES:
-        raise SparsetrainError(
-            f"sketch must be one of {', '.join(SKETCHES)}; got {method_params['sketch']!r}."
-        )
-    cg_tol = method_params.get("cg_tol", DEFAULT_CG_TOL)
-    if not (isinstance(cg_tol, int | float) and 0 < cg_tol < 1):
-        raise SparsetrainError(f"cg_tol must be a float in (0, 1); got {cg_tol!r}.")
-    X, y = _check(net, X, y)
+    check_choice("method", method, GN_METHODS)
+    check_float("lr", lr)
+    check_float("damping", damping, "[0, inf)")
+    check_int("n_iter", n_iter, minimum=0)
+    if "sketch" in method_params:
+        check_choice("sketch", method_params["sketch"], SKETCHES)
+    check_float("cg_tol", method_params.get("cg_tol", DEFAULT_CG_TOL), "(0, 1)")
+    if not isinstance(net, ShiftedReLUNetwork):
+        raise invalid("net", "a ShiftedReLUNetwork", net, shown=type(net).__name__)
+    X, y = check_xy(X, y, net.dim)
     rng = np.random.default_rng(seed)
     try:
         solver = GN_METHODS[method](
             net, X, y, damping=float(damping), parallel=parallel, rng=rng, **method_params
         )
     except TypeError as exc:
-        raise SparsetrainError(f"method {method!r} got an unknown parameter: {exc}.") from None
+        raise SparsetrainError(
+            f"The method {method!r} got an unknown parameter ({exc}); see the method_params of train_gn."
+        ) from None
     result = GNResult(net=net, history={c: [] for c in GN_COLUMNS}, t_build=solver.t_build, solver=solver)
     h = result.history
     it = range(n_iter)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import SparsetrainError
 from . import _kernels as K
+from ._checks import check_choice, check_float, check_int, invalid
 
 __all__ = [
     "INDEXES",
@@ -51,15 +52,14 @@ __all__ = [
 
 
 def _check_weights(W: np.ndarray) -> None:
+    """The index reads ``W`` in place, so it must already be the kernels' layout (no copy)."""
     if not (isinstance(W, np.ndarray) and W.ndim == 2 and W.dtype == np.float64):
-        raise SparsetrainError(
-            f"W must be a 2-D float64 array (m, d); got {type(W).__name__} "
-            f"{getattr(W, 'dtype', '')} with shape {getattr(W, 'shape', None)}."
-        )
+        shown = f"{type(W).__name__} {getattr(W, 'dtype', '')} with shape {getattr(W, 'shape', None)}"
+        raise invalid("W", "a 2-D float64 array (m, d)", W, shown=shown)
     if not W.flags.c_contiguous:
-        raise SparsetrainError("W must be C-contiguous; got a strided view (use np.ascontiguousarray).")
+        raise invalid("W", "C-contiguous", W, shown="a strided view", fix="Use np.ascontiguousarray(W).")
     if W.shape[0] < 1 or W.shape[1] < 1:
-        raise SparsetrainError(f"W must have m >= 1 rows and d >= 1 columns; got shape {W.shape}.")
+        raise invalid("W", "an array with m >= 1 rows and d >= 1 columns", W, shown=f"shape {W.shape}")
 
 
 def _as_queries(X: np.ndarray, d: int) -> np.ndarray:
@@ -67,14 +67,8 @@ def _as_queries(X: np.ndarray, d: int) -> np.ndarray:
     if X.ndim == 1:
         X = X[None, :]
     if X.ndim != 2 or X.shape[1] != d:
-        raise SparsetrainError(f"X must have shape (B, {d}); got {X.shape}.")
+        raise invalid("X", f"an array of shape (B, {d})", X, shown=f"shape {X.shape}")
     return X
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise SparsetrainError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def _to_csr(out: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +141,7 @@ class FiredIndex:
     def _common_build(self, W: np.ndarray, shift: float) -> None:
         _check_weights(W)
         if not math.isfinite(float(shift)):
-            raise SparsetrainError(f"shift must be a finite float; got {shift!r}.")
+            raise invalid("shift", "a finite float", shift)
         self.W = W
         self.shift = float(shift)
         self.m, self.d = W.shape
@@ -198,7 +192,7 @@ class BruteForceIndex(FiredIndex):
 
     def __init__(self, block: int = 65536) -> None:
         super().__init__()
-        self.block = _positive_int("block", block)
+        self.block = check_int("block", block)
 
     def build(self, W, shift, X_train=None):
         self._common_build(W, shift)
@@ -261,9 +255,9 @@ class HalfspaceTreeIndex(FiredIndex):
 
     def __init__(self, leaf_size: int = 32, rebuild_factor: float = 1.0) -> None:
         super().__init__()
-        self.leaf_size = _positive_int("leaf_size", leaf_size)
+        self.leaf_size = check_int("leaf_size", leaf_size)
         if not (isinstance(rebuild_factor, int | float) and rebuild_factor > 0):
-            raise SparsetrainError(f"rebuild_factor must be a float in (0, inf); got {rebuild_factor!r}.")
+            raise invalid("rebuild_factor", "a float in (0, inf]", rebuild_factor)
         self.rebuild_factor = float(rebuild_factor)
 
     def build(self, W, shift, X_train=None):
@@ -386,24 +380,24 @@ class CorrelationTreeIndex(FiredIndex):
         gram_max_n: int = 8192,
     ) -> None:
         super().__init__()
-        self.fanout = _positive_int("fanout", fanout, minimum=2)
-        if not (isinstance(radius, int | float) and radius >= 0 and math.isfinite(radius)):
-            raise SparsetrainError(f"radius must be a float in [0, inf); got {radius!r}.")
-        self.radius = float(radius)
-        self.leaf_block = _positive_int("leaf_block", leaf_block)
-        self.span_slots = _positive_int("span_slots", span_slots, minimum=0)
-        self.gram_max_n = _positive_int("gram_max_n", gram_max_n, minimum=0)
+        self.fanout = check_int("fanout", fanout, minimum=2)
+        self.radius = check_float("radius", radius, "[0, inf)")
+        self.leaf_block = check_int("leaf_block", leaf_block)
+        self.span_slots = check_int("span_slots", span_slots, minimum=0)
+        self.gram_max_n = check_int("gram_max_n", gram_max_n, minimum=0)
 
     def build(self, W, shift, X_train=None):
         self._common_build(W, shift)
         if X_train is None:
-            raise SparsetrainError(
-                "X_train is required by the correlation-tree index (it indexes a fixed "
-                "training set); got None."
-            )
+            raise invalid("X_train", "the training set (n, d) this index is built over", None)
         X_train = np.ascontiguousarray(X_train, np.float64)
         if X_train.ndim != 2 or X_train.shape[1] != self.d or X_train.shape[0] < 1:
-            raise SparsetrainError(f"X_train must have shape (n, {self.d}) with n >= 1; got {X_train.shape}.")
+            raise invalid(
+                "X_train",
+                f"an array of shape (n, {self.d}) with n >= 1",
+                X_train,
+                shown=f"shape {X_train.shape}",
+            )
         self._X = X_train
         self.n = X_train.shape[0]
         self._xnorm = np.linalg.norm(X_train, axis=1)  # (n,)
@@ -444,13 +438,10 @@ class CorrelationTreeIndex(FiredIndex):
         X = _as_queries(X, self.d)
         B = X.shape[0]
         if ids is None:
-            raise SparsetrainError(
-                "ids is required by the correlation-tree index (rows of the training set "
-                "for each query); got None."
-            )
+            raise invalid("ids", "the training-set row of each query (the index answers for those)", None)
         ids = np.ascontiguousarray(ids, np.int64)
         if ids.shape != (B,) or (B and (ids.min() < 0 or ids.max() >= self.n)):
-            raise SparsetrainError(f"ids must be {B} training-set rows in [0, {self.n}); got {ids!r}.")
+            raise invalid("ids", f"{B} training-set rows in [0, {self.n})", ids)
         tol = self._tol()
 
         def attempt(cap):
@@ -487,10 +478,13 @@ class CorrelationTreeIndex(FiredIndex):
             or indptr[-1] != indices.shape[0] or (B and (ids.min() < 0 or ids.max() >= self.n))
             or (indices.size and (indices.min() < 0 or indices.max() >= self.m))
         ):  # fmt: skip
-            raise SparsetrainError(
-                "coefs must be a SpanUpdate(ids (B,) in [0, n), indptr (B+1,) from 0 to nnz, "
-                f"indices (nnz,) in [0, m), query_coef (B,), row_coef (m,) or None); got ids "
-                f"{ids.shape}, indptr {indptr.shape}, indices {indices.shape}, query_coef {qc.shape}."
+            raise invalid(
+                "coefs",
+                "a SpanUpdate(ids (B,) in [0, n), indptr (B+1,) from 0 to nnz, indices (nnz,) "
+                "in [0, m), query_coef (B,), row_coef (m,) or None)",
+                coefs,
+                shown=f"ids {ids.shape}, indptr {indptr.shape}, indices {indices.shape}, "
+                f"query_coef {qc.shape}",
             )
         if rc is None:
             if self._ones is None:
@@ -498,7 +492,9 @@ class CorrelationTreeIndex(FiredIndex):
             rc = self._ones
         rc = np.ascontiguousarray(rc, np.float64)
         if rc.shape != (self.m,):
-            raise SparsetrainError(f"coefs.row_coef must have shape ({self.m},) or be None; got {rc.shape}.")
+            raise invalid(
+                "coefs.row_coef", f"an array of shape ({self.m},) or None", rc, shown=f"shape {rc.shape}"
+            )
         return True, ids, indptr, indices, qc, rc
 
     def update(self, rows, step_norms=None, coefs=None):
@@ -523,7 +519,9 @@ class CorrelationTreeIndex(FiredIndex):
         exact = step_norms is None
         norms = np.zeros(0) if exact else np.ascontiguousarray(step_norms, np.float64)
         if not exact and norms.shape != rows.shape:
-            raise SparsetrainError(f"step_norms must have shape {rows.shape}; got {norms.shape}.")
+            raise invalid(
+                "step_norms", f"an array of shape {rows.shape}", norms, shown=f"shape {norms.shape}"
+            )
         far, dmax = K.ct_note_update(
             self.W, rows, norms, exact, self._Wref, self._drift, self.radius, self._wref_max,
             has_c, cids, cptr, cidx, qc, rc, self._slot_cnt, self._slot_ids, self._slot_c, self._mark,
@@ -574,11 +572,11 @@ class SimHashLSHIndex(FiredIndex):
 
     def __init__(self, n_tables: int = 32, n_bits: int | None = None, seed: int = 0) -> None:
         super().__init__()
-        self.n_tables = _positive_int("n_tables", n_tables)
+        self.n_tables = check_int("n_tables", n_tables)
         if n_bits is not None:
-            n_bits = _positive_int("n_bits", n_bits)
+            n_bits = check_int("n_bits", n_bits)
             if n_bits > 30:
-                raise SparsetrainError(f"n_bits must be an integer in [1, 30]; got {n_bits}.")
+                raise invalid("n_bits", "an integer in [1, 30] or None", n_bits)
         self.n_bits = n_bits
         self.seed = seed
 
@@ -641,12 +639,14 @@ EXACT_INDEXES = tuple(name for name, cls in INDEXES.items() if cls.exact)
 
 def make_index(name: str, **params: Any) -> FiredIndex:
     """Instantiate the index ``name`` from :data:`INDEXES` with ``params``."""
-    if name not in INDEXES:
-        raise SparsetrainError(f"index must be one of {', '.join(INDEXES)}; got {name!r}.")
+    check_choice("index", name, INDEXES)
     try:
         return INDEXES[name](**params)
     except TypeError as exc:
-        raise SparsetrainError(f"index {name!r} got an unknown parameter: {exc}.") from None
+        raise SparsetrainError(
+            f"The index {name!r} got an unknown parameter ({exc}); "
+            f"see the parameters of {INDEXES[name].__name__}."
+        ) from None
 
 
 def recall(got: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray]) -> float:

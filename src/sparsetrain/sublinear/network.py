@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SparsetrainError
 from . import _kernels as K
+from ._checks import check_int, invalid
 
 __all__ = [
     "ShiftedReLUNetwork",
@@ -30,6 +30,7 @@ __all__ = [
     "gaussian_tail",
     "dense_forward",
     "dense_gradient",
+    "fired_sets",
     "sparse_forward",
     "sparse_gradient",
 ]
@@ -61,6 +62,18 @@ def dense_gradient(
     M = (Z > shift) * (res[:, None] * a[None, :])  # (n, m) = res_i a_r 1[fired]
     G = M.T @ X / (X.shape[0] * math.sqrt(W.shape[0]))  # (m, d)
     return G, 0.5 * float(np.mean(res**2))
+
+
+def fired_sets(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fired sets as CSR over inputs from a dense firing matrix ``A`` (n, m) bool.
+
+    Returns ``indptr`` (n+1,) and ``indices`` (nnz,) int64, neurons ascending
+    within each input (``np.nonzero`` is row-major).
+    """
+    ii, rr = np.nonzero(A)
+    indptr = np.zeros(A.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(ii, minlength=A.shape[0]), out=indptr[1:])
+    return indptr, rr.astype(np.int64)
 
 
 def sparse_forward(
@@ -125,16 +138,14 @@ class ShiftedReLUNetwork:
         cls, width: int, dim: int, shift: float | None = None, seed: int | None = 0
     ) -> ShiftedReLUNetwork:
         """``w_r(0) ~ N(0, I_d)``, ``a_r ~ U{-1, +1}``, ``b = sqrt(0.4 ln m)`` unless given."""
-        for name, v in (("width", width), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise SparsetrainError(f"{name} must be an integer >= 1; got {v!r}.")
+        width, dim = check_int("width", width), check_int("dim", dim)
         if shift is None:
-            shift = default_shift(int(width))
+            shift = default_shift(width)
         elif not (isinstance(shift, int | float) and math.isfinite(shift)):
-            raise SparsetrainError(f"shift must be a finite float or None; got {shift!r}.")
+            raise invalid("shift", "a finite float or None", shift)
         rng = np.random.default_rng(seed)
-        W = rng.standard_normal((int(width), int(dim)))
-        a = rng.choice(np.array([-1.0, 1.0]), size=int(width))
+        W = rng.standard_normal((width, dim))
+        a = rng.choice(np.array([-1.0, 1.0]), size=width)
         return cls(W=W, a=a, shift=float(shift))
 
     @property

@@ -27,26 +27,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SparsetrainError
+from ._checks import check_choice, check_float, check_xy
 from .gauss_newton import DEFAULT_DAMPING, damped_solve, fired_gram
-from .network import ShiftedReLUNetwork
+from .network import ShiftedReLUNetwork, fired_sets
 
 __all__ = ["NTKResult", "ntk_regression", "ntk_gram", "NTK_KERNELS"]
-
-
-def _fired_csr(net: ShiftedReLUNetwork, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    A = X @ net.W.T > net.shift  # (n, m)
-    ii, rr = np.nonzero(A)
-    indptr = np.zeros(X.shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(ii, minlength=X.shape[0]), out=indptr[1:])
-    return indptr, rr.astype(np.int64)
 
 
 def _empirical(net, X, Z=None):
     """``Theta(X, X)`` or, with ``Z``, the cross kernel ``Theta(Z, X)`` (n_z, n)."""
     m = net.width
     if Z is None:
-        return fired_gram(_fired_csr(net, X), X @ X.T, m)
+        return fired_gram(fired_sets(X @ net.W.T > net.shift), X @ X.T, m)
     Az = (Z @ net.W.T > net.shift).astype(np.float64)  # (n_z, m)
     Ax = (X @ net.W.T > net.shift).astype(np.float64)  # (n, m)
     return (Az @ Ax.T) * (Z @ X.T) / m
@@ -79,8 +71,7 @@ NTK_KERNELS = {"empirical": _empirical, "analytic": _analytic}
 
 def ntk_gram(net: ShiftedReLUNetwork, X: np.ndarray, kernel: str = "empirical") -> np.ndarray:
     """``Theta(X, X)`` (n, n) of :data:`NTK_KERNELS` ``kernel``."""
-    if kernel not in NTK_KERNELS:
-        raise SparsetrainError(f"kernel must be one of {', '.join(NTK_KERNELS)}; got {kernel!r}.")
+    check_choice("kernel", kernel, NTK_KERNELS)
     return NTK_KERNELS[kernel](net, np.ascontiguousarray(X, np.float64))
 
 
@@ -112,14 +103,9 @@ def ntk_regression(
     y_test: np.ndarray | None = None,
 ) -> NTKResult:
     """Kernel ridge regression with the NTK of ``net`` at its current weights (see module doc)."""
-    if kernel not in NTK_KERNELS:
-        raise SparsetrainError(f"kernel must be one of {', '.join(NTK_KERNELS)}; got {kernel!r}.")
-    if not (isinstance(ridge, int | float) and ridge >= 0 and math.isfinite(ridge)):
-        raise SparsetrainError(f"ridge must be a float in [0, inf); got {ridge!r}.")
-    X = np.ascontiguousarray(X, np.float64)
-    y = np.ascontiguousarray(y, np.float64)
-    if X.ndim != 2 or X.shape[1] != net.dim or y.shape != (X.shape[0],):
-        raise SparsetrainError(f"X, y must have shapes (n, {net.dim}), (n,); got {X.shape}, {y.shape}.")
+    check_choice("kernel", kernel, NTK_KERNELS)
+    check_float("ridge", ridge, "[0, inf)")
+    X, y = check_xy(X, y, net.dim)
     t0 = time.perf_counter()
     f0 = net.predict(X)
     Th = NTK_KERNELS[kernel](net, X)  # (n, n)

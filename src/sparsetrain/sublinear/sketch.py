@@ -36,8 +36,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import linalg as sla
 
-from ..errors import SparsetrainError
 from . import _kernels as K
+from ._checks import check_choice, check_int, invalid
 
 __all__ = [
     "SKETCHES",
@@ -81,7 +81,7 @@ def _srht(s, indptr, indices, a, X, m, rng, parallel=True):
     n, d = X.shape
     N = 1 << max(0, math.ceil(math.log2(m * d)))
     if s > N:
-        raise SparsetrainError(f"sketch_size must be at most 2^ceil(log2(m d)) = {N} for srht; got {s}.")
+        raise invalid("sketch_size", f"at most 2^ceil(log2(m d)) = {N} for the srht sketch", s)
     dsign = rng.choice(np.array([-1.0, 1.0]), size=m * d)
     rows = np.sort(rng.choice(N, size=s, replace=False)).astype(np.int64)
     out = np.empty((s, n))
@@ -118,12 +118,10 @@ def sketch_jacobian_t(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``S J^T`` (s, n) for the sketch ``name`` of :data:`SKETCHES` (``E[S^T S] = I``)."""
-    if name not in SKETCHES:
-        raise SparsetrainError(f"sketch must be one of {', '.join(SKETCHES)}; got {name!r}.")
-    if isinstance(sketch_size, bool) or not isinstance(sketch_size, int | np.integer) or sketch_size < 1:
-        raise SparsetrainError(f"sketch_size must be an integer >= 1; got {sketch_size!r}.")
+    check_choice("sketch", name, SKETCHES)
+    sketch_size = check_int("sketch_size", sketch_size)
     indptr, indices = fired
-    return SKETCHES[name](int(sketch_size), indptr, indices, a, X, int(m), rng)
+    return SKETCHES[name](sketch_size, indptr, indices, a, X, int(m), rng)
 
 
 def sketch_preconditioner(SJt: np.ndarray, lam: float) -> np.ndarray:

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NonFiniteLossError, SparsetrainError
+from ..errors import NonFiniteLossError
 from . import _kernels as K
+from ._checks import check_choice, check_float, check_int, check_xy, invalid
 from .indexes import INDEXES, FiredIndex, SpanUpdate, make_index
 from .network import ShiftedReLUNetwork, dense_forward
 
@@ -65,18 +66,6 @@ class SGDResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     t_build: float = 0.0
     index: FiredIndex | None = None
-
-
-def _check_data(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    X = np.ascontiguousarray(X, np.float64)
-    y = np.ascontiguousarray(y, np.float64)
-    if X.ndim != 2 or X.shape[1] != d:
-        raise SparsetrainError(f"X must have shape (n, {d}) to match the network; got {X.shape}.")
-    if y.shape != (X.shape[0],):
-        raise SparsetrainError(f"y must have shape ({X.shape[0]},); got {y.shape}.")
-    if not (np.isfinite(X).all() and np.isfinite(y).all()):
-        raise SparsetrainError("X and y must be finite; got NaN or inf values.")
-    return X, y
 
 
 def train_sgd(
@@ -119,19 +108,15 @@ def train_sgd(
     progress : bool
         Show a tqdm progress bar.
     """
-    if index != DENSE and index not in INDEXES:
-        raise SparsetrainError(f"index must be 'dense' or one of {', '.join(INDEXES)}; got {index!r}.")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise SparsetrainError(f"lr must be a float in (0, inf); got {lr!r}.")
-    for name, v in (("batch_size", batch_size), ("n_iter", n_iter)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise SparsetrainError(f"{name} must be an integer >= 1; got {v!r}.")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
-        raise SparsetrainError(f"eval_every must be an integer >= 0; got {eval_every!r}.")
-    X, y = _check_data(X, y, net.dim)
+    check_choice("index", index, (DENSE, *INDEXES))
+    check_float("lr", lr)
+    check_int("batch_size", batch_size)
+    check_int("n_iter", n_iter)
+    check_int("eval_every", eval_every, minimum=0)
+    X, y = check_xy(X, y, net.dim)
     n = X.shape[0]
     if batch_size > n:
-        raise SparsetrainError(f"batch_size must be at most n = {n}; got {batch_size}.")
+        raise invalid("batch_size", f"at most n = {n}, the number of training rows", batch_size)
     W, a, b = net.W, net.a, float(net.shift)
     m = W.shape[0]
     rng = np.random.default_rng(seed)
