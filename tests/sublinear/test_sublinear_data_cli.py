@@ -30,7 +30,7 @@ def test_synthetic_is_unit_norm_and_seeded():
     np.testing.assert_array_equal(y, y2)
     _, s = synthetic(20, 3, labels="sign", seed=0)
     assert set(np.unique(s)) <= {-1.0, 1.0}
-    with pytest.raises(SparsetrainError, match="labels must be one of"):
+    with pytest.raises(SparsetrainError, match="The 'labels' parameter must be one of"):
         synthetic(5, 2, labels="xor")
 
 
@@ -44,8 +44,9 @@ def test_fashion_mnist_two_class(data_dir):
 
 def test_missing_data_dir_raises(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARSETRAIN_DATA", raising=False)
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "cache"))  # the search includes the cache
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataNotFoundError, match="data_dir must contain"):
+    with pytest.raises(DataNotFoundError, match="Dataset 'fashion-mnist' not found"):
         fashion_mnist_two_class(tmp_path / "nothing")
 
 
@@ -66,12 +67,12 @@ def test_cli_train_writes_run_folder(tmp_path):
 
 def test_cli_errors_are_sparsetrain_errors(capsys):
     args = parse(["sublinear", "train", "--index", "kd", "--no-progress"])
-    with pytest.raises(SparsetrainError, match="--index must be"):
+    with pytest.raises(SparsetrainError, match="The '--index' option must be one of"):
         args.func(args)
     assert main(["train", "--width", "0", "--no-progress"]) == 2
-    assert "--width must be an integer >= 1" in capsys.readouterr().err
+    assert "The '--width' option must be an integer >= 1" in capsys.readouterr().err
     assert main(["train", "--index-param", "radius", "--no-progress"]) == 2
-    assert "--index-param must look like KEY=VALUE" in capsys.readouterr().err
+    assert "The '--index-param' option must be KEY=VALUE" in capsys.readouterr().err
 
 
 def test_cli_train_fashion_mnist(tmp_path, data_dir):

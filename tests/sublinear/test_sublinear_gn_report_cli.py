@@ -28,7 +28,7 @@ def test_train_bad_sketch_is_one_line_error(capsys):
     rc = main(["train", "--method", "gn-sketch", "--sketch", "fjlt", "--width", "64", "--n", "8",
                "--no-progress"])  # fmt: skip
     assert rc == 2
-    assert "sketch must be one of" in capsys.readouterr().err
+    assert "The '--sketch' option must be one of" in capsys.readouterr().err
 
 
 def test_report_smoke(tmp_path):

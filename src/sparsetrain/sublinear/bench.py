@@ -18,7 +18,6 @@ recall against brute force, and sweep ``d`` for the half-space tree.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -28,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SparsetrainError
+from ..io import write_csv, write_text
+from ._checks import check_choice, invalid
 from .data import synthetic
 from .indexes import INDEXES, make_index, recall
 from .network import ShiftedReLUNetwork, default_shift, gaussian_tail
@@ -148,10 +148,9 @@ def run_sgd_bench(cfg: BenchConfig, out_dir: str | Path, progress: bool = True) 
     """Run the sweep, write CSV/PNG/Markdown into ``out_dir``, return the summary."""
     table = method_table()
     for meth in cfg.methods:
-        if meth not in table:
-            raise SparsetrainError(f"methods must be among {', '.join(table)}; got {meth!r}.")
+        check_choice("methods", meth, table)
     if DENSE not in cfg.methods:
-        raise SparsetrainError("methods must include 'dense' (the baseline); got " + repr(cfg.methods))
+        raise invalid("methods", "a tuple that includes 'dense' (the baseline)", cfg.methods)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_: None)
@@ -186,24 +185,16 @@ def run_sgd_bench(cfg: BenchConfig, out_dir: str | Path, progress: bool = True) 
         "fired_fraction", "bound_m_pow", "gaussian_tail", "neurons_updated", "nodes_visited",
         "pairs_refreshed", "recall",
     ]  # fmt: skip
-    _write_csv(out / "sgd_bench.csv", rows, cols)
+    write_csv(out / "sgd_bench.csv", rows, cols, float_format=".6g")
     d_rows = _d_trend(cfg, say) if cfg.d_sweep else []
     if d_rows:
-        _write_csv(out / "halfspace_d_trend.csv", d_rows, list(d_rows[0]))
+        write_csv(out / "halfspace_d_trend.csv", d_rows, list(d_rows[0]), float_format=".6g")
     summary = _summarise(rows, d_rows, cfg)
-    (out / "sgd_bench_summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "sgd_bench_summary.md").write_text(_summary_md(summary))
+    write_text(out / "sgd_bench_summary.json", json.dumps(summary, indent=2))
+    write_text(out / "sgd_bench_summary.md", _summary_md(summary))
     _plot(rows, d_rows, cfg, summary, out)
     summary["wall_s"] = time.perf_counter() - t_start
     return summary
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], cols: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:

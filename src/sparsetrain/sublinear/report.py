@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataNotFoundError
+from ..io import write_csv, write_text
 from .bench import fit_slope
 from .data import fashion_mnist_two_class, synthetic
 from .gauss_newton import train_gn
@@ -59,6 +60,19 @@ GN_COST = {
     "gn-sublinear": ("gn-sublinear", {}),
 }
 GN_VARIANTS = ("gn", "gn-sketch", "gn-sublinear")
+COST_COLUMNS = (
+    "method",
+    "m",
+    "seed",
+    "t_total",
+    "t_identify",
+    "t_maintain",
+    "t_jacobian",
+    "t_solve",
+    "t_build",
+    "density",
+    "flips",
+)
 
 
 @dataclass(frozen=True)
@@ -219,15 +233,7 @@ def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | N
             for meth in COST_METHODS:
                 rows.append(_cost_run(meth, X, y, 2**e, seed, cfg))
         log(f"[report] cost sweep m=2^{e} done ({time.perf_counter() - t_start:.0f}s)")
-    import csv
-
-    cols = ("method", "m", "seed", "t_total", "t_identify", "t_maintain", "t_jacobian", "t_solve", "t_build",
-            "density", "flips")  # fmt: skip
-    with open(out / "cost.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for r in rows:
-            w.writerow([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in cols])
+    write_csv(out / "cost.csv", rows, COST_COLUMNS, float_format=".6g")
     by = {mt: [r for r in rows if r["method"] == mt] for mt in COST_METHODS}
     slopes = {mt: fit_slope([r["m"] for r in rs], [r["t_total"] for r in rs]) for mt, rs in by.items()}
 
@@ -325,7 +331,7 @@ def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | N
         log(f"[report] Fashion-MNIST skipped: {exc}")
     wall = time.perf_counter() - t_start
     md = _markdown(cfg, quick, wall, rows, slopes, by, med, conv, shift_rows, fm, m_conv)
-    (out / "report.md").write_text(md)
+    write_text(out / "report.md", md)
     return dict(wall_s=wall, figures=figures, slopes=slopes, conv=conv, shift_rows=shift_rows)
 
 
