@@ -1,4 +1,7 @@
-"""WASAP-SGD and WASSP-SGD on Ray (SPEC 1.8): the driver, the actors, the Ray session.
+"""WASAP-SGD and WASSP-SGD on Ray (SPEC 1.8): the options and the driver.
+
+The actors are in :mod:`.actors`, the ways pushes travel in :mod:`.transports`, the Ray
+session in :mod:`.session`.
 
 Layout of a run with ``K`` workers:
 
@@ -28,12 +31,10 @@ dashboard) and stops it at the end; ``ray_address`` joins a running cluster inst
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass
 
@@ -44,32 +45,19 @@ from ..config import TrainConfig
 from ..errors import NonFiniteLossError, SparsetrainError
 from ..io import write_arrays
 from ..model import SparseMLP
-from ..optim import hyperparameters
 from ..schedule import METRIC_COLUMNS, metrics_row
 from ..trainer import Trainer
 from . import shm
-from ._kernels import SH_DONE, SH_FROZEN
-from .server import ParameterServer
-from .state import (
-    average_models,
-    bind_values,
-    full_state,
-    get_values,
-    map_gradient,
-    model_from_state,
-    topology_keys,
-    vector_size,
-)
-from .worker import Worker
+from .actors import actor_classes
+from .session import RaySession, import_ray
+from .state import average_models, full_state, model_from_state, vector_size
+from .transports import TRANSPORT_CLASSES
 
 MODES = ("wasap", "wassp")
 TRANSPORTS = ("auto", "shared", "shm", "ray")
 PARALLEL_COLUMNS = [*METRIC_COLUMNS, "phase", "workers", "samples_per_second", "bytes_moved",
                     "stale_updates", "mean_staleness", "dropped_updates", "dropped_entries",
                     "replica_test_accuracy", "events"]
-#: Actor calls carry arrays up to this size inline (no object-store round trip): a push
-#: of the Fashion-MNIST preset is about 0.5 MB each way.
-_INLINE_BYTES = 8 << 20
 
 
 @dataclass
@@ -158,369 +146,6 @@ class ParallelConfig:
         return "shared" if self.mode == "wasap" else "shm"
 
 
-# ---------------------------------------------------------------------- Ray plumbing
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise SparsetrainError("parallel training needs Ray: pip install -e \".[parallel]\" "
-                               "(or pip install 'ray>=2.9')") from None
-    return ray
-
-
-class RaySession:
-    """Context manager: an embedded Ray on this machine (loopback, no dashboard) unless Ray
-    is already initialised or ``address`` names a cluster; shut down on exit only if it
-    was started here."""
-
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        self.address = address
-        self.num_cpus = num_cpus
-        self.started = False
-
-    def __enter__(self):
-        ray = _import_ray()
-        if ray.is_initialized():
-            return self
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
-                      logging_level="error")
-        try:
-            if self.address:
-                ray.init(address=self.address, **kwargs)
-            else:
-                ray.init(address="local", num_cpus=self.num_cpus, _node_ip_address="127.0.0.1",
-                         _system_config={"max_direct_call_object_size": _INLINE_BYTES,
-                                         "task_rpc_inlined_bytes_limit": 8 * _INLINE_BYTES},
-                         **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {self.address!r}" if self.address else "an embedded Ray"
-            raise SparsetrainError(f"could not start or join {where}: {exc}") from None
-        self.started = True
-        return self
-
-    def __exit__(self, *exc):
-        if self.started:
-            _import_ray().shutdown()
-        return False
-
-
-_ACTORS = {}
-
-
-def _actors():
-    """The Ray actor classes (made on first use so that Ray stays an optional import)."""
-    if _ACTORS:
-        return _ACTORS["server"], _ACTORS["worker"]
-    ray = _import_ray()
-
-    class ServerActor:
-        """Forwards to a :class:`ParameterServer` under a lock; with mailboxes, a thread
-        serves the workers on this node, with a shared model a thread runs the epoch
-        ends, while Ray calls (status, full states, workers elsewhere) are served by the
-        actor's event loop."""
-
-        def __init__(self, kwargs, X_test, y_test, mailboxes, shared=None):
-            import numba
-
-            from .. import _kernels
-
-            numba.set_num_threads(1)
-            _kernels.enable_flush_to_zero()
-            kwargs["config"] = TrainConfig.from_dict(kwargs["config"])
-            self.s = ParameterServer(**kwargs, X_test=X_test, y_test=y_test)
-            self.lock = threading.Lock()
-            self._waiting = {}
-            self._event = asyncio.Event()
-            self.boxes = []
-            self._stop = threading.Event()
-            self.model_segment = None
-            if mailboxes is not None:
-                run_id, capacity = mailboxes
-                self.boxes = [shm.Mailbox(shm.Mailbox.path_for(run_id, r), capacity, create=True)
-                              for r in range(self.s.workers)]
-                threading.Thread(target=self._serve, daemon=True).start()
-            elif shared is not None:
-                run_id, capacity = shared
-                self.model_segment = shm.SharedModel(shm.SharedModel.path_for(run_id), capacity,
-                                                     create=True)
-                self.s.share(self.model_segment)
-                threading.Thread(target=self._serve_shared, daemon=True).start()
-
-        # -------------------------------------------------------------- shared model
-        def _serve_shared(self):
-            """The workers apply their own pushes; this thread runs the epoch ends."""
-            import numba
-
-            from .. import _kernels
-
-            numba.set_num_threads(1)
-            _kernels.enable_flush_to_zero()
-            seg = self.model_segment
-            while not self._stop.is_set():
-                if seg[SH_FROZEN] and not seg[SH_DONE]:
-                    with self.lock:
-                        self.s.shared_epoch_end()
-                else:
-                    time.sleep(1e-3)  # an epoch end waits at most this long
-
-        # -------------------------------------------------------------- mailboxes
-        def _answer(self, box, seq, version):
-            s = self.s
-            if s.done:
-                box.answer(seq, shm.DONE, s.version, s.total_updates)
-            elif version != s.version:
-                box.answer(seq, shm.FULL, s.version, s.total_updates)
-            else:
-                values = get_values(s.model, out=box.values[:vector_size(s.model)])
-                s.count_bytes(values.nbytes)
-                box.answer(seq, shm.VALUES, s.version, s.total_updates, size=values.shape[0])
-
-        def _serve(self):
-            import numba
-
-            from .. import _kernels
-
-            numba.set_num_threads(1)  # per thread: this one applies the updates
-            _kernels.enable_flush_to_zero()
-            sync = self.s.mode == "sync"
-            idle = 0
-            while not self._stop.is_set():
-                seqs = [box.pending() for box in self.boxes]
-                ready = [i for i, q in enumerate(seqs) if q]
-                if not ready or (sync and len(ready) < len(self.boxes)):
-                    # Pipelined workers collect an answer only after their next gradient
-                    # (milliseconds), so a short nap costs no throughput and leaves the
-                    # cores to them; spin briefly first for the synchronous case.
-                    idle += 1
-                    if idle > 20:
-                        time.sleep(2e-4)
-                    continue
-                idle = 0
-                with self.lock:
-                    if sync:
-                        pushes = [self.boxes[i].take() for i in ready]
-                        self.s.push_many(pushes)
-                        for i, p in zip(ready, pushes, strict=True):
-                            self._answer(self.boxes[i], seqs[i], p[0])
-                    else:
-                        for i in ready:
-                            version, grad, loss, n, step = self.boxes[i].take()
-                            self.s.apply_push(version, grad, loss, n, step)
-                            self._answer(self.boxes[i], seqs[i], version)
-
-        async def close(self):
-            self._stop.set()
-            for box in self.boxes:
-                box.close(unlink=True)
-            if self.model_segment is not None:
-                self.model_segment.path.unlink(missing_ok=True)
-
-        # -------------------------------------------------------------- Ray calls
-        async def push(self, version, grad, loss, n, step):
-            with self.lock:
-                return self.s.push(version, grad, loss, n, step)
-
-        async def push_sync(self, rank, version, grad, loss, n):
-            """Barrier: the K-th push of a step applies the mean; everyone gets the result.
-            A restarted worker's repeated push replaces its earlier one."""
-            self._waiting[rank] = (version, grad, loss, n)
-            if len(self._waiting) >= self.s.workers:
-                pushes, self._waiting = list(self._waiting.values()), {}
-                with self.lock:
-                    self.s.push_many(pushes)
-                event, self._event = self._event, asyncio.Event()
-                event.set()
-            else:
-                await self._event.wait()
-            with self.lock:
-                return self.s.reply(version)
-
-        async def full(self):
-            with self.lock:
-                return self.s.full()
-
-        async def status(self):
-            with self.lock:
-                st = self.s.status()
-                if self.model_segment is not None:
-                    st["updates"], st["total_updates"] = self.s.shared_counts()
-                return st
-
-        async def take_rows(self):
-            with self.lock:
-                return self.s.take_rows()
-
-        async def snapshot(self):
-            with self.lock:
-                return self.s.snapshot()
-
-        async def take_events(self):
-            with self.lock:
-                return self.s.take_events()
-
-        async def note_restart(self, rank):
-            with self.lock:
-                self.s.note_restart(rank)
-
-        async def note_start(self, rank, pid):
-            with self.lock:
-                self.s.note_start(rank, pid)
-
-    class WorkerActor:
-        def __init__(self, rank, X, y, config, threads, X_test, y_test):
-            import numba
-
-            from .. import _kernels
-
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            _kernels.enable_flush_to_zero()
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-            self.restarted = bool(restarted)
-            self.w = Worker(rank, X, y, TrainConfig.from_dict(config),
-                            start=int(time.time_ns() % (1 << 31)) if restarted else 0,
-                            X_test=X_test, y_test=y_test)
-
-        def pid(self):
-            return os.getpid()
-
-        def run_phase1(self, server, sync, pipeline, mailboxes=None, shared=None):
-            """Push gradients until the server says phase 1 is over; returns counters."""
-            if self.restarted:
-                ray.get(server.note_restart.remote(self.w.rank))
-                self.restarted = False
-            w = self.w
-            ray.get(server.note_start.remote(w.rank, os.getpid()))
-            w.receive(ray.get(server.full.remote()))
-            t0 = time.perf_counter()
-            if mailboxes is not None:
-                self._run_mailbox(server, sync, pipeline, mailboxes)
-            elif shared is not None:
-                self._run_shared(server, shared)
-            else:
-                self._run_ray(server, sync, pipeline)
-            return {"rank": w.rank, "steps": w.steps, "compute_seconds": w.compute_seconds,
-                    "seconds": time.perf_counter() - t0}
-
-        def _run_mailbox(self, server, sync, pipeline, mailboxes):
-            w = self.w
-            run_id, capacity = mailboxes
-            box = shm.Mailbox(shm.Mailbox.path_for(run_id, w.rank), capacity)
-            while box.pending():  # a push of this worker's previous life is being answered
-                time.sleep(1e-3)
-            seq = None
-            try:
-                while True:
-                    # The next gradient goes straight into the slot the server is not
-                    # reading (it may still be applying the previous push).
-                    loss, g, n, version, step = w.gradient(out=box.free_slot())
-                    if seq is not None:  # the answer to the previous push (pipelined)
-                        if self._take(box.wait_reply(seq), server):
-                            break
-                    seq = box.post(g, loss, n, version, step)
-                    if sync or not pipeline:
-                        reply, seq = box.wait_reply(seq), None
-                        if self._take(reply, server):
-                            break
-            finally:
-                box.close()
-
-        def _run_shared(self, server, shared):
-            """Apply every push to the server's shared model; after an epoch end, pull the
-            new topology and map the gradient computed on the old one onto it."""
-            from . import _kernels as K
-
-            w, cfg = self.w, self.w.config
-            run_id, capacity = shared
-            seg = shm.SharedModel(shm.SharedModel.path_for(run_id), capacity)
-            pid = os.getpid()
-            # The shared model serves asynchronous pushes only (ParameterServer.share
-            # refuses synchronous mode), and the asynchronous schedule is the constant lr:
-            # the same hyperparameters the server's own async pushes use.
-            lr, mom, wd = hyperparameters(cfg)
-            mine = np.empty(capacity, np.float32)  # the replica's values (its arrays view it)
-            gbuf = np.empty(capacity, np.float32)
-            bind_values(w.model, mine)
-            try:
-                while not seg[K.SH_DONE]:
-                    loss, g, n, version, step = w.gradient(out=gbuf)
-                    stale = dropped = 0
-                    t0 = time.perf_counter()
-                    while True:
-                        r = K.shared_push(seg.header, seg.stats, seg.values, seg.velocity, g,
-                                          mine, lr, mom, wd, pid, version, step, loss, n,
-                                          stale, dropped, 20000)
-                        if r > 0:
-                            w.step = int(r)  # the server's count once this update is in
-                            break
-                        if time.perf_counter() - t0 > 600:
-                            raise TimeoutError("the parameter server did not open the shared "
-                                               "model for 600 s")
-                        if r == -1:  # locked for long: its owner may have died
-                            seg.break_dead_lock()
-                            continue
-                        while (seg[K.SH_FROZEN] and not seg[K.SH_DONE]
-                               and time.perf_counter() - t0 < 600):
-                            time.sleep(1e-4)  # the server is ending an epoch
-                        if seg[K.SH_DONE]:
-                            break
-                        if seg[K.SH_VERSION] != w.version:  # a new topology: pull, map
-                            old = ([la.n_out for la in w.model.layers], topology_keys(w.model))
-                            w.receive(ray.get(server.full.remote()))
-                            bind_values(w.model, mine)
-                            g, dropped = map_gradient(old, w.model, g)
-                            if g is None:  # neurons were removed since: drop it
-                                K.shared_add(seg.header, K.SH_DROPPED_UPDATES, 1)
-                                break
-                            stale, version = 1, w.version
-            finally:
-                seg.close()
-
-        def _take(self, reply, server):
-            """Apply a mailbox answer to the replica; True when phase 1 is over."""
-            if reply["kind"] == shm.DONE:
-                return True
-            if reply["kind"] == shm.FULL:
-                self.w.receive(ray.get(server.full.remote()))
-            else:
-                self.w.receive({"values": reply["values"], "version": reply["version"],
-                                "step": reply["step"]})
-            return False
-
-        def _run_ray(self, server, sync, pipeline):
-            w = self.w
-            pending = None
-            while True:
-                loss, g, n, version, step = w.gradient()
-                if sync or not pipeline:
-                    reply = ray.get(server.push_sync.remote(w.rank, version, g, loss, n) if sync
-                                    else server.push.remote(version, g, loss, n, step))
-                else:  # pipelined: collect the previous answer after computing this gradient
-                    reply = ray.get(pending) if pending is not None else None
-                    pending = None
-                    if reply is None or not reply["done"]:
-                        if reply is not None:
-                            w.receive(reply)
-                        pending = server.push.remote(version, g, loss, n, step)
-                        continue
-                if reply["done"]:
-                    break
-                w.receive(reply)
-
-        def start_phase2(self, state):
-            self.w.receive({"state": state, "version": -1})
-
-        def local_epoch(self, epoch):
-            return self.w.local_epoch(epoch)
-
-        def state(self):
-            return full_state(self.w.model)
-
-    _ACTORS["server"] = ray.remote(num_cpus=0)(ServerActor)
-    _ACTORS["worker"] = ray.remote(num_cpus=1)(WorkerActor)
-    return _ACTORS["server"], _ACTORS["worker"]
-
-
 # ---------------------------------------------------------------------- the driver
 class ParallelTrainer(Trainer):
     """Runs a :class:`TrainConfig` with WASAP-SGD or WASSP-SGD; same outputs as
@@ -584,9 +209,9 @@ class ParallelTrainer(Trainer):
             raise SparsetrainError(f"{k} workers need at least {k} training samples; got {n}")
         self.model = model
         self._test = (X_test, y_test) if X_test is not None else None
-        ray = _import_ray()
+        ray = import_ray()
         with RaySession(par.ray_address, num_cpus=max(os.cpu_count() or 1, k)):
-            ServerActor, WorkerActor = _actors()
+            ServerActor, WorkerActor = actor_classes()
             perm = np.random.default_rng([cfg.seed, 0, 2]).permutation(n)
             shards = np.array_split(perm, k)
             test_ref = (ray.put(X_test), ray.put(y_test)) if X_test is not None else (None, None)
@@ -620,25 +245,19 @@ class ParallelTrainer(Trainer):
         return self.history
 
     def _phase1(self, model, workers, ServerActor, n, test_ref, bar):
-        ray = _import_ray()
+        ray = import_ray()
         cfg, par = self.config, self.parallel
-        mailboxes = shared = None
-        transport = par.resolved_transport()
-        if transport == "shm":
-            mailboxes = (shm.new_run_id(), vector_size(model))
-            self.mailbox_paths = [shm.Mailbox.path_for(mailboxes[0], r) for r in range(par.workers)]
-        elif transport == "shared":
-            shared = (shm.new_run_id(), vector_size(model))
-            self.mailbox_paths = [shm.SharedModel.path_for(shared[0])]
+        transport = TRANSPORT_CLASSES[par.resolved_transport()](shm.new_run_id(),
+                                                                vector_size(model))
+        self.mailbox_paths = transport.paths(par.workers)
         server = ServerActor.remote(dict(
             state=full_state(model), config=cfg.to_dict(), n_train=n, workers=par.workers,
             mode="sync" if par.mode == "wassp" else "async", phase1_epochs=par.phase1_epochs,
-            start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, mailboxes,
-            shared)
+            start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, transport)
         self.server = server
         try:
-            runs = [w.run_phase1.remote(server, par.mode == "wassp", par.pipeline, mailboxes,
-                                        shared) for w in workers]
+            runs = [w.run_phase1.remote(server, transport, par.mode == "wassp", par.pipeline)
+                    for w in workers]
             pending = list(runs)
             while True:
                 done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
@@ -678,7 +297,7 @@ class ParallelTrainer(Trainer):
         return model
 
     def _phase2(self, model, workers, bar):
-        ray = _import_ray()
+        ray = import_ray()
         cfg, par = self.config, self.parallel
         targets = [la.nnz for la in model.layers]
         state_ref = ray.put(full_state(model))
