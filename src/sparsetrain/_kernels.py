@@ -25,17 +25,14 @@ from __future__ import annotations
 import os
 import platform
 
-# OpenMP threads spin this long (GNU libgomp: iterations of a `pause` loop, ~20-40 us
-# here) at a barrier or between parallel regions before they sleep. The package sets
-# OMP_WAIT_POLICY=PASSIVE (sleep at once, see __init__.py) because the default spin
-# (300,000) made 2-thread training 6-20x slower next to a busy process; but on a virtual
-# machine a sleeping thread takes 0.1-0.5 ms to wake (its idle vCPU has halted), and a
-# training step runs two parallel regions ~30 us apart. One Fashion-MNIST training step
-# on the 2-vCPU VM, 2 threads (spin count: idle machine / next to a busy process):
-# 0: 0.87 / 1.30-1.45 ms; 1,000: 0.72 / 1.50-1.64; 2,000: 0.69 / 1.39-1.51;
-# 5,000: 0.70 / 1.62-1.82 (1 thread next to the busy process: 1.21-1.25 ms).
-# Read when libgomp loads (at the first parallel kernel, after this import); a value
-# already in the environment wins.
+# OpenMP threads spin this long (GNU libgomp: iterations of a `pause` loop) at a barrier
+# or between parallel regions before they sleep. The package sets OMP_WAIT_POLICY=PASSIVE
+# (sleep at once, see __init__.py) so that idle threads do not compete with other busy
+# processes for the cores; but a sleeping thread can take longer to wake than the gap
+# between the two parallel regions of a training step (on a virtual machine, its idle
+# vCPU has halted), and this short spin bridges that gap. The value was chosen from the
+# measurements in docs/benchmarks/kernel-notes.md. Read when libgomp loads (at the first
+# parallel kernel, after this import); a value already in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 import numba  # noqa: E402
@@ -98,9 +95,9 @@ def enable_flush_to_zero() -> bool:
     """Make every Numba worker thread and the calling thread flush subnormal floats to
     zero (x86 MXCSR FTZ + DAZ; like ``torch.set_flush_denormal(True)``), once per process.
 
-    Subnormal operands or results take a microcode path ~100x slower than normal
-    arithmetic; products of tiny deltas and small weights produce them during training
-    even when no stored array holds one. Side effect: NumPy float arithmetic in the
+    Subnormal operands or results take a slow microcode path on x86 (figures in
+    docs/benchmarks/kernel-notes.md); products of tiny deltas and small weights produce
+    them during training even when no stored array holds one. Side effect: NumPy float arithmetic in the
     calling thread flushes subnormals too. Returns whether it is enabled (False off x86).
     """
     global _FTZ_ENABLED
@@ -120,8 +117,8 @@ def enable_flush_to_zero() -> bool:
 # ---------------------------------------------------------------- dynamic scheduling
 # The fused kernels (mlp_forward, mlp_backward) run a whole pass (every layer) in ONE
 # parallel region instead of one region per kernel: on a virtual machine, a thread that
-# went to sleep between regions takes 0.1-0.5 ms to wake (measured on the project's
-# 2-vCPU VM), more than a layer's work. Inside the region, the layers are phases split
+# went to sleep between regions can take longer to wake than a layer's work (see
+# docs/benchmarks/kernel-notes.md). Inside the region, the layers are phases split
 # into chunks of a few rows; each thread takes the chunks of its own share of a phase
 # (atomic counters), then helps with what is left of the others' shares, and starts the
 # next phase once every chunk of this one is done. Waiting threads spin briefly, then
@@ -210,11 +207,10 @@ def _wait_at_least(state, slot, target):
     """Wait until ``state[slot] >= target``: re-read it ``_SPIN`` times, then yield the CPU
     between reads.
 
-    No ``pause`` instruction in the loop: on the project's VM, waits that spun on
-    ``pause`` put the machine, now and then for seconds, into a state where both threads
-    ran at half speed (2-thread training steps at ~60 instead of ~120 GFLOP/s in 5-38% of
-    15-second windows; 0-3% without ``pause``; measured interleaved), likely through
-    the hypervisor's pause-loop exiting, which traps a vCPU that spins on ``pause``.
+    No ``pause`` instruction in the loop: a hypervisor's pause-loop exiting traps a vCPU
+    that spins on ``pause``, and on a virtual machine such waits slowed both threads for
+    seconds at a time (docs/benchmarks/kernel-notes.md); re-reading the counter and then
+    yielding does not trigger it.
     """
     spins = 0
     while _atomic_load(state, slot) < target:
@@ -344,7 +340,7 @@ def _drop_threshold(drop_rate):
 # one AVX-512 register each) in registers while they walk a row's connections, written
 # as LLVM vector IR through llvmlite: written as plain Numba loops, LLVM re-loads and
 # re-stores the accumulators for every group of connections, because it cannot prove the
-# output row does not alias the rows it reads (measured 1.5-2x slower). LLVM lowers
+# output row does not alias the rows it reads (see docs/benchmarks/kernel-notes.md). LLVM lowers
 # <16 x float> to whatever the CPU has (one AVX-512 register, two AVX2 ones, ...).
 # Arrays must be C-contiguous; each block adds up its connections in storage order.
 
@@ -692,8 +688,8 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
     the backward pass multiplies the incoming delta by. ``dfac`` is written only
     when it has at least one column (pass a ``(0, 0)`` array to skip it).
 
-    The connection loop is unrolled by 8: one load/store of ``out[j, :]`` per
-    eight multiply-adds instead of one per connection.
+    Each block of up to 128 batch columns of ``out[j, :]`` stays in registers while the
+    row's connections are walked: one load and one store per block, not per connection.
 
     Shapes: a_prev (n_in, B), out and dfac (n_out, B).
     """

@@ -13,7 +13,7 @@ with learning rate :math:`\\eta` (``lr``), momentum :math:`m` and weight decay
 learning rate inside the velocity (``v`` holds ``-η`` times torch's buffer), which equals
 it for a constant :math:`\\eta`. One departure: a velocity of magnitude below the
 smallest normal float32 (:data:`TINY`) is stored as zero, so no subnormal value enters
-the next step's arithmetic (subnormal operands make x86 multiply-adds ~100x slower).
+the next step's arithmetic (subnormal operands take a slow microcode path on x86).
 
 :func:`momentum_velocity` is the rule itself, compiled once with exact IEEE float32
 arithmetic (no fast-math, so no fused multiply-add): the sequential kernels
@@ -36,9 +36,10 @@ import numba
 import numpy as np
 from numba import prange
 
-# Smallest normal float32. Subnormal operands make x86 multiply-adds ~100x slower; a
-# confident softmax underflows to them and they spread through deltas and momentum, so
-# values below this are flushed to zero where they arise (no information is lost).
+# Smallest normal float32. Subnormal operands take a slow microcode path on x86 (figures
+# in docs/benchmarks/kernel-notes.md); a confident softmax underflows to them and they
+# spread through deltas and momentum, so values below this are flushed to zero where they
+# arise (no information is lost).
 TINY = np.float32(np.finfo(np.float32).tiny)
 
 
