@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
-from .errors import SparsetrainError
+from .errors import SparsetrainError, param_error
 
 FAN_IN_MODES = ("sparse", "dense")
 
@@ -60,6 +60,32 @@ def largest_epsilon_text(n_in: int, n_out: int) -> str:
 def er_density(n_in: int, n_out: int, epsilon: float) -> float:
     """Erdős–Rényi connection probability ``epsilon * (n_in + n_out) / (n_in * n_out)`` (uncapped)."""
     return epsilon * (n_in + n_out) / (n_in * n_out)
+
+
+def check_er_density(epsilon: float, sizes, layers) -> None:
+    """Refuse an ``epsilon`` that is not positive, or that makes one of ``layers`` (indices
+    ``l`` of the ``sizes[l] -> sizes[l + 1]`` layers) denser than 1; the message gives the
+    largest epsilon that keeps all of them sparse.
+
+    The one density rule of :meth:`SparseLinear.erdos_renyi` and :meth:`SparseMLP.create`:
+    unlike the other hyperparameters (checked by ``TrainConfig``) it needs the layer sizes,
+    which only the model knows.
+    """
+    layers = list(layers)
+    q = min(layers, key=lambda q: sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]),
+            default=None)
+    largest = "inf" if q is None else largest_epsilon_text(sizes[q], sizes[q + 1])
+    if not epsilon > 0:  # also NaN
+        raise param_error("epsilon", "a float in (0, inf)" if q is None
+                          else f"a float in (0, {largest}] for these layer sizes", epsilon)
+    for l in layers:
+        p = er_density(sizes[l], sizes[l + 1], epsilon)
+        if p > 1.0:
+            raise param_error(
+                "epsilon", f"at most {largest} for these layer sizes", epsilon,
+                fix=f"It makes layer {l + 1} ({sizes[l]}->{sizes[l + 1]}) denser than 1 "
+                f"(density {p:.6g} = epsilon*(n_in+n_out)/(n_in*n_out)); use epsilon <= "
+                f"{largest} or wider layers.")
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
@@ -169,22 +195,14 @@ class SparseLinear:
         ``fan_in="sparse"`` scales the initialiser by the mean fan-in ``nnz / n_out``
         (the default, see README "Departures"); ``"dense"`` uses ``n_in`` as the paper's code.
         """
+        # Names select code (an unknown one has none to run): the message is TrainConfig's.
         if init not in INITIALIZERS:
-            raise SparsetrainError(
-                f"The 'init' parameter must be one of {sorted(INITIALIZERS)}. Got {init!r} instead."
-            )
+            raise param_error("init", f"one of {sorted(INITIALIZERS)}", init)
         if fan_in not in FAN_IN_MODES:
-            raise SparsetrainError(
-                f"The 'fan_in' parameter must be one of {list(FAN_IN_MODES)}. Got {fan_in!r} instead."
-            )
+            raise param_error("fan_in", f"one of {sorted(FAN_IN_MODES)}", fan_in)
+        if not allow_dense:
+            check_er_density(epsilon, [n_in, n_out], [0])
         p = er_density(n_in, n_out, epsilon)
-        if p > 1.0 and not allow_dense:
-            raise SparsetrainError(
-                f"epsilon={epsilon:g} gives the {n_in}->{n_out} layer a connection density of "
-                f"{p:.6g} > 1; use an epsilon of at most {largest_epsilon_text(n_in, n_out)} "
-                "for this layer "
-                f"(density = epsilon*(n_in+n_out)/(n_in*n_out))."
-            )
         n_total = n_in * n_out
         nnz = n_total if p >= 1.0 else max(1, int(round(p * n_total)))
         keys = sample_free_positions(rng, n_total, nnz)

@@ -38,8 +38,8 @@ import numpy as np
 
 from . import _kernels
 from .activations import get_activation
-from .errors import SparsetrainError
-from .layers import SparseLinear, er_density, largest_epsilon_text
+from .errors import SparsetrainError, param_error
+from .layers import SparseLinear, check_er_density
 
 LOSSES = ("cross-entropy", "mse")
 
@@ -93,16 +93,15 @@ class SparseMLP:
             if a.n_out != b.n_in:
                 raise SparsetrainError(
                     f"layer sizes do not chain: {a.n_out} outputs feed {b.n_in} inputs")
-        if not 0.0 <= dropout < 1.0:
-            raise SparsetrainError(f"The 'dropout' parameter must be in [0, 1). Got {dropout!r} instead.")
+        # Names select code (an unknown loss would silently run the other branch): refused
+        # with TrainConfig's message. Ranges of training hyperparameters such as dropout
+        # are TrainConfig's alone (see sparsetrain.config).
         if loss not in LOSSES:
-            raise SparsetrainError(
-                f"The 'loss' parameter must be one of {list(LOSSES)}. Got {loss!r} instead.")
+            raise param_error("loss", f"one of {sorted(LOSSES)}", loss)
         if task not in TASKS:
-            raise SparsetrainError(
-                f"The 'task' parameter must be one of {list(TASKS)}. Got {task!r} instead.")
+            raise param_error("task", f"one of {sorted(TASKS)}", task)
         if task == "regression" and loss != "mse":
-            raise SparsetrainError(f"A regression model needs loss='mse'. Got {loss!r} instead.")
+            raise param_error("loss", "'mse' for a regression model", loss)
         self.layers = list(layers)
         self.task = task
         self.activation = activation
@@ -148,19 +147,8 @@ class SparseMLP:
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise SparsetrainError(f"layer sizes must be >= 1 and at least two. Got {sizes}.")
-        if not epsilon > 0:
-            raise SparsetrainError(
-                f"The 'epsilon' parameter must be a float in (0, inf). Got {epsilon!r} instead.")
         last = len(sizes) - 2
-        for l in range(0 if cap_density else last):
-            p = er_density(sizes[l], sizes[l + 1], epsilon)
-            if p > 1.0:
-                q = min(range(last), key=lambda q: sizes[q] * sizes[q + 1] / (sizes[q] + sizes[q + 1]))
-                raise SparsetrainError(
-                    f"The 'epsilon' parameter ({epsilon:g}) makes layer {l + 1} "
-                    f"({sizes[l]}->{sizes[l + 1]}) denser than 1 (density {p:.6g}); "
-                    f"use epsilon <= {largest_epsilon_text(sizes[q], sizes[q + 1])} or wider layers."
-                )
+        check_er_density(epsilon, sizes, range(0 if cap_density else last))
         layers = [
             SparseLinear.erdos_renyi(sizes[l], sizes[l + 1], epsilon, rng, init=init,
                                      fan_in=fan_in, allow_dense=(l == last or cap_density))
