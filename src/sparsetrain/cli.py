@@ -130,7 +130,8 @@ def _set_threads(threads):
 
     limit = numba.config.NUMBA_NUM_THREADS
     if not 1 <= threads <= limit:
-        raise SparsetrainError(f"The '--threads' option must be in [1, {limit}]. Got {threads}.")
+        raise SparsetrainError(f"The '--threads' option must be an integer in [1, {limit}]. "
+                               f"Got {threads} instead.")
     numba.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits

@@ -25,7 +25,6 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
 
 import numpy as np
 
@@ -298,8 +297,8 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         unknown = set(d) - set(PARAMS)
         if unknown:
-            raise SparsetrainError(f"unknown training options {sorted(unknown)}; "
-                                   f"known: {sorted(PARAMS)}")
+            raise SparsetrainError(f"Unknown training option(s) {sorted(unknown)}; the known "
+                                   f"ones are {sorted(PARAMS)}. Check the spelling.")
         d = dict(d)
         if "hidden" in d:
             d["hidden"] = tuple(int(h) for h in d["hidden"])
@@ -317,11 +316,6 @@ def _named(field: dataclasses.Field) -> Param:
 
 #: Every hyperparameter of :class:`TrainConfig`, in field order: name -> :class:`Param`.
 PARAMS: dict[str, Param] = {f.name: _named(f) for f in dataclasses.fields(TrainConfig)}
-
-
-def train_default(name: str) -> Any:
-    """The default of the :class:`TrainConfig` field ``name``."""
-    return TrainConfig.__dataclass_fields__[name].default
 
 
 #: Paper settings per dataset (SPEC 1.7): overrides of the defaults above.

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import make_config
-from .errors import SparsetrainError
+from .errors import param_error
 from .io import write_text
 from .trainer import Trainer, build_model
 
@@ -93,12 +93,12 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     from .data import load_dataset
 
     if not isinstance(seeds, int) or seeds < 1:
-        raise SparsetrainError(f"The 'seeds' parameter must be an integer >= 1. Got {seeds!r}.")
+        raise param_error("seeds", "an integer >= 1", seeds)
     chosen = VARIANTS if variants is None else [v for v in VARIANTS if v.slug in variants]
     unknown = set(variants or ()) - {v.slug for v in VARIANTS}
     if unknown or not chosen:
-        raise SparsetrainError(f"The 'variants' parameter takes names from "
-                               f"{[v.slug for v in VARIANTS]}. Got {sorted(unknown) or variants}.")
+        raise param_error("variants", f"a non-empty list of names from {[v.slug for v in VARIANTS]}",
+                          sorted(unknown) or variants)
     epochs = make_config(dataset, "paper").epochs if epochs is None else epochs
     start, step = ip_schedule(epochs)
     ip = (start if ip_start is None else ip_start, step if ip_step is None else ip_step,
