@@ -52,11 +52,8 @@ def test_missing_data_dir_raises(tmp_path, monkeypatch):
 
 def test_cli_train_writes_run_folder(tmp_path):
     out = tmp_path / "run"
-    args = parse(
-        ["sublinear", "train", "--width", "2048", "--dim", "8", "--n", "64", "--index",
-         "correlation-tree", "--index-param", "radius=0.2", "--iters", "30", "--eval-every",
-         "10", "--out", str(out), "--no-progress"]
-    )  # fmt: skip
+    argv = "sublinear train --width 2048 --dim 8 --n 64 --index correlation-tree --index-param radius=0.2"
+    args = parse([*argv.split(), "--iters", "30", "--eval-every", "10", "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["index"] == "correlation-tree" and cfg["width"] == 2048
@@ -76,22 +73,18 @@ def test_cli_errors_are_sparsetrain_errors(capsys):
 
 
 def test_cli_train_fashion_mnist(tmp_path, data_dir):
-    args = parse(
-        ["sublinear", "train", "--data", "fashion-mnist", "--data-dir", str(data_dir), "--n",
-         "200", "--dim", "8", "--width", "1024", "--index", "halfspace-tree", "--iters", "5",
-         "--eval-every", "0", "--out", str(tmp_path / "fm"), "--no-progress"]
-    )  # fmt: skip
+    argv = "sublinear train --data fashion-mnist --n 200 --dim 8 --width 1024 --index halfspace-tree"
+    argv += " --iters 5 --eval-every 0 --no-progress"
+    args = parse([*argv.split(), "--data-dir", str(data_dir), "--out", str(tmp_path / "fm")])
     assert args.func(args) == 0
     assert json.loads((tmp_path / "fm" / "config.json").read_text())["dim_used"] == 8
 
 
 def test_cli_bench_small(tmp_path):
     out = tmp_path / "bench"
-    args = parse(
-        ["sublinear", "bench", "sgd", "--log2-widths", "10:12", "--dim", "4", "--n", "32",
-         "--batch-size", "4", "--seeds", "0,1", "--iters", "2", "--warmup", "1",
-         "--d-sweep", "4", "--d-sweep-log2-widths", "10,11,12", "--out", str(out), "--quiet"]
-    )  # fmt: skip
+    argv = "sublinear bench sgd --log2-widths 10:12 --dim 4 --n 32 --batch-size 4 --seeds 0,1 --iters 2"
+    argv += " --warmup 1 --d-sweep 4 --d-sweep-log2-widths 10,11,12 --quiet"
+    args = parse([*argv.split(), "--out", str(out)])
     assert args.func(args) == 0
     rows = list(csv.DictReader(open(out / "sgd_bench.csv")))
     assert {r["method"] for r in rows} == {

@@ -68,8 +68,15 @@ def test_dense_step_equals_explicit_jacobian_step(small):
 def trajectory(net0, X, y, method, n_iter=10, **kw):
     net = copy(net0)
     out = []
-    res = gn.train_gn(net, X, y, method=method, n_iter=n_iter,
-                      callback=lambda t, row, s: out.append(s.weights().copy()), **kw)  # fmt: skip
+    res = gn.train_gn(
+        net,
+        X,
+        y,
+        method=method,
+        n_iter=n_iter,
+        callback=lambda t, row, s: out.append(s.weights().copy()),
+        **kw,
+    )
     return np.array(out), res
 
 

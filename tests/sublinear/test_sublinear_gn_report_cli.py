@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 
 from sparsetrain.sublinear.cli import main
-from sparsetrain.sublinear.report import QUICK, run_report
+from sparsetrain.sublinear.report import ReportConfig, run_report
 
 
 @pytest.mark.parametrize("method", ["gn", "gn-sketch", "gn-sublinear", "ntk"])
 def test_train_second_order_writes_run_folder(tmp_path, method):
     out = tmp_path / method
-    rc = main(["train", "--method", method, "--width", "1024", "--dim", "6", "--n", "32", "--iters", "6",
-               "--no-progress", "--out", str(out)])  # fmt: skip
+    argv = ["train", "--method", method, *"--width 1024 --dim 6 --n 32 --iters 6 --no-progress".split()]
+    rc = main([*argv, "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == method
@@ -25,16 +26,16 @@ def test_train_second_order_writes_run_folder(tmp_path, method):
 
 
 def test_train_bad_sketch_is_one_line_error(capsys):
-    rc = main(["train", "--method", "gn-sketch", "--sketch", "fjlt", "--width", "64", "--n", "8",
-               "--no-progress"])  # fmt: skip
+    rc = main("train --method gn-sketch --sketch fjlt --width 64 --n 8 --no-progress".split())
     assert rc == 2
     assert "The '--sketch' option must be one of" in capsys.readouterr().err
 
 
 def test_report_smoke(tmp_path):
-    tiny = QUICK.__class__(n=24, dim=6, log2_widths=(8, 9, 10), seeds=(0,), warmup=1, iters=2,
-                           conv_log2_width=10, conv_iters=8, sgd_lrs=(1.0, 8.0), shifts=(0.0, 2.0),
-                           fm_n=24, fm_dim=6, test_n=16)  # fmt: skip
+    tiny = ReportConfig(n=24, dim=6, log2_widths=(8, 9, 10), seeds=(0,), warmup=1, iters=2, test_n=16)
+    tiny = replace(
+        tiny, conv_log2_width=10, conv_iters=8, sgd_lrs=(1.0, 8.0), shifts=(0.0, 2.0), fm_n=24, fm_dim=6
+    )
     info = run_report(tmp_path, config=tiny, data_dir=str(tmp_path / "none"), progress=False)
     md = (tmp_path / "report.md").read_text()
     for fig in info["figures"]:

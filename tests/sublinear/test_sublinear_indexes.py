@@ -204,8 +204,9 @@ def stored_value_bound(idx, W, X):
     Z = K.canonical_dots(W, X)  # (n, m)
     V = idx._V.astype(np.float64)
     err = np.abs(V - Z)
-    bound = (K.F32_REL * np.abs(V) + idx._drift[None, :] * idx._xnorm[:, None] + idx._aerr[None, :]
-             + idx._tol())  # fmt: skip
+    bound = (
+        K.F32_REL * np.abs(V) + idx._drift[None, :] * idx._xnorm[:, None] + idx._aerr[None, :] + idx._tol()
+    )
     return err, bound
 
 

@@ -91,8 +91,8 @@ def test_ct_query_batch_counters_and_full_buffer(problem):
     W, X, shift, _ = problem
     idx = make_index("correlation-tree", leaf_block=4, fanout=3).build(W, shift, X)
     ids = np.arange(X.shape[0])
-    args = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets, W, idx._drift, idx._aerr, X, ids,
-            idx._xnorm, shift, 0.01, 0.0, idx._tol())  # fmt: skip
+    trees = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets)
+    args = (*trees, W, idx._drift, idx._aerr, X, ids, idx._xnorm, shift, 0.01, 0.0, idx._tol())
 
     def run(cap):
         out = np.full((X.shape[0], cap), -1, np.int64)

@@ -383,8 +383,9 @@ def ct_build_maxima(V, leaf_block, fanout, offsets, tmax):
 
 
 @numba.njit(cache=True)
-def _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn, shift, band, amax, tol,
-                  out, q, cap, stack):  # fmt: skip
+def _ct_query_one(
+    V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn, shift, band, amax, tol, out, q, cap, stack
+):
     """One query of :func:`ct_query_batch`: returns (count or -1 if full, visited, refreshed)."""
     m = V.shape[1]
     n_lev = offsets.shape[0] - 1
@@ -433,8 +434,9 @@ def _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn
 
 
 @numba.njit(parallel=True, cache=True)
-def ct_query_batch(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift,
-                   band, amax, tol, out, cap):  # fmt: skip
+def ct_query_batch(
+    V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift, band, amax, tol, out, cap
+):
     """Exact fired sets of training points ``ids`` from the per-point max trees.
 
     ``V[i, r]`` approximates ``<w_r(ref), x_i>``: ``|V[i, r] - <w_r(ref), x_i>|
@@ -461,8 +463,27 @@ def ct_query_batch(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids,
     for q in numba.prange(B):
         stack = np.empty(stack_len, np.int64)
         i = ids[q]
-        c, v, k = _ct_query_one(V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X[q], i, xnorm[i],
-                                shift, band, amax, tol, out, q, cap, stack)  # fmt: skip
+        c, v, k = _ct_query_one(
+            V,
+            tmax,
+            leaf_block,
+            fanout,
+            offsets,
+            W,
+            drift,
+            aerr,
+            X[q],
+            i,
+            xnorm[i],
+            shift,
+            band,
+            amax,
+            tol,
+            out,
+            q,
+            cap,
+            stack,
+        )
         counts[q] = c
         visited[q] = v
         refreshed[q] = k
@@ -473,8 +494,26 @@ ROUND_W = 2.3e-16  # > 2 u (1 + u): rounding of one SGD row update, relative to 
 
 
 @numba.njit(cache=True)
-def ct_note_update(W, rows, step_norms, exact_drift, Wref, drift, radius, wref_max,
-                   has_coefs, cids, cptr, cidx, qcoef, rcoef, slot_cnt, slot_ids, slot_c, mark):  # fmt: skip
+def ct_note_update(
+    W,
+    rows,
+    step_norms,
+    exact_drift,
+    Wref,
+    drift,
+    radius,
+    wref_max,
+    has_coefs,
+    cids,
+    cptr,
+    cidx,
+    qcoef,
+    rcoef,
+    slot_cnt,
+    slot_ids,
+    slot_c,
+    mark,
+):
     """Maintenance phase 1 (serial, ``O(k + nnz S)``): drift bounds, span slots, neurons to re-anchor.
 
     *Span slots.*  Neuron ``r`` keeps up to ``S = slot_ids.shape[1]``
@@ -605,8 +644,7 @@ def ct_plan_reanchor(
                 p2 += res[j] * res[j]
             P = np.sqrt(p2) * (1.0 + 1e-12) + TOL_REL * (cnt + 3) * (nw + nr + 1.01 * cx)
             VB = nr * xmax * (1.0 + 3.0 * F32_REL) + aerr[r]
-            a_new = (aerr[r] + F32_REL * VB + P * xmax
-                     + TOL_REL * (d + cnt + 2) * (VB + 1.01 * cx * xmax))  # fmt: skip
+            a_new = aerr[r] + F32_REL * VB + P * xmax + TOL_REL * (d + cnt + 2) * (VB + 1.01 * cx * xmax)
             if a_new <= cap:
                 use[t] = True
                 aerr[r] = a_new
@@ -619,8 +657,9 @@ def ct_plan_reanchor(
 
 
 @numba.njit(parallel=True, cache=True)
-def ct_refresh_columns(W, far, use_gram, slot_cnt, slot_ids, slot_c, G, Xtrain, V, tmax, leaf_block, fanout,
-                       offsets):  # fmt: skip
+def ct_refresh_columns(
+    W, far, use_gram, slot_cnt, slot_ids, slot_c, G, Xtrain, V, tmax, leaf_block, fanout, offsets
+):
     """Maintenance phase 3: new anchor values of the neurons ``far`` (sorted) and their max-tree paths.
 
     For every training point ``i`` and re-anchored neuron ``r``:

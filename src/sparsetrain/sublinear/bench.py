@@ -38,6 +38,14 @@ __all__ = ["BenchConfig", "run_sgd_bench", "fit_slope", "crossover", "method_tab
 
 ORACLE = "oracle-sparse"
 
+#: Columns of ``sgd_bench.csv``: the run, its median seconds per iteration, firing, work counters.
+BENCH_COLUMNS = (
+    ("method", "width", "log2_width", "dim", "n", "batch", "seed", "shift")
+    + ("t_total", "t_identify", "t_maintain", "t_gradient", "t_build")
+    + ("fired_per_input", "fired_fraction", "bound_m_pow", "gaussian_tail")
+    + ("neurons_updated", "nodes_visited", "pairs_refreshed", "recall")
+)
+
 
 def method_table() -> dict[str, str]:
     """Benchmark method name -> trainer ``index`` argument."""
@@ -90,9 +98,15 @@ def _run_one(method: str, net0: ShiftedReLUNetwork, X, y, cfg: BenchConfig, seed
     net = ShiftedReLUNetwork(W=net0.W.copy(), a=net0.a, shift=net0.shift)
     index = method_table()[method]
     res = train_sgd(
-        net, X, y, index=index, lr=cfg.lr, batch_size=cfg.batch,
-        n_iter=cfg.warmup + cfg.iters, seed=seed,
-    )  # fmt: skip
+        net,
+        X,
+        y,
+        index=index,
+        lr=cfg.lr,
+        batch_size=cfg.batch,
+        n_iter=cfg.warmup + cfg.iters,
+        seed=seed,
+    )
     h = {k: np.asarray(v[cfg.warmup :], float) for k, v in res.history.items()}
     row: dict[str, Any] = {
         "t_total": float(np.median(h["t_total"])),
@@ -135,11 +149,15 @@ def _d_trend(cfg: BenchConfig, progress) -> list[dict[str, Any]]:
                     times.append(time.perf_counter() - t0)
                 rows.append(
                     dict(
-                        dim=d, width=m, index=name, t_query_batch=float(np.median(times)),
-                        t_build=t_build, nodes_visited=idx.stats["nodes_visited"] / 8,
+                        dim=d,
+                        width=m,
+                        index=name,
+                        t_query_batch=float(np.median(times)),
+                        t_build=t_build,
+                        nodes_visited=idx.stats["nodes_visited"] / 8,
                         fired_per_input=idx.stats["fired"] / idx.stats["queries"],
                     )
-                )  # fmt: skip
+                )
                 progress(f"d-trend d={d} m=2^{lw} {name}: {rows[-1]['t_query_batch']:.2e}s")
     return rows
 
@@ -168,10 +186,18 @@ def run_sgd_bench(cfg: BenchConfig, out_dir: str | Path, progress: bool = True) 
                 r, _ = _run_one(meth, net0, X, y, cfg, seed)
                 b = net0.shift
                 r.update(
-                    method=meth, width=m, log2_width=lw, dim=cfg.dim, n=cfg.n, batch=cfg.batch,
-                    seed=seed, shift=b, fired_fraction=r["fired_per_input"] / m,
-                    bound_m_pow=m**-0.2, gaussian_tail=gaussian_tail(b),
-                )  # fmt: skip
+                    method=meth,
+                    width=m,
+                    log2_width=lw,
+                    dim=cfg.dim,
+                    n=cfg.n,
+                    batch=cfg.batch,
+                    seed=seed,
+                    shift=b,
+                    fired_fraction=r["fired_per_input"] / m,
+                    bound_m_pow=m**-0.2,
+                    gaussian_tail=gaussian_tail(b),
+                )
                 rows.append(r)
                 say(
                     f"[{time.perf_counter() - t_start:7.1f}s] m=2^{lw} seed={seed} {meth:17s} "
@@ -179,13 +205,7 @@ def run_sgd_bench(cfg: BenchConfig, out_dir: str | Path, progress: bool = True) 
                     f"gr {r['t_gradient']:.1e}) build={r['t_build']:.2e}s fired/in={r['fired_per_input']:.0f}"
                     + (f" recall={r['recall']:.3f}" if not math.isnan(r["recall"]) else "")
                 )
-    cols = [
-        "method", "width", "log2_width", "dim", "n", "batch", "seed", "shift", "t_total",
-        "t_identify", "t_maintain", "t_gradient", "t_build", "fired_per_input",
-        "fired_fraction", "bound_m_pow", "gaussian_tail", "neurons_updated", "nodes_visited",
-        "pairs_refreshed", "recall",
-    ]  # fmt: skip
-    write_csv(out / "sgd_bench.csv", rows, cols, float_format=".6g")
+    write_csv(out / "sgd_bench.csv", rows, BENCH_COLUMNS, float_format=".6g")
     d_rows = _d_trend(cfg, say) if cfg.d_sweep else []
     if d_rows:
         write_csv(out / "halfspace_d_trend.csv", d_rows, list(d_rows[0]), float_format=".6g")
@@ -213,13 +233,18 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
         dense_of = {(r["width"], r["seed"]): r["t_total"] for r in rows if r["method"] == DENSE}
         sr = fit_slope(m_, t_ / np.array([dense_of[(r["width"], r["seed"])] for r in rs]))
         by[meth] = dict(
-            slope=s, slope_lo=lo, slope_hi=hi, slope_identify=si[0],
-            slope_vs_dense=sr[0], slope_vs_dense_lo=sr[1], slope_vs_dense_hi=sr[2],
+            slope=s,
+            slope_lo=lo,
+            slope_hi=hi,
+            slope_identify=si[0],
+            slope_vs_dense=sr[0],
+            slope_vs_dense_lo=sr[1],
+            slope_vs_dense_hi=sr[2],
             mean_t_total=mean_t.tolist(),
-            mean_t_build=[float(np.mean([r["t_build"] for r in rs if r["width"] == w]))
-                          for w in widths],
-            recall_min=min(rec) if rec else None, recall_mean=float(np.mean(rec)) if rec else None,
-        )  # fmt: skip
+            mean_t_build=[float(np.mean([r["t_build"] for r in rs if r["width"] == w])) for w in widths],
+            recall_min=min(rec) if rec else None,
+            recall_mean=float(np.mean(rec)) if rec else None,
+        )
     dense_t = np.array(by[DENSE]["mean_t_total"])
     for meth in cfg.methods:
         if meth == DENSE:
@@ -233,19 +258,20 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
         b = default_shift(int(w))
         fired.append(
             dict(
-                width=int(w), shift=b,
+                width=int(w),
+                shift=b,
                 fired_fraction=float(np.mean([r["fired_fraction"] for r in rs])),
-                bound_m_pow=float(w) ** -0.2, gaussian_tail=gaussian_tail(b),
+                bound_m_pow=float(w) ** -0.2,
+                gaussian_tail=gaussian_tail(b),
             )
-        )  # fmt: skip
+        )
     d_trend = {}
     for d in sorted({r["dim"] for r in d_rows}):
         out = {}
         for name in ("brute-force", "halfspace-tree"):
             rs = [r for r in d_rows if r["dim"] == d and r["index"] == name]
             s = fit_slope([r["width"] for r in rs], [r["t_query_batch"] for r in rs])
-            out[name] = dict(slope=s[0], slope_lo=s[1], slope_hi=s[2],
-                             t=[r["t_query_batch"] for r in rs])  # fmt: skip
+            out[name] = dict(slope=s[0], slope_lo=s[1], slope_hi=s[2], t=[r["t_query_batch"] for r in rs])
         out["widths"] = [r["width"] for r in d_rows if r["dim"] == d and r["index"] == "brute-force"]
         out["ratio_tree_over_bf"] = [
             a / b for a, b in zip(out["halfspace-tree"]["t"], out["brute-force"]["t"], strict=True)
@@ -253,8 +279,11 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
         d_trend[int(d)] = out
     return dict(
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-        widths=widths.tolist(), methods=by, fired=fired, d_trend=d_trend,
-    )  # fmt: skip
+        widths=widths.tolist(),
+        methods=by,
+        fired=fired,
+        d_trend=d_trend,
+    )
 
 
 def _fmt_w(w) -> str:
@@ -295,8 +324,11 @@ def _summary_md(s: dict[str, Any]) -> str:
             f"{f['bound_m_pow']:.4f} | {f['gaussian_tail']:.4f} |"
         )
     if s["d_trend"]:
-        lines += ["", "| d | tree slope (95% CI) | brute-force slope | tree / brute-force time at each m |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| d | tree slope (95% CI) | brute-force slope | tree / brute-force time at each m |",
+            "|---|---|---|---|",
+        ]
         for d, v in s["d_trend"].items():
             t = v["halfspace-tree"]
             ratios = ", ".join(
@@ -325,11 +357,20 @@ def _plot(rows, d_rows, cfg: BenchConfig, summary, out: Path) -> None:
     for meth in meths:
         v = summary["methods"][meth]
         ax0.plot(widths, v["mean_t_total"], "o-", label=f"{meth} (slope {v['slope']:.2f})")
-    ax0.set(xscale="log", yscale="log", xlabel="width m", ylabel="s / iteration",
-            title=f"total, d={cfg.dim}, n={cfg.n}, B={cfg.batch}")  # fmt: skip
+    ax0.set(
+        xscale="log",
+        yscale="log",
+        xlabel="width m",
+        ylabel="s / iteration",
+        title=f"total, d={cfg.dim}, n={cfg.n}, B={cfg.batch}",
+    )
     ax0.legend(fontsize=7)
-    parts = [("t_total", "total", "k-"), ("t_identify", "identify", "C0--"),
-             ("t_maintain", "maintain", "C1:"), ("t_gradient", "gradient", "C2-.")]  # fmt: skip
+    parts = [
+        ("t_total", "total", "k-"),
+        ("t_identify", "identify", "C0--"),
+        ("t_maintain", "maintain", "C1:"),
+        ("t_gradient", "gradient", "C2-."),
+    ]
     for k, meth in enumerate(meths, start=1):
         ax = axes[k // ncol, k % ncol]
         for key, lab, sty in parts:
@@ -351,8 +392,9 @@ def _plot(rows, d_rows, cfg: BenchConfig, summary, out: Path) -> None:
         for d in cfg.d_sweep:
             for name, sty in (("halfspace-tree", "-o"), ("brute-force", "--x")):
                 rs = [r for r in d_rows if r["dim"] == d and r["index"] == name]
-                ax[0].plot([r["width"] for r in rs], [r["t_query_batch"] for r in rs], sty,
-                           label=f"{name} d={d}")  # fmt: skip
+                ax[0].plot(
+                    [r["width"] for r in rs], [r["t_query_batch"] for r in rs], sty, label=f"{name} d={d}"
+                )
             v = summary["d_trend"][d]
             ax[1].plot(v["widths"], v["ratio_tree_over_bf"], "-o", label=f"d={d}")
         ax[0].set(xscale="log", yscale="log", xlabel="width m", ylabel=f"s per query batch (B={cfg.batch})")

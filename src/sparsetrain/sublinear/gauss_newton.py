@@ -179,8 +179,16 @@ def _lambda(K: np.ndarray, damping: float) -> float:
 class _GNBase:
     """State shared by the methods; ``step`` returns the row of counters."""
 
-    def __init__(self, net: ShiftedReLUNetwork, X: np.ndarray, y: np.ndarray, *, damping: float,
-                 parallel: bool, rng: np.random.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: ShiftedReLUNetwork,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        damping: float,
+        parallel: bool,
+        rng: np.random.Generator,
+    ) -> None:
         self.net, self.X, self.y = net, X, y
         self.a, self.b = net.a, float(net.shift)
         self.m, self.d = net.W.shape
@@ -227,9 +235,16 @@ class DenseGN(_GNBase):
         nnz = int(np.count_nonzero(A))
         flips = -1 if self._A_prev is None else int(np.count_nonzero(A != self._A_prev))
         self._A_prev = A
-        row = dict(fired=nnz, flips=flips, cg_iters=0, damping=lam,
-                   t_identify=0.0, t_maintain=0.0, t_jacobian=(t1 - t0) + (t3 - t2),
-                   t_solve=t2 - t1)  # fmt: skip
+        row = dict(
+            fired=nnz,
+            flips=flips,
+            cg_iters=0,
+            damping=lam,
+            t_identify=0.0,
+            t_maintain=0.0,
+            t_jacobian=(t1 - t0) + (t3 - t2),
+            t_solve=t2 - t1,
+        )
         return 0.5 * float(np.mean(res**2)), row
 
 
@@ -268,8 +283,16 @@ class SketchGN(DenseGN):
         flips = -1 if self._A_prev is None else int(np.count_nonzero(A != self._A_prev))
         self._A_prev = A
         self.last_g = g
-        row = dict(fired=int(indices.size), flips=flips, cg_iters=its, damping=lam, t_identify=t1 - t0,
-                   t_maintain=0.0, t_jacobian=(t3 - t2) + tj, t_solve=(t2 - t1) - tj)  # fmt: skip
+        row = dict(
+            fired=int(indices.size),
+            flips=flips,
+            cg_iters=its,
+            damping=lam,
+            t_identify=t1 - t0,
+            t_maintain=0.0,
+            t_jacobian=(t3 - t2) + tj,
+            t_solve=(t2 - t1) - tj,
+        )
         return 0.5 * float(np.mean(res**2)), row
 
 
@@ -329,8 +352,20 @@ class SublinearGN(_GNBase):
         Cholesky of the ``n x n`` system, or CG preconditioned by a sketch.
     """
 
-    def __init__(self, net, X, y, *, index="correlation-tree", index_params=None, solver="direct",
-                 sketch=DEFAULT_SKETCH, sketch_size=None, cg_tol=DEFAULT_CG_TOL, **kw):  # fmt: skip
+    def __init__(
+        self,
+        net,
+        X,
+        y,
+        *,
+        index="correlation-tree",
+        index_params=None,
+        solver="direct",
+        sketch=DEFAULT_SKETCH,
+        sketch_size=None,
+        cg_tol=DEFAULT_CG_TOL,
+        **kw,
+    ):
         super().__init__(net, X, y, **kw)
         check_choice("solver", solver, ("direct", "sketch-cg"))
         self.solver = solver
@@ -418,9 +453,16 @@ class SublinearGN(_GNBase):
         k = mk(tptr, tind, delta, self.X, self.G, self.net.W, rows, norms)
         self.index.update(rows[:k], norms[:k])
         t6 = time.perf_counter()
-        row = dict(fired=int(indices.size), flips=flips, cg_iters=its, damping=lam, t_identify=t1 - t0,
-                   t_maintain=(t2 - t1) + (t6 - t5), t_jacobian=(t3 - t2) + (t5 - t4) + tj,
-                   t_solve=(t4 - t3) - tj)  # fmt: skip
+        row = dict(
+            fired=int(indices.size),
+            flips=flips,
+            cg_iters=its,
+            damping=lam,
+            t_identify=t1 - t0,
+            t_maintain=(t2 - t1) + (t6 - t5),
+            t_jacobian=(t3 - t2) + (t5 - t4) + tj,
+            t_solve=(t4 - t3) - tj,
+        )
         return 0.5 * float(np.mean(res**2)), row
 
 
@@ -527,10 +569,19 @@ def train_gn(
             raise NonFiniteLossError(
                 f"training loss became {loss} at iteration {t}; lower lr (got {lr}) or raise damping."
             )
-        row = dict(iteration=t, train_loss=loss, fired_per_input=c["fired"] / n,
-                   jacobian_density=c["fired"] / (n * m), flips=c["flips"], cg_iters=c["cg_iters"],
-                   damping=c["damping"], t_identify=c["t_identify"], t_maintain=c["t_maintain"],
-                   t_jacobian=c["t_jacobian"], t_solve=c["t_solve"])  # fmt: skip
+        row = dict(
+            iteration=t,
+            train_loss=loss,
+            fired_per_input=c["fired"] / n,
+            jacobian_density=c["fired"] / (n * m),
+            flips=c["flips"],
+            cg_iters=c["cg_iters"],
+            damping=c["damping"],
+            t_identify=c["t_identify"],
+            t_maintain=c["t_maintain"],
+            t_jacobian=c["t_jacobian"],
+            t_solve=c["t_solve"],
+        )
         row["t_total"] = row["t_identify"] + row["t_maintain"] + row["t_jacobian"] + row["t_solve"]
         for k_, v in row.items():
             h[k_].append(v)

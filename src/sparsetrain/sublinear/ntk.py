@@ -119,7 +119,11 @@ def ntk_regression(
         pred = net.predict(Xt) + NTK_KERNELS[kernel](net, X, Xt) @ alpha
         test_loss = 0.5 * float(np.mean((pred - np.asarray(y_test, float)) ** 2))
     return NTKResult(
-        alpha=alpha, train_loss=0.5 * float(np.mean((fit - y) ** 2)),
-        init_loss=0.5 * float(np.mean((f0 - y) ** 2)), test_loss=test_loss,
-        t_kernel=t1 - t0, t_solve=t2 - t1, ridge_lambda=lam,
-    )  # fmt: skip
+        alpha=alpha,
+        train_loss=0.5 * float(np.mean((fit - y) ** 2)),
+        init_loss=0.5 * float(np.mean((f0 - y) ** 2)),
+        test_loss=test_loss,
+        t_kernel=t1 - t0,
+        t_solve=t2 - t1,
+        ridge_lambda=lam,
+    )

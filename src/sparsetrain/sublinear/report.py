@@ -60,18 +60,11 @@ GN_COST = {
     "gn-sublinear": ("gn-sublinear", {}),
 }
 GN_VARIANTS = ("gn", "gn-sketch", "gn-sublinear")
+#: Columns of ``cost.csv``: the run, its median seconds per iteration by component, the sparsity.
 COST_COLUMNS = (
-    "method",
-    "m",
-    "seed",
-    "t_total",
-    "t_identify",
-    "t_maintain",
-    "t_jacobian",
-    "t_solve",
-    "t_build",
-    "density",
-    "flips",
+    ("method", "m", "seed")
+    + ("t_total", "t_identify", "t_maintain", "t_jacobian", "t_solve", "t_build")
+    + ("density", "flips")
 )
 
 
@@ -98,9 +91,20 @@ class ReportConfig:
 
 
 FULL = ReportConfig()
-QUICK = ReportConfig(n=64, dim=16, log2_widths=(10, 11, 12, 13), seeds=(0,), iters=3, conv_log2_width=13,
-                     conv_iters=20, sgd_lrs=(1.0, 4.0, 16.0), shifts=(0.0, 1.0, 2.0, 3.0), fm_n=64,
-                     fm_dim=16, test_n=64)  # fmt: skip
+QUICK = ReportConfig(
+    n=64,
+    dim=16,
+    log2_widths=(10, 11, 12, 13),
+    seeds=(0,),
+    iters=3,
+    conv_log2_width=13,
+    conv_iters=20,
+    sgd_lrs=(1.0, 4.0, 16.0),
+    shifts=(0.0, 1.0, 2.0, 3.0),
+    fm_n=64,
+    fm_dim=16,
+    test_n=64,
+)
 
 
 def _plt():
@@ -116,11 +120,23 @@ def _cost_run(method: str, X, y, m: int, seed: int, cfg: ReportConfig) -> dict[s
     net = ShiftedReLUNetwork.init(m, X.shape[1], seed=seed)
     total = cfg.warmup + cfg.iters
     if method in SGD_INDEX:
-        res = train_sgd(net, X, y, index=SGD_INDEX[method], lr=1.0, batch_size=min(cfg.sgd_batch, X.shape[0]),
-                        n_iter=total, seed=seed)  # fmt: skip
+        res = train_sgd(
+            net,
+            X,
+            y,
+            index=SGD_INDEX[method],
+            lr=1.0,
+            batch_size=min(cfg.sgd_batch, X.shape[0]),
+            n_iter=total,
+            seed=seed,
+        )
         h = res.history
-        comp = dict(t_identify=h["t_identify"], t_maintain=h["t_maintain"], t_jacobian=h["t_gradient"],
-                    t_solve=[0.0] * total)  # fmt: skip
+        comp = dict(
+            t_identify=h["t_identify"],
+            t_maintain=h["t_maintain"],
+            t_jacobian=h["t_gradient"],
+            t_solve=[0.0] * total,
+        )
         flips, density = math.nan, float(np.mean(h["fired_per_input"])) / m
     else:
         name, params = GN_COST[method]
@@ -157,8 +173,17 @@ def _convergence(X, y, m: int, cfg: ReportConfig, Xt=None, yt=None, seed: int = 
         net = ShiftedReLUNetwork(net0.W.copy(), net0.a, net0.shift)
         every = max(1, n_sgd // 50)
         try:
-            r = train_sgd(net, X, y, index="dense", lr=lr, batch_size=min(cfg.sgd_batch, X.shape[0]),
-                          n_iter=n_sgd, seed=seed, eval_every=every)  # fmt: skip
+            r = train_sgd(
+                net,
+                X,
+                y,
+                index="dense",
+                lr=lr,
+                batch_size=min(cfg.sgd_batch, X.shape[0]),
+                n_iter=n_sgd,
+                seed=seed,
+                eval_every=every,
+            )
         except Exception:  # a diverging step size is a legitimate grid outcome
             continue
         h = r.history
@@ -212,8 +237,14 @@ def _plot_convergence(conv, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | None = None,
-               data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_report(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    config: ReportConfig | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run every experiment of the report and write ``out/report.md`` plus PNGs."""
     cfg = config or (QUICK if quick else FULL)
     out = Path(out)
@@ -282,8 +313,9 @@ def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | N
     # 2. convergence at one width, synthetic
     m_conv = 2**cfg.conv_log2_width
     conv = _convergence(X, y, m_conv, cfg, Xt, yt)
-    _plot_convergence(conv, out / "convergence_synthetic.png",
-                      f"synthetic teacher data, n={cfg.n}, d={cfg.dim}, m={m_conv}")  # fmt: skip
+    _plot_convergence(
+        conv, out / "convergence_synthetic.png", f"synthetic teacher data, n={cfg.n}, d={cfg.dim}, m={m_conv}"
+    )
     figures.append("convergence_synthetic.png")
     log(f"[report] convergence done ({time.perf_counter() - t_start:.0f}s)")
 
@@ -297,9 +329,18 @@ def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | N
         res = train_gn(net, X, y, method="gn", n_iter=cfg.conv_iters, target_loss=cfg.target_rel * L0)
         move = float(np.sqrt(np.einsum("ij,ij->i", net.W - W0, net.W - W0)).max())
         after = float(np.mean((X @ net.W.T) > b))
-        shift_rows.append(dict(shift=b, density=res.history["jacobian_density"][0], after=after, move=move,
-                               rel=res.final_loss / L0, iters=len(res.history["iteration"]),
-                               reached=res.final_loss <= cfg.target_rel * L0, dead=dead))  # fmt: skip
+        shift_rows.append(
+            dict(
+                shift=b,
+                density=res.history["jacobian_density"][0],
+                after=after,
+                move=move,
+                rel=res.final_loss / L0,
+                iters=len(res.history["iteration"]),
+                reached=res.final_loss <= cfg.target_rel * L0,
+                dead=dead,
+            )
+        )
     fig, ax = plt.subplots(figsize=(6, 4))
     sh = [r["shift"] for r in shift_rows]
     ax.semilogy(sh, [r["density"] for r in shift_rows], "o-", label="Jacobian density")
@@ -319,8 +360,14 @@ def run_report(out: str | Path, *, quick: bool = False, config: ReportConfig | N
     fm = None
     try:
         Xf, yf = fashion_mnist_two_class(data_dir, n=cfg.fm_n + cfg.test_n, dim=cfg.fm_dim, seed=0)
-        fm = _convergence(np.ascontiguousarray(Xf[: cfg.fm_n]), np.ascontiguousarray(yf[: cfg.fm_n]), m_conv,
-                          cfg, Xf[cfg.fm_n :], yf[cfg.fm_n :])  # fmt: skip
+        fm = _convergence(
+            np.ascontiguousarray(Xf[: cfg.fm_n]),
+            np.ascontiguousarray(yf[: cfg.fm_n]),
+            m_conv,
+            cfg,
+            Xf[cfg.fm_n :],
+            yf[cfg.fm_n :],
+        )
         _plot_convergence(
             fm,
             out / "convergence_fashion_mnist.png",
@@ -342,82 +389,126 @@ def _fmt(x: float) -> str:
 def _conv_table(conv, cfg) -> list[str]:
     L0 = conv["L0"]
     target = cfg.target_rel * L0
-    lines = ["| method | rel. loss after last iteration | iterations to target | seconds to target "
-             "(build incl.) | preprocessing s |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| method | rel. loss after last iteration | iterations to target | seconds to target "
+        "(build incl.) | preprocessing s |",
+        "|---|---|---|---|---|",
+    ]
     for meth in GN_VARIANTS:
         c = conv[meth]
         hit = np.flatnonzero(c["loss"] <= target)
-        lines.append(f"| {meth} | {_fmt(c['loss'][-1] / L0)} | {hit[0] if hit.size else 'not reached'} | "
-                     f"{_fmt(_time_to(c['time'], c['loss'], target))} | {_fmt(c['t_build'])} |")  # fmt: skip
+        lines.append(
+            f"| {meth} | {_fmt(c['loss'][-1] / L0)} | {hit[0] if hit.size else 'not reached'} | "
+            f"{_fmt(_time_to(c['time'], c['loss'], target))} | {_fmt(c['t_build'])} |"
+        )
     s = conv["sgd"]
     if s is not None:
         tt = _time_to(s["time"], s["loss"], target)
         hit = np.flatnonzero(s["loss"] <= target)
         its = f"{s['iters'][hit[0]]} (batch {cfg.sgd_batch})" if hit.size else "not reached"
         edge = " (grid edge!)" if s["lr"] in (min(cfg.sgd_lrs), max(cfg.sgd_lrs)) else ""
-        lines.append(f"| sgd dense, best lr {s['lr']:g}{edge} of {list(cfg.sgd_lrs)}, {s['n_iter']} its "
-                     "(same seconds as gn) | "
-                     f"{_fmt(s['loss'][-1] / L0)} | {its} | "
-                     f"{_fmt(tt) if not math.isnan(tt) else 'not reached'} | 0 |")  # fmt: skip
+        lines.append(
+            f"| sgd dense, best lr {s['lr']:g}{edge} of {list(cfg.sgd_lrs)}, {s['n_iter']} its "
+            "(same seconds as gn) | "
+            f"{_fmt(s['loss'][-1] / L0)} | {its} | "
+            f"{_fmt(tt) if not math.isnan(tt) else 'not reached'} | 0 |"
+        )
     k = conv["ntk"]
-    lines.append(f"| NTK ridge regression (one solve) | {_fmt(k.train_loss / L0)} | 1 solve | "
-                 f"{_fmt(k.t_total)} | — |")  # fmt: skip
+    lines.append(
+        f"| NTK ridge regression (one solve) | {_fmt(k.train_loss / L0)} | 1 solve | {_fmt(k.t_total)} | — |"
+    )
     if not math.isnan(k.test_loss):
         lines.append("")
-        lines.append(f"Held-out loss (same distribution): NTK regression {_fmt(k.test_loss)}, "
-                     f"Gauss-Newton {_fmt(conv.get('gn_test_loss', math.nan))}, initial network "
-                     f"{_fmt(L0)} (train).")  # fmt: skip
+        lines.append(
+            f"Held-out loss (same distribution): NTK regression {_fmt(k.test_loss)}, "
+            f"Gauss-Newton {_fmt(conv.get('gn_test_loss', math.nan))}, initial network "
+            f"{_fmt(L0)} (train)."
+        )
     return lines
 
 
 def _markdown(cfg, quick, wall, rows, slopes, by, med, conv, shift_rows, fm, m_conv) -> str:
     cmd = "sparsetrain sublinear report" + (" --quick" if quick else "") + " --out <folder>"
-    L = [f"# Sublinear training II: Gauss-Newton, sketching, NTK regression ({'quick' if quick else 'full'})",
-         "", f"Regenerate with `{cmd}`; this run took **{wall:.0f} s** (single thread, "
-         "`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`).", "",
-         f"Configuration: `{asdict(replace(cfg, extra={}))}`.", "",
-         "Losses are `1/(2n) sum (f - y)^2`; relative loss is loss / initial loss.  Gauss-Newton: full step "
-         "(`eta = 1`), damping `lambda = 1e-6 tr(JJ^T)/n`, sketch `countsketch` with `s = 4n`, CG tolerance "
-         "`1e-10`.  SGD: batch 16, lr 1 in the cost sweep.  `*-oracle-sparse`: brute-force identification "
-         "(`n m d`, BLAS) followed by the same sparse math as the index variant; the difference to "
-         "`*-correlation-tree` / `gn-sublinear` is the data structure's own cost or gain.", "",
-         "## 1. Cost per iteration vs m", "", "![cost](cost_vs_m.png)", "",
-         "| method | slope of s/iteration vs m [95% CI] | s/iteration at smallest m | at largest m | "
-         "identify | maintain | jacobian/gradient | solve | preprocessing s |",
-         "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    L = [
+        f"# Sublinear training II: Gauss-Newton, sketching, NTK regression ({'quick' if quick else 'full'})",
+        "",
+        f"Regenerate with `{cmd}`; this run took **{wall:.0f} s** (single thread, "
+        "`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`).",
+        "",
+        f"Configuration: `{asdict(replace(cfg, extra={}))}`.",
+        "",
+        "Losses are `1/(2n) sum (f - y)^2`; relative loss is loss / initial loss.  Gauss-Newton: full step "
+        "(`eta = 1`), damping `lambda = 1e-6 tr(JJ^T)/n`, sketch `countsketch` with `s = 4n`, CG tolerance "
+        "`1e-10`.  SGD: batch 16, lr 1 in the cost sweep.  `*-oracle-sparse`: brute-force identification "
+        "(`n m d`, BLAS) followed by the same sparse math as the index variant; the difference to "
+        "`*-correlation-tree` / `gn-sublinear` is the data structure's own cost or gain.",
+        "",
+        "## 1. Cost per iteration vs m",
+        "",
+        "![cost](cost_vs_m.png)",
+        "",
+        "| method | slope of s/iteration vs m [95% CI] | s/iteration at smallest m | at largest m | "
+        "identify | maintain | jacobian/gradient | solve | preprocessing s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for mt in by:
         ms, t = med(mt, "t_total")
         comp = [med(mt, c)[1][-1] for c in ("t_identify", "t_maintain", "t_jacobian", "t_solve")]
         s = slopes[mt]
-        L.append(f"| {mt} | {s[0]:.2f} [{s[1]:.2f}, {s[2]:.2f}] | {_fmt(t[0])} | {_fmt(t[-1])} | "
-                 + " | ".join(_fmt(c) for c in comp) + f" | {_fmt(med(mt, 't_build')[1][-1])} |")  # fmt: skip
+        L.append(
+            f"| {mt} | {s[0]:.2f} [{s[1]:.2f}, {s[2]:.2f}] | {_fmt(t[0])} | {_fmt(t[-1])} | "
+            + " | ".join(_fmt(c) for c in comp)
+            + f" | {_fmt(med(mt, 't_build')[1][-1])} |"
+        )
     ms, tg = med("gn", "t_total")
     _, ts = med("gn-sublinear", "t_total")
     _, tk = med("gn-sketch", "t_total")
-    L += ["", "Speed-up of `gn-sublinear` over dense `gn` per iteration: "
-          + ", ".join(f"m={m_}: {a / b:.1f}x" for m_, a, b in zip(ms, tg, ts, strict=True))
-          + ".  Over `gn-sketch`: " + ", ".join(f"{a / b:.1f}x" for a, b in zip(tk, ts, strict=True)) + ".",
-          "", "## 2. Sparsity, Jacobian density and status flips vs m", "", "![sparsity](sparsity_vs_m.png)",
-          "", "| m | Jacobian density (fired fraction) | P[N(0,1) > b] | status flips / iteration (gn) | "
-          "flips / fired pairs |", "|---|---|---|---|---|"]  # fmt: skip
+    L += [
+        "",
+        "Speed-up of `gn-sublinear` over dense `gn` per iteration: "
+        + ", ".join(f"m={m_}: {a / b:.1f}x" for m_, a, b in zip(ms, tg, ts, strict=True))
+        + ".  Over `gn-sketch`: "
+        + ", ".join(f"{a / b:.1f}x" for a, b in zip(tk, ts, strict=True))
+        + ".",
+        "",
+        "## 2. Sparsity, Jacobian density and status flips vs m",
+        "",
+        "![sparsity](sparsity_vs_m.png)",
+        "",
+        "| m | Jacobian density (fired fraction) | P[N(0,1) > b] | status flips / iteration (gn) | "
+        "flips / fired pairs |",
+        "|---|---|---|---|---|",
+    ]
     _, dens = med("gn", "density")
     _, fl = med("gn", "flips")
     for m_, dn, f_ in zip(ms, dens, fl, strict=True):
-        L.append(f"| {m_} | {dn:.4f} | {gaussian_tail(default_shift(int(m_))):.4f} | {_fmt(f_)} | "
-                 f"{_fmt(f_ / (dn * m_ * cfg.n))} |")  # fmt: skip
-    L += ["", f"Flips are the mean over iterations 1..{cfg.warmup + cfg.iters - 1} of the cost runs (full "
-          "Gauss-Newton steps from initialisation: the first steps move the weights the most)."]  # fmt: skip
+        L.append(
+            f"| {m_} | {dn:.4f} | {gaussian_tail(default_shift(int(m_))):.4f} | {_fmt(f_)} | "
+            f"{_fmt(f_ / (dn * m_ * cfg.n))} |"
+        )
+    L += [
+        "",
+        f"Flips are the mean over iterations 1..{cfg.warmup + cfg.iters - 1} of the cost runs (full "
+        "Gauss-Newton steps from initialisation: the first steps move the weights the most).",
+    ]
     L += ["", f"## 3. Convergence at m = {m_conv} (synthetic)", "", "![conv](convergence_synthetic.png)", ""]
     L += _conv_table(conv, cfg)
-    L += ["", f"## 4. Shift sweep at m = {m_conv} (dense Gauss-Newton, target rel. loss {cfg.target_rel:g})",
-          "", "![shift](shift_sweep.png)", "",
-          "| shift b | P[N(0,1) > b] | Jacobian density at init | inputs with no fired neuron at init | "
-          "iterations | rel. loss | reached | density after | max neuron movement max_r ||w_r - w_r(0)|| |",
-          "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    L += [
+        "",
+        f"## 4. Shift sweep at m = {m_conv} (dense Gauss-Newton, target rel. loss {cfg.target_rel:g})",
+        "",
+        "![shift](shift_sweep.png)",
+        "",
+        "| shift b | P[N(0,1) > b] | Jacobian density at init | inputs with no fired neuron at init | "
+        "iterations | rel. loss | reached | density after | max neuron movement max_r ||w_r - w_r(0)|| |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in shift_rows:
-        L.append(f"| {r['shift']:g} | {gaussian_tail(r['shift']):.3g} | {r['density']:.4g} | {r['dead']} | "
-                 f"{r['iters']} | {_fmt(r['rel'])} | {'yes' if r['reached'] else 'no'} | {r['after']:.4g} | "
-                 f"{_fmt(r['move'])} |")  # fmt: skip
+        L.append(
+            f"| {r['shift']:g} | {gaussian_tail(r['shift']):.3g} | {r['density']:.4g} | {r['dead']} | "
+            f"{r['iters']} | {_fmt(r['rel'])} | {'yes' if r['reached'] else 'no'} | {r['after']:.4g} | "
+            f"{_fmt(r['move'])} |"
+        )
     L += [
         "",
         "Read the last two columns against the initial density and `||w_r(0)|| ~ sqrt(d)`: where they grow "
@@ -436,8 +527,13 @@ def _markdown(cfg, quick, wall, rows, slopes, by, med, conv, shift_rows, fm, m_c
     )
     L += ["", head + tail]
     if fm is not None:
-        L += ["", f"## 5. Fashion-MNIST subset (T-shirt vs shirt), m = {m_conv}", "",
-              "![fm](convergence_fashion_mnist.png)", ""]  # fmt: skip
+        L += [
+            "",
+            f"## 5. Fashion-MNIST subset (T-shirt vs shirt), m = {m_conv}",
+            "",
+            "![fm](convergence_fashion_mnist.png)",
+            "",
+        ]
         L += _conv_table(fm, cfg)
     else:
         L += ["", "## 5. Fashion-MNIST subset", "", "Skipped: data not found (pass `--data-dir`)."]
