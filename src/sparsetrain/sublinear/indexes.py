@@ -147,13 +147,26 @@ class FiredIndex:
         self.m, self.d = W.shape
         self._cap = max(64, min(self.m, 1024))
 
-    def _run(self, fn):
-        """Call ``fn(out, cap)`` growing the output buffer until it fits."""
+    def _search(self, B: int, kernel) -> tuple[np.ndarray, np.ndarray]:
+        """Fired sets of ``B`` queries as CSR, from ``kernel(out, cap) -> (counts, visited, refreshed)``.
+
+        The kernel writes query ``q``'s neurons into row ``q`` of ``out`` (B, cap)
+        and returns the counts (B,), ``-1`` for a row that did not fit, with its
+        work counters; the buffer then grows 4x (at most ``m``, which always
+        fits) and the kernel runs again.  Adds the counters to :attr:`stats`.
+        """
         while True:
-            res = fn(self._cap)
-            if res is not None:
-                return res
-            self._cap = min(self.m, 4 * self._cap) if self._cap < self.m else self.m
+            out = np.empty((B, self._cap), np.int64)
+            counts, visited, refreshed = kernel(out, self._cap)
+            if (counts >= 0).all():
+                break
+            self._cap = min(self.m, 4 * self._cap)
+        indptr, indices = _to_csr(out, counts)
+        self.stats["queries"] += B
+        self.stats["fired"] += int(indptr[-1])
+        self.stats["nodes_visited"] += int(visited)
+        self.stats["pairs_refreshed"] += int(refreshed)
+        return indptr, indices
 
     def build(self, W: np.ndarray, shift: float, X_train: np.ndarray | None = None) -> FiredIndex:
         raise NotImplementedError
@@ -170,10 +183,6 @@ class FiredIndex:
         (a combination of training inputs); indexes that cannot use it ignore it.
         """
         raise NotImplementedError
-
-    def _count(self, indptr: np.ndarray, B: int) -> None:
-        self.stats["queries"] += B
-        self.stats["fired"] += int(indptr[-1])
 
 
 class BruteForceIndex(FiredIndex):
@@ -204,27 +213,19 @@ class BruteForceIndex(FiredIndex):
         B = X.shape[0]
         W = self.W
         tol = K.TOL_REL * (self.d + 1) * self._wmax * np.linalg.norm(X, axis=1)  # (B,)
-        while True:
-            cap = self._cap
-            out = np.empty((B, cap), np.int64)
-            pos = np.zeros(B, np.int64)
-            ok = True
+
+        def blocks(out, cap):
+            pos = np.zeros(B, np.int64)  # hits so far per query
             rechecks = 0
             for r0 in range(0, self.m, self.block):
                 Z = X @ W[r0 : r0 + self.block].T  # (B, blk) BLAS
                 rc = K.bf_threshold_block(Z, W, r0, X, self.shift, tol, out, pos, cap)
                 if rc < 0:
-                    ok = False
-                    break
+                    return np.full(B, -1), 0, 0
                 rechecks += rc
-            if ok:
-                break
-            self._cap = min(self.m, 4 * cap)
-        self.stats["pairs_refreshed"] += rechecks
-        self.stats["nodes_visited"] += B * self.m
-        indptr, indices = _to_csr(out, pos)
-        self._count(indptr, B)
-        return indptr, indices
+            return pos, B * self.m, rechecks
+
+        return self._search(B, blocks)
 
     def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
@@ -283,22 +284,13 @@ class HalfspaceTreeIndex(FiredIndex):
         X = _as_queries(X, self.d)
         B = X.shape[0]
 
-        def attempt(cap):
-            out = np.empty((B, cap), np.int64)
-            counts, visited, checked = K.kd_query_batch(
-                self._Wp, self._perm, self._start, self._end, self._left, self._right,
-                self._lo, self._hi, X, self.shift, out, cap, self._stack_len,
-            )  # fmt: skip
-            if (counts < 0).any():
-                return None
-            return out, counts, visited, checked
+        # the flat tree: rows in tree order, point ranges, links, boxes
+        tree = (self._Wp, self._perm, self._start, self._end, self._left, self._right, self._lo, self._hi)
 
-        out, counts, visited, checked = self._run(attempt)
-        self.stats["nodes_visited"] += int(visited)
-        self.stats["pairs_refreshed"] += int(checked)
-        indptr, indices = _to_csr(out, counts)
-        self._count(indptr, B)
-        return indptr, indices
+        def walk(out, cap):  # (counts, nodes visited, leaf points checked)
+            return K.kd_query_batch(*tree, X, self.shift, out, cap, self._stack_len)
+
+        return self._search(B, walk)
 
     def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
@@ -430,6 +422,10 @@ class CorrelationTreeIndex(FiredIndex):
         K.ct_build_maxima(self._V, self.leaf_block, self.fanout, self._offsets, self._tmax)
         return self
 
+    def _trees(self) -> tuple:
+        """The per-point max trees as kernel arguments: ``V`` (n, m), ``tmax``, block, fanout, offsets."""
+        return self._V, self._tmax, self.leaf_block, self.fanout, self._offsets
+
     def _tol(self) -> float:
         # canonical-dot error + BLAS error of the stored anchors + rounding of the tests
         return K.TOL_REL * (self.d + 2) * self._wmax * self._xmax * 2 + 1e-14 * (1 + abs(self.shift))
@@ -444,23 +440,13 @@ class CorrelationTreeIndex(FiredIndex):
             raise invalid("ids", f"{B} training-set rows in [0, {self.n})", ids)
         tol = self._tol()
 
-        def attempt(cap):
-            out = np.empty((B, cap), np.int64)
-            counts, visited, refreshed = K.ct_query_batch(
-                self._V, self._tmax, self.leaf_block, self.fanout, self._offsets, self.W,
-                self._drift, self._aerr, X, ids, self._xnorm, self.shift, self._band, self._amax,
-                tol, out, cap,
-            )  # fmt: skip
-            if (counts < 0).any():
-                return None
-            return out, counts, visited, refreshed
+        bounds = (self.W, self._drift, self._aerr)  # current weights and drift / anchor-error bounds
+        band = (self.shift, self._band, self._amax, tol)
 
-        out, counts, visited, refreshed = self._run(attempt)
-        self.stats["nodes_visited"] += int(visited)
-        self.stats["pairs_refreshed"] += int(refreshed)
-        indptr, indices = _to_csr(out, counts)
-        self._count(indptr, B)
-        return indptr, indices
+        def walk(out, cap):  # (counts, nodes visited, pairs refreshed)
+            return K.ct_query_batch(*self._trees(), *bounds, X, ids, self._xnorm, *band, out, cap)
+
+        return self._search(B, walk)
 
     def _span_arrays(self, coefs):
         """Validate a :class:`SpanUpdate` and return kernel arrays (or empty ones)."""
@@ -474,10 +460,14 @@ class CorrelationTreeIndex(FiredIndex):
         qc = np.ascontiguousarray(qc, np.float64)
         B = ids.shape[0]
         if (
-            ids.ndim != 1 or qc.shape != (B,) or indptr.shape != (B + 1,) or indptr[0] != 0
-            or indptr[-1] != indices.shape[0] or (B and (ids.min() < 0 or ids.max() >= self.n))
+            ids.ndim != 1
+            or qc.shape != (B,)
+            or indptr.shape != (B + 1,)
+            or indptr[0] != 0
+            or indptr[-1] != indices.shape[0]
+            or (B and (ids.min() < 0 or ids.max() >= self.n))
             or (indices.size and (indices.min() < 0 or indices.max() >= self.m))
-        ):  # fmt: skip
+        ):
             raise invalid(
                 "coefs",
                 "a SpanUpdate(ids (B,) in [0, n), indptr (B+1,) from 0 to nnz, indices (nnz,) "
@@ -515,31 +505,28 @@ class CorrelationTreeIndex(FiredIndex):
         rows = np.ascontiguousarray(rows, np.int64)
         if rows.size == 0:
             return
-        has_c, cids, cptr, cidx, qc, rc = self._span_arrays(coefs)
+        span = self._span_arrays(coefs)  # (has_coefs, ids, indptr, indices, query_coef, row_coef)
         exact = step_norms is None
         norms = np.zeros(0) if exact else np.ascontiguousarray(step_norms, np.float64)
         if not exact and norms.shape != rows.shape:
             raise invalid(
                 "step_norms", f"an array of shape {rows.shape}", norms, shown=f"shape {norms.shape}"
             )
-        far, dmax = K.ct_note_update(
-            self.W, rows, norms, exact, self._Wref, self._drift, self.radius, self._wref_max,
-            has_c, cids, cptr, cidx, qc, rc, self._slot_cnt, self._slot_ids, self._slot_c, self._mark,
-        )  # fmt: skip
+        anchors = (self._Wref, self._drift)  # w_r(ref) (m, d) and drift bounds (m,)
+        slots = (self._slot_cnt, self._slot_ids, self._slot_c)  # span coefficients (m,), (m, S), (m, S)
+        drift_args = (*anchors, self.radius, self._wref_max)
+        far, dmax = K.ct_note_update(self.W, rows, norms, exact, *drift_args, *span, *slots, self._mark)
         if exact:
             self._wmax = max(self._wmax, K.row_norm_max(self.W, rows))
         else:  # ||w_r|| <= ||w_r(ref)|| + drift_r
             self._wmax = max(self._wmax, self._wref_max + max(self._band, dmax))
         if far.size:
             cap = 128 * K.F32_REL * self._wmax * self._xmax
+            data = (self._X, self._xnorm, self._xmax)  # training inputs, their norms, the largest
             use_gram, wn = K.ct_plan_reanchor(
-                self.W, self._Wref, self._drift, far, self._slot_cnt, self._slot_ids, self._slot_c,
-                self._X, self._xnorm, self._xmax, self._aerr, cap, self.gram_,
-            )  # fmt: skip
-            K.ct_refresh_columns(
-                self.W, far, use_gram, self._slot_cnt, self._slot_ids, self._slot_c, self._G, self._X,
-                self._V, self._tmax, self.leaf_block, self.fanout, self._offsets,
-            )  # fmt: skip
+                self.W, *anchors, far, *slots, *data, self._aerr, cap, self.gram_
+            )
+            K.ct_refresh_columns(self.W, far, use_gram, *slots, self._G, self._X, *self._trees())
             if self.gram_:
                 self._slot_cnt[far] = 0
             self._wref_max = max(self._wref_max, wn)
@@ -602,20 +589,13 @@ class SimHashLSHIndex(FiredIndex):
         B = X.shape[0]
         qcodes = K.lsh_codes(X @ self._P, self.n_tables, self.bits_)  # (L, B)
 
-        def attempt(cap):
-            out = np.empty((B, cap), np.int64)
+        def buckets(out, cap):  # (counts, candidates checked, 0: no stored values to refresh)
             counts, checked = K.lsh_query_batch(
                 qcodes, self._head, self._nxt, self.W, X, self.shift, self._stamp, out, cap
             )
-            if counts[0] < 0:
-                return None
-            return out, counts, checked
+            return counts, checked, 0
 
-        out, counts, checked = self._run(attempt)
-        self.stats["nodes_visited"] += int(checked)
-        indptr, indices = _to_csr(out, counts)
-        self._count(indptr, B)
-        return indptr, indices
+        return self._search(B, buckets)
 
     def update(self, rows, step_norms=None, coefs=None):
         rows = np.ascontiguousarray(rows, np.int64)
