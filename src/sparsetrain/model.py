@@ -59,6 +59,16 @@ _SEED_MIX = 0x9E3779B97F4A7C15
 _SIMD_COLUMNS = 16  # batch columns per vector in the kernels (16 float32 lanes: AVX-512)
 
 
+def _standardisation(mean, std, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` of ``n`` values as float32 (identity where omitted); the kernels read
+    them per feature (input) or per output (target), so their shape is checked."""
+    mean = np.zeros(n, np.float32) if mean is None else np.ascontiguousarray(mean, np.float32)
+    std = np.ones(n, np.float32) if std is None else np.ascontiguousarray(std, np.float32)
+    if mean.shape != (n,) or std.shape != (n,):
+        raise SparsetrainError(f"{what}_mean/{what}_std must have shape ({n},)")
+    return mean, std
+
+
 class SparseMLP:
     """A truly sparse MLP.
 
@@ -109,23 +119,13 @@ class SparseMLP:
         self.alpha = float(alpha)
         self.dropout = float(dropout)
         self.loss = loss
-        n = self.layers[0].n_in
-        self.input_mean = (np.zeros(n, np.float32) if input_mean is None
-                           else np.ascontiguousarray(input_mean, np.float32))
-        self.input_std = (np.ones(n, np.float32) if input_std is None
-                          else np.ascontiguousarray(input_std, np.float32))
-        if self.input_mean.shape != (n,) or self.input_std.shape != (n,):
-            raise SparsetrainError(f"input_mean/input_std must have shape ({n},)")
+        self.input_mean, self.input_std = _standardisation(
+            input_mean, input_std, self.layers[0].n_in, "input")
         self._inv_std = (1.0 / self.input_std).astype(np.float32)
-        k = self.layers[-1].n_out
         if task == "classification" and (target_mean is not None or target_std is not None):
             raise SparsetrainError("target_mean/target_std apply to regression models only")
-        self.target_mean = (np.zeros(k, np.float32) if target_mean is None
-                            else np.ascontiguousarray(target_mean, np.float32))
-        self.target_std = (np.ones(k, np.float32) if target_std is None
-                           else np.ascontiguousarray(target_std, np.float32))
-        if self.target_mean.shape != (k,) or self.target_std.shape != (k,):
-            raise SparsetrainError(f"target_mean/target_std must have shape ({k},)")
+        self.target_mean, self.target_std = _standardisation(
+            target_mean, target_std, self.layers[-1].n_out, "target")
         if not np.all(self.target_std > 0):
             raise SparsetrainError("target_std must be positive")
         self._buffers = {}
