@@ -60,7 +60,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import linalg as sla
@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_DAMPING",
     "DampingWarning",
     "GNResult",
+    "StepReport",
     "train_gn",
     "damped_solve",
     "fired_gram",
@@ -176,8 +177,22 @@ def _lambda(K: np.ndarray, damping: float) -> float:
 # ---------------------------------------------------------------------------
 
 
+class StepReport(NamedTuple):
+    """What one Gauss-Newton step reports to :func:`train_gn` (times in seconds)."""
+
+    loss: float  # mean loss 1/(2n) sum (f - y)^2 at the weights before the step
+    fired: int  # fired (input, neuron) pairs: the nonzero d-blocks of J
+    flips: int  # pairs whose firing status changed since the previous step; -1 at the first step
+    cg_iters: int  # conjugate-gradient iterations (0: direct solve)
+    damping: float  # the lambda used
+    t_identify: float  # finding the fired pairs
+    t_maintain: float  # keeping the index and the implicit weights current
+    t_jacobian: float  # J J^T, J^T g and the CG products
+    t_solve: float  # factorisation or CG without its products
+
+
 class _GNBase:
-    """State shared by the methods; ``step`` returns the row of counters."""
+    """State shared by the methods; ``step(eta)`` updates the weights and returns a :class:`StepReport`."""
 
     def __init__(
         self,
@@ -210,17 +225,20 @@ class DenseGN(_GNBase):
         super().__init__(net, X, y, **kw)
         self._A_prev: np.ndarray | None = None
 
-    def _forward(self):
-        W = self.net.W
-        Z = self.X @ W.T  # (n, m)
+    def _forward(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dense ``f`` (n,) and the firing matrix ``A`` (n, m) bool at the current weights."""
+        Z = self.X @ self.net.W.T  # (n, m)
         A = Z > self.b  # (n, m) firing matrix
         f = np.maximum(Z - self.b, 0.0) @ self.a / math.sqrt(self.m)
         return f, A
 
-    def residual(self) -> np.ndarray:
-        return self._forward()[0] - self.y
+    def _flips(self, A: np.ndarray) -> int:
+        """Pairs whose firing status changed since the previous step (-1 at the first); remembers ``A``."""
+        flips = -1 if self._A_prev is None else int(np.count_nonzero(A != self._A_prev))
+        self._A_prev = A
+        return flips
 
-    def step(self, eta: float) -> tuple[float, dict[str, float]]:
+    def step(self, eta: float) -> StepReport:
         t0 = time.perf_counter()
         f, A = self._forward()
         res = f - self.y
@@ -232,20 +250,9 @@ class DenseGN(_GNBase):
         # J^T g: w_r -= eta m^(-1/2) a_r sum_i A[i, r] g_i x_i   (m, d)
         self.net.W -= (eta / math.sqrt(self.m)) * self.a[:, None] * (Af.T @ (g[:, None] * self.X))
         t3 = time.perf_counter()
-        nnz = int(np.count_nonzero(A))
-        flips = -1 if self._A_prev is None else int(np.count_nonzero(A != self._A_prev))
-        self._A_prev = A
-        row = dict(
-            fired=nnz,
-            flips=flips,
-            cg_iters=0,
-            damping=lam,
-            t_identify=0.0,
-            t_maintain=0.0,
-            t_jacobian=(t1 - t0) + (t3 - t2),
-            t_solve=t2 - t1,
-        )
-        return 0.5 * float(np.mean(res**2)), row
+        loss, fired = 0.5 * float(np.mean(res**2)), int(np.count_nonzero(A))
+        t_jacobian, t_solve = (t1 - t0) + (t3 - t2), t2 - t1
+        return StepReport(loss, fired, self._flips(A), 0, lam, 0.0, 0.0, t_jacobian, t_solve)
 
 
 class SketchGN(DenseGN):
@@ -266,10 +273,7 @@ class SketchGN(DenseGN):
 
     def step(self, eta):
         t0 = time.perf_counter()
-        W = self.net.W
-        Z = self.X @ W.T  # (n, m)
-        A = Z > self.b
-        f = np.maximum(Z - self.b, 0.0) @ self.a / math.sqrt(self.m)
+        f, A = self._forward()
         res = f - self.y
         indptr, indices = fired_sets(A)  # CSR over inputs, ascending neurons
         t1 = time.perf_counter()
@@ -278,30 +282,20 @@ class SketchGN(DenseGN):
         tptr, tind, _ = kernels.csr_transpose(indptr, indices, self.m)
         jt = kernels.jt_apply_par if self.parallel else kernels.jt_apply
         jt(tptr, tind, self.a, self.X, g, 1.0 / math.sqrt(self.m), self._U)
-        W -= eta * self._U
+        self.net.W -= eta * self._U
         t3 = time.perf_counter()
-        flips = -1 if self._A_prev is None else int(np.count_nonzero(A != self._A_prev))
-        self._A_prev = A
         self.last_g = g
-        row = dict(
-            fired=int(indices.size),
-            flips=flips,
-            cg_iters=its,
-            damping=lam,
-            t_identify=t1 - t0,
-            t_maintain=0.0,
-            t_jacobian=(t3 - t2) + tj,
-            t_solve=(t2 - t1) - tj,
-        )
-        return 0.5 * float(np.mean(res**2)), row
+        loss, fired = 0.5 * float(np.mean(res**2)), int(indices.size)
+        t_jacobian, t_solve = (t3 - t2) + tj, (t2 - t1) - tj  # the CG products count as Jacobian work
+        return StepReport(loss, fired, self._flips(A), its, lam, t1 - t0, 0.0, t_jacobian, t_solve)
 
 
-def _sketch_cg_solve(solver, fired, res, K: np.ndarray | None = None):
+def _sketch_cg_solve(solver, fired, res):
     """Sketch-preconditioned CG for ``(J J^T + lambda I) g = res``; returns g, lambda, iters, t_matvec.
 
-    With ``K`` given the products are ``K v`` (n^2); otherwise ``J (J^T v)``
-    over the fired pairs.  ``lambda = damping * tr(K)/n`` with ``tr(K) = (1/m)
-    sum_i |S_i| ||x_i||^2`` (no need for ``K``).
+    The products ``J (J^T v)`` run over the fired pairs (``2 nnz d``, never
+    forming ``J J^T``).  ``lambda = damping * tr(J J^T)/n`` with ``tr(J J^T) =
+    (1/m) sum_i |S_i| ||x_i||^2``.
     """
     indptr, indices = fired
     m, n = solver.m, solver.n
@@ -311,24 +305,19 @@ def _sketch_cg_solve(solver, fired, res, K: np.ndarray | None = None):
     SJt = sketch_jacobian_t(solver.sketch, int(solver.sketch_size), fired, solver.a, solver.X, m, solver.rng)
     R = sketch_preconditioner(SJt, lam)
     t_mv = [0.0]
-    if K is None:
-        tptr, tind, _ = kernels.csr_transpose(indptr, indices, m)
-        U = solver._U
-        jt = kernels.jt_apply_par if solver.parallel else kernels.jt_apply
-        jj = kernels.j_apply_par if solver.parallel else kernels.j_apply
-        out = np.empty(n)
-        s = 1.0 / math.sqrt(m)
+    tptr, tind, _ = kernels.csr_transpose(indptr, indices, m)
+    U = solver._U
+    jt = kernels.jt_apply_par if solver.parallel else kernels.jt_apply
+    jj = kernels.j_apply_par if solver.parallel else kernels.j_apply
+    out = np.empty(n)
+    s = 1.0 / math.sqrt(m)
 
-        def matvec(v):
-            t = time.perf_counter()
-            jt(tptr, tind, solver.a, solver.X, v, s, U)
-            jj(indptr, indices, solver.a, solver.X, U, s, out)
-            t_mv[0] += time.perf_counter() - t
-            return out + lam * v
-    else:
-
-        def matvec(v):
-            return K @ v + lam * v
+    def matvec(v):
+        t = time.perf_counter()
+        jt(tptr, tind, solver.a, solver.X, v, s, U)
+        jj(indptr, indices, solver.a, solver.X, U, s, out)
+        t_mv[0] += time.perf_counter() - t
+        return out + lam * v
 
     g, its, rel = pcg(matvec, res, R, tol=solver.cg_tol)
     if not np.isfinite(g).all():
@@ -453,17 +442,9 @@ class SublinearGN(_GNBase):
         k = mk(tptr, tind, delta, self.X, self.G, self.net.W, rows, norms)
         self.index.update(rows[:k], norms[:k])
         t6 = time.perf_counter()
-        row = dict(
-            fired=int(indices.size),
-            flips=flips,
-            cg_iters=its,
-            damping=lam,
-            t_identify=t1 - t0,
-            t_maintain=(t2 - t1) + (t6 - t5),
-            t_jacobian=(t3 - t2) + (t5 - t4) + tj,
-            t_solve=(t4 - t3) - tj,
-        )
-        return 0.5 * float(np.mean(res**2)), row
+        loss, fired = 0.5 * float(np.mean(res**2)), int(indices.size)
+        t_maintain, t_jacobian, t_solve = (t2 - t1) + (t6 - t5), (t3 - t2) + (t5 - t4) + tj, (t4 - t3) - tj
+        return StepReport(loss, fired, flips, its, lam, t1 - t0, t_maintain, t_jacobian, t_solve)
 
 
 GN_METHODS: dict[str, type[_GNBase]] = {
@@ -564,25 +545,16 @@ def train_gn(
     n, m = X.shape[0], net.width
     loss = math.nan
     for t in it:
-        loss, c = solver.step(float(lr))
+        step = solver.step(float(lr))
+        loss = step.loss
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss became {loss} at iteration {t}; lower lr (got {lr}) or raise damping."
             )
-        row = dict(
-            iteration=t,
-            train_loss=loss,
-            fired_per_input=c["fired"] / n,
-            jacobian_density=c["fired"] / (n * m),
-            flips=c["flips"],
-            cg_iters=c["cg_iters"],
-            damping=c["damping"],
-            t_identify=c["t_identify"],
-            t_maintain=c["t_maintain"],
-            t_jacobian=c["t_jacobian"],
-            t_solve=c["t_solve"],
-        )
-        row["t_total"] = row["t_identify"] + row["t_maintain"] + row["t_jacobian"] + row["t_solve"]
+        row = {"iteration": t, "train_loss": loss, "fired_per_input": step.fired / n}
+        row["jacobian_density"] = step.fired / (n * m)
+        row.update((k, v) for k, v in step._asdict().items() if k in GN_COLUMNS)  # flips .. t_solve
+        row["t_total"] = step.t_identify + step.t_maintain + step.t_jacobian + step.t_solve
         for k_, v in row.items():
             h[k_].append(v)
         if callback is not None:
