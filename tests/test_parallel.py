@@ -227,3 +227,35 @@ def test_parallel_config_default_phase_boundary():
     assert ParallelConfig().validate(10).phase1_epochs == 7
     assert ParallelConfig().validate(500).phase1_epochs == 350
     assert ParallelConfig().validate(1).phase1_epochs == 1
+
+
+def test_phase2_epoch_is_the_sequential_epoch_without_pruning(rng):
+    """A phase-2 worker runs the trainer's epoch (sparsetrain.schedule.run_epoch) on its own
+    seed keys, and its topology step never prunes neurons, even where the configuration
+    schedules Importance Pruning (the replicas must keep the same neurons to be
+    averaged); the sequential topology step with the same randomness does prune."""
+    from sparsetrain.parallel.worker import Worker
+    from sparsetrain.schedule import prunes_after, run_epoch, topology_step
+
+    X, y, cfg, model = _problem(rng)
+    cfg.ip_start, cfg.ip_step = 1, 1
+    assert prunes_after(cfg, 1)
+    worker = Worker(0, X, y, cfg)
+    worker.receive({"state": full_state(model), "version": -1})
+    row = worker.local_epoch(1)
+    assert worker.model.sizes == model.sizes  # no neuron removed
+    assert row["samples"] == X.shape[0]
+
+    ref, _ = model_from_state(full_state(model))
+    ref_row = run_epoch(ref, X, y, cfg, 1, shuffle_key=[cfg.seed, 1, 7, 0],
+                        topology=lambda: topology_step(
+                            ref, cfg, 1, np.random.default_rng([cfg.seed, 1, 1, 1]), prune=False),
+                        on_non_finite=lambda value, where: pytest.fail(where))
+    assert row["train_loss"] == ref_row["train_loss"]
+    for a, b in zip(worker.model.layers, ref.layers, strict=True):
+        np.testing.assert_array_equal(a.keys(), b.keys())
+        np.testing.assert_array_equal(a.data, b.data)
+
+    pruned, _ = model_from_state(full_state(worker.model))
+    topology_step(pruned, cfg, 1, np.random.default_rng([cfg.seed, 1, 1, 1]))
+    assert sum(pruned.sizes[1:-1]) < sum(model.sizes[1:-1])

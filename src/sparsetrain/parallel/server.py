@@ -11,7 +11,7 @@ runs Importance Pruning (when scheduled) and SET evolution, and bumps the versio
 A gradient computed on an older topology keeps only the entries of connections that
 still exist, mapped to their new positions (:func:`~sparsetrain.parallel.state.retain_valid`);
 one computed before a change of layer sizes (neurons removed) is dropped whole. The Ray
-actor in :mod:`sparsetrain.parallel.runner` only forwards calls to this class.
+actor in :mod:`sparsetrain.parallel.actors` only forwards calls to this class.
 """
 
 from __future__ import annotations

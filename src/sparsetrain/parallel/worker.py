@@ -4,7 +4,9 @@ Phase 1: :meth:`Worker.gradient` gives the loss and the gradient vector of the n
 mini-batch of the shard on the replica; :meth:`Worker.receive` takes the server's answer
 (current values, or a full state after a topology change). Phase 2:
 :meth:`Worker.local_epoch` trains the replica on the shard for one pass with momentum
-SGD, then evolves its topology with SET on its own randomness.
+SGD (the sequential trainer's epoch, :func:`~sparsetrain.schedule.run_epoch`), then
+evolves its topology with SET on its own randomness, without Importance Pruning (see
+there why).
 
 Randomness: the batch order of shard pass ``p`` comes from ``(seed, 7, rank, start, p)``
 (``start`` counts restarts of the worker), dropout seeds from the same stream; phase-2
