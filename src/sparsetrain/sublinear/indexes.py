@@ -337,9 +337,10 @@ class CorrelationTreeIndex(FiredIndex):
 
     Departure from seed 002: the stored values are anchors refreshed only
     when the drift bound says a neuron may have left its band, not updated
-    at every step (at ``n = 256`` an eager refresh of all ``n`` values of
-    every updated neuron costs 100x the lazy drift bookkeeping, see
-    ``docs/sublinear``).
+    at every step.  An eager refresh rewrites all ``n`` values of every
+    updated neuron each step (``radius=0`` does that); the lazy bound costs
+    ``O(1)`` per updated neuron until its drift passes ``radius``.  Measured
+    costs of both: ``docs/sublinear/README_section.md``.
 
     Parameters
     ----------
@@ -350,12 +351,11 @@ class CorrelationTreeIndex(FiredIndex):
     span_slots : int
         Coefficients kept per neuron for Gram re-anchoring (0, the default:
         never use the Gram matrix).  The Gram matrix is only built when
-        ``n <= gram_max_n``.  Measured (d = 16, n = 256, B = 16, one thread):
-        with ``radius=0`` (every updated neuron refreshed each step) 4 slots make
-        maintenance 1.1-1.5x faster than direct dot products; with the default
-        lazy ``radius`` no neuron is re-anchored within a benchmark run, so the
-        per-pair bookkeeping is pure overhead (2-14x the maintenance time at
-        m = 2^16..2^20). Hence off by default; ``--index-param span_slots=4``.
+        ``n <= gram_max_n``.  The slots pay off when neurons are re-anchored
+        often (small ``radius``, e.g. 0 with ``span_slots=4``); with the
+        default lazy ``radius`` re-anchoring is rare, so keeping the
+        coefficients is bookkeeping without a return, hence off by default.
+        Measurements: ``docs/sublinear/README_section.md``.
 
     Memory: ``n m`` float32 plus about ``n m / leaf_block`` float32, plus
     ``m (4 + 12 span_slots + 16)`` bytes and ``8 n^2`` for ``G``.
