@@ -1,8 +1,9 @@
 """Argument checks of the sublinear subpackage, in the core's error style.
 
-Every message reads ``The 'name' parameter must be <allowed>. Got <value>
-instead.`` (command-line options: ``The '--name' option ...``), the style of
-:mod:`sparsetrain.config` and scikit-learn.  Checks run at the boundary (public
+Parameters get :func:`sparsetrain.errors.param_error`'s message, ``The 'name'
+parameter must be <allowed>. Got <value> instead.``; command-line options the
+same sentence with ``option``; feature matrices the core's
+:func:`sparsetrain.data.check_X`.  Checks run at the boundary (public
 functions, constructors, the CLI), never inside a kernel.
 """
 
@@ -13,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SparsetrainError
+from ..data import check_X
+from ..errors import SparsetrainError, param_error
 
 __all__ = ["invalid", "check_int", "check_float", "check_choice", "check_xy"]
+
+
+class _Shown(str):
+    """Text shown as it is where the message would show ``repr(value)`` (e.g. ``shape (3, 4)``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
 
 _INTERVALS = {
     "(0, inf)": lambda v: v > 0,
@@ -32,9 +42,11 @@ def invalid(
     ``got`` is shown by ``repr`` unless ``shown`` gives the text (e.g. ``"shape (3, 4)"``);
     ``fix`` is appended as a last sentence.
     """
-    text = repr(got) if shown is None else shown
+    got = got if shown is None else _Shown(shown)
+    if kind == "parameter":
+        return param_error(name, allowed, got, fix=fix)
     return SparsetrainError(
-        f"The '{name}' {kind} must be {allowed}. Got {text} instead." + (f" {fix}" if fix else "")
+        f"The '{name}' {kind} must be {allowed}. Got {got!r} instead." + (f" {fix}" if fix else "")
     )
 
 
@@ -63,29 +75,18 @@ def check_choice(name: str, value: Any, choices: Any, *, kind: str = "parameter"
 def check_xy(X: Any, y: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Training data for a network of input dimension ``dim``, as C-contiguous float64.
 
-    ``X`` (n, dim) with ``n >= 1`` and ``y`` (n,), all finite.
+    ``X`` (n, dim) with ``n >= 1``, numeric and finite (the core's :func:`check_X`),
+    and real-valued targets ``y`` (n,), finite.
     """
+    X = check_X(X, "X", n_features=dim, expected=f"the network takes {dim} inputs")
     X = np.ascontiguousarray(X, np.float64)
     y = np.ascontiguousarray(y, np.float64)
-    if X.ndim != 2 or X.shape[1] != dim or X.shape[0] < 1:
-        raise invalid(
-            "X",
-            f"an array of shape (n, {dim}) with n >= 1 (the network's input dimension)",
-            X,
-            shown=f"shape {X.shape}",
-        )
     if y.shape != (X.shape[0],):
         raise invalid(
             "y", f"an array of shape ({X.shape[0]},), one target per row of X", y, shown=f"shape {y.shape}"
         )
-    for key, arr in (("X", X), ("y", y)):
-        n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-        if n_bad:
-            raise invalid(
-                key,
-                "finite",
-                arr,
-                shown=f"{n_bad} NaN or infinite values",
-                fix="Remove or impute them before training.",
-            )
+    n_bad = y.size - int(np.count_nonzero(np.isfinite(y)))
+    if n_bad:
+        shown = f"{n_bad} NaN or infinite values"
+        raise invalid("y", "finite", y, shown=shown, fix="Remove or impute them before training.")
     return X, y
