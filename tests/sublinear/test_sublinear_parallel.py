@@ -1,4 +1,4 @@
-"""Every parallel kernel of the sublinear module: 1 thread == all threads == a NumPy reference."""
+"""Every parallel kernel of the sublinear module: 1 thread == all threads == a reference (NumPy or serial)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sublinear_helpers import unit_rows
 
 from sparsetrain.sublinear import _kernels as K
 from sparsetrain.sublinear.indexes import make_index
+from sparsetrain.sublinear.network import fired_sets
 
 THREADS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 
@@ -181,3 +182,85 @@ def test_sparse_forward(problem):
     assert_same(res)
     ref = np.maximum(X @ W.T - shift, 0.0) @ a / np.sqrt(W.shape[0])
     np.testing.assert_allclose(res[0][0], ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# kernels with a single-thread reference (``name_par`` beside ``name``): same bits
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pairs_problem():
+    """Fired pairs of a small network as CSR over inputs and CSC over neurons, plus operands."""
+    rng = np.random.default_rng(4)
+    m, d, n = 600, 5, 20
+    W = rng.standard_normal((m, d))
+    X = unit_rows(rng, n, d)
+    indptr, indices = fired_sets(X @ W.T > 0.8)
+    tptr, tind, _ = K.csr_transpose(indptr, indices, m)
+    keys = np.repeat(np.arange(m), np.diff(tptr)) * n + tind  # CSC pair keys r n + i, ascending
+    p = {"m": m, "n": n, "W": W, "X": X, "G": X @ X.T, "a": rng.choice([-1.0, 1.0], m), "keys": keys}
+    p.update(csr=(indptr, indices), csc=(tptr, tind), urow=np.searchsorted(keys, np.arange(m + 1) * n))
+    p.update(coef=rng.standard_normal(keys.size), z0=rng.standard_normal(keys.size))
+    p.update(
+        v=rng.standard_normal(n), U=rng.standard_normal((m, d)), delta=0.1 * rng.standard_normal(keys.size)
+    )
+    return p
+
+
+def _fired_counts(kern, p):
+    return (kern(*p["csr"], *p["csc"], p["n"]),)
+
+
+def _jt_apply(kern, p):
+    out = np.empty_like(p["W"])
+    kern(*p["csc"], p["a"], p["X"], p["v"], 0.3, out)
+    return (out,)
+
+
+def _j_apply(kern, p):
+    out = np.empty(p["n"])
+    kern(*p["csr"], p["a"], p["X"], p["U"], 0.3, out)
+    return (out,)
+
+
+def _implicit_preacts(kern, p):
+    ppos = np.arange(p["keys"].size)  # every fired pair is in the union pattern, in order
+    return (kern(*p["csc"], ppos, p["keys"], p["urow"], p["coef"], p["z0"], p["G"], p["n"]),)
+
+
+def _materialise_step(kern, p):
+    W, rows, norms = p["W"].copy(), np.empty(p["m"], np.int64), np.empty(p["m"])
+    k = kern(*p["csc"], p["delta"], p["X"], p["G"], W, rows, norms)
+    return W, rows[:k], norms[:k]
+
+
+def _srht_rows(kern, p):
+    rng = np.random.default_rng(5)
+    N = 1 << int(np.ceil(np.log2(p["W"].size)))
+    rows = np.sort(rng.choice(N, size=16, replace=False))
+    out = np.empty((16, p["n"]))
+    kern(*p["csr"], p["a"], p["X"], rows, rng.choice([-1.0, 1.0], p["W"].size), 0.5, out)
+    return (out,)
+
+
+WITH_REFERENCE = {
+    "fired_counts": _fired_counts,
+    "jt_apply": _jt_apply,
+    "j_apply": _j_apply,
+    "implicit_preacts": _implicit_preacts,
+    "materialise_step": _materialise_step,
+    "srht_rows": _srht_rows,
+}
+
+
+def test_every_reference_pair_is_tested():
+    assert {name[: -len("_par")] for name in dir(K) if name.endswith("_par")} == set(WITH_REFERENCE)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_REFERENCE))
+def test_parallel_kernel_equals_its_reference(pairs_problem, name):
+    run = WITH_REFERENCE[name]
+    parallel = on_threads(lambda: run(getattr(K, f"{name}_par"), pairs_problem))
+    assert_same(parallel)
+    assert_same([parallel[0], run(getattr(K, name), pairs_problem)])
