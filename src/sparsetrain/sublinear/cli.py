@@ -43,7 +43,8 @@ def _ints(text: str) -> tuple[int, ...]:
             return tuple(range(int(a), int(b) + 1))
         return tuple(int(t) for t in text.split(",") if t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'A:B' or 'a,b,c' integers; got {text!r}") from None
+        message = f"must be integers as 'A:B' or 'a,b,c'. Got {text!r} instead."
+        raise argparse.ArgumentTypeError(message) from None  # argparse prefixes "argument --option: "
 
 
 def add_subcommand(subparsers) -> None:
