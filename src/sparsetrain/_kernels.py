@@ -58,6 +58,11 @@ ACT_SIGMOID = 2  # f(z) = 1 / (1 + exp(-z))
 # SReLU (Jin et al. 2016) runs as a second pass (srelu_forward) after a linear sparse_forward.
 SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) parameter array
 
+# What the backward kernels do with a connection's (or bias's) gradient g (``update``):
+GRAD_STORE = 0  # grad[k] = g (also False)
+GRAD_STEP = 1  # momentum-SGD step in place, no gradient kept (also True)
+GRAD_ADD = 2  # grad[k] += g: micro-batches of one step add up their gradients
+
 # TINY (smallest normal float32): values below it are flushed to zero where they arise
 # (deltas here, velocities in the update rule), see sparsetrain.optim. The momentum-SGD
 # rule itself lives there; momentum_sgd is re-exported for the model's SReLU parameters.
@@ -621,7 +626,7 @@ def gather_standardize(X, idx, mean, inv_std, out):
 
 @numba.njit(inline="always")
 def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
-                  drop_rate, seed, out, dfac):
+                  drop_rate, seed, out, dfac, col0):
     """Output rows ``j0:j1`` of :func:`sparse_forward`."""
     batch = a_prev.shape[1]
     want_d = dfac.shape[1] > 0
@@ -657,7 +662,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
                 pos = z > 0
                 keep = one
                 if drop:
-                    keep = keep_scale if _sample_bits(key, b) >= thr else zero
+                    keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
                 out[j, b] = (z if pos else slope * z) * keep
                 if want_d:
                     dfac[j, b] = (one if pos else slope) * keep
@@ -671,7 +676,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
                     d = f * (one - f)
                 keep = one
                 if drop:
-                    keep = keep_scale if _sample_bits(key, b) >= thr else zero
+                    keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
                 out[j, b] = f * keep
                 if want_d:
                     dfac[j, b] = d * keep
@@ -679,7 +684,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
-                   drop_rate, seed, out, dfac):
+                   drop_rate, seed, out, dfac, col0=0):
     """Fused sparse product, bias, activation and inverted dropout.
 
     ``z[j, b] = bias[j] + sum_{k in col j} data[col_pos[k]] * a_prev[col_rows[k], b]``
@@ -687,6 +692,9 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
     (only when ``drop_rate > 0``), and ``dfac = f'(z) * m / (1 - p)``: the factor
     the backward pass multiplies the incoming delta by. ``dfac`` is written only
     when it has at least one column (pass a ``(0, 0)`` array to skip it).
+    Column ``b`` draws the dropout bits of sample ``col0 + b`` of the step, so a step
+    run as micro-batches (``col0`` = the micro-batch's first column) drops the same
+    units as the whole batch.
 
     Each block of up to 128 batch columns of ``out[j, :]`` stays in registers while the
     row's connections are walked: one load and one store per block, not per connection.
@@ -696,16 +704,19 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
     n_out = col_ptr.shape[0] - 1
     for c in prange((n_out + 15) // 16):
         _forward_rows(c * 16, min(n_out, c * 16 + 16), a_prev, col_ptr, col_rows, col_pos, data,
-                      bias, act, slope, drop_rate, seed, out, dfac)
+                      bias, act, slope, drop_rate, seed, out, dfac, col0)
 
 
 @numba.njit(inline="always")
 def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
-    """Either store the gradient of connection ``k``, or apply momentum SGD to it at once."""
-    if update:
+    """Store the gradient of connection ``k`` (``GRAD_STORE``), add it to the stored one
+    (``GRAD_ADD``), or apply momentum SGD to it at once (``GRAD_STEP``)."""
+    if update == GRAD_STEP:
         vk = momentum_velocity(velocity[k], g, data[k], lr, momentum, weight_decay)
         velocity[k] = vk
         data[k] += vk
+    elif update == GRAD_ADD:
+        grad[k] += g
     else:
         grad[k] = g
 
@@ -800,17 +811,19 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
 
 
 @numba.njit(inline="always")
-def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update):
-    """Rows ``j0:j1``: :func:`bias_step` if ``update``, else :func:`row_mean` into ``mean_out``."""
-    batch = delta.shape[1]
-    inv = np.float32(1.0) / np.float32(batch)
+def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update, inv):
+    """Rows ``j0:j1`` with ``g_j = inv * sum_b delta[j, b]``: :func:`bias_step`
+    (``GRAD_STEP``), ``mean_out[j] = g_j`` (``GRAD_STORE``) or ``mean_out[j] += g_j``
+    (``GRAD_ADD``)."""
     for j in range(j0, j1):
         s = _row_sum(delta, j)
-        if update:
+        if update == GRAD_STEP:
             vj = momentum_velocity(velocity[j], s * inv, np.float32(0.0), lr, momentum,
                                     np.float32(0.0))
             velocity[j] = vj
             bias[j] += vj
+        elif update == GRAD_ADD:
+            mean_out[j] += s * inv
         else:
             mean_out[j] = s * inv
 
@@ -822,17 +835,19 @@ def bias_step(delta, bias, velocity, lr, momentum):
         velocity[j] <- momentum * velocity[j] - lr * g_j;   bias[j] <- bias[j] + velocity[j]
     """
     n = delta.shape[0]
+    inv = np.float32(1.0) / np.float32(delta.shape[1])
     for j in prange(n):
-        _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, True)
+        _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, GRAD_STEP, inv)
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
-                codes, slopes, rates, seeds, dfacs, n_threads):
+                codes, slopes, rates, seeds, dfacs, n_threads, col0=0):
     """Every layer's forward pass in one parallel region: :func:`gather_standardize`
     into ``acts[0]``, then for each layer ``l`` :func:`sparse_forward` from ``acts[l]``
     into ``acts[l + 1]`` with activation ``codes[l]``, slope ``slopes[l]``, dropout rate
-    ``rates[l]`` and seed ``seeds[l]``, writing ``dfacs[l]`` when it has columns.
+    ``rates[l]`` and seed ``seeds[l]``, writing ``dfacs[l]`` when it has columns
+    (``col0``: the first column's sample number in the step, as in :func:`sparse_forward`).
 
     The per-layer arguments are tuples (one entry per layer); ``n_threads`` is
     ``numba.get_num_threads()``. Same results as the separate kernels, bit for bit.
@@ -874,7 +889,7 @@ def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, data
                         _gather_rows(r0, r1, X, idx, mean, inv_std, out)
                     else:
                         _forward_rows(r0, r1, a_prev, col_ptr, col_rows, col_pos, data, bias, code,
-                                      slope, rate, seed, out, dfac)
+                                      slope, rate, seed, out, dfac, col0)
                     _chunk_done(state, p, n_phases, n_threads)
         _leave(state, w, n_phases, n_threads)
 
@@ -882,13 +897,15 @@ def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, data
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
                  biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
-                 weight_decay, update, n_threads):
+                 weight_decay, update, n_threads, lr_scales=None):
     """Every layer's backward pass in one parallel region, last layer first: for layer
     ``l``, :func:`sparse_backward` with ``a_prev = acts[l]``, ``delta = deltas[l]``,
     ``dfac_prev = dfacs[l]`` and ``delta_prev = prev_deltas[l]`` (``deltas[l - 1]``, or
     a ``(0, 0)`` array for the first layer), and the bias: :func:`bias_step` if
     ``update``, else :func:`row_mean` into ``bias_grads[l]``. With ``update`` False the
-    weight gradients go to ``grads[l]``.
+    weight gradients go to ``grads[l]`` (``GRAD_ADD``: are added to them, every mean
+    taken with ``inv_batch``). ``lr_scales`` (float32, one per layer; None: all 1)
+    multiplies the learning rate of layer ``l``'s connections (not of its bias).
 
     Layer ``l - 1`` starts once every row of layer ``l`` is done (it reads the delta
     layer ``l`` wrote). Tuples hold one entry per layer. Same results as the separate
@@ -922,6 +939,7 @@ def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, v
             row_ptr, row_cols, data, velocity = row_ptrs[l], row_colss[l], datas[l], velocities[l]
             bias, bias_velocity = biases[l], bias_velocities[l]
             grad, bias_grad = grads[l], bias_grads[l]
+            lr_l = lr if lr_scales is None else np.float32(lr * lr_scales[l])
             if q > 0:
                 _wait_phase(state, q - 1, n_layers, n_threads, n_chunks[q - 1])
             for v in range(n_threads):
@@ -934,19 +952,19 @@ def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, v
                         r0 = c * rstep[q]
                         r1 = min(n_rows[q], r0 + rstep[q])
                         _backward_rows(r0, r1, a_prev, delta, row_ptr, row_cols, data, dfac_prev,
-                                       inv_batch, grad, delta_prev, velocity, lr, momentum,
+                                       inv_batch, grad, delta_prev, velocity, lr_l, momentum,
                                        weight_decay, update, gsum)
                     else:
                         r0 = (c - n_row_chunks[q]) * 64
                         r1 = min(n_out[q], r0 + 64)
                         _bias_rows(r0, r1, delta, bias, bias_velocity, lr, momentum, bias_grad,
-                                   update)
+                                   update, inv_batch)
                     _chunk_done(state, q, n_layers, n_threads)
         _leave(state, w, n_layers, n_threads)
 
 
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
-def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
+def srelu_forward(out, params, drop_rate, seed, zbuf, dfac, col0=0):
     """SReLU with per-neuron parameters ``(t_l, a_l, t_r, a_r) = params[:, j]`` and dropout,
     in place on the pre-activations ``out`` (n, B)::
 
@@ -956,7 +974,8 @@ def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
 
     Writes ``zbuf = z`` and ``dfac = m / (1 - p)`` (the dropout factor only: the
     activation's derivative needs the parameters, so :func:`srelu_backward` applies it)
-    when they have columns. The dropout mask equals the one ``sparse_forward`` draws.
+    when they have columns. The dropout mask equals the one ``sparse_forward`` draws
+    (the same ``col0``).
     """
     n = out.shape[0]
     batch = out.shape[1]
@@ -983,7 +1002,7 @@ def srelu_forward(out, params, drop_rate, seed, zbuf, dfac):
                 f = z
             keep = one
             if drop_rate > 0.0:
-                keep = keep_scale if _sample_bits(key, b) >= thr else np.float32(0.0)
+                keep = keep_scale if _sample_bits(key, b + col0) >= thr else np.float32(0.0)
             out[j, b] = f * keep
             if want_d:
                 dfac[j, b] = keep
@@ -1031,11 +1050,23 @@ def srelu_backward(zbuf, delta, params, inv_batch, pgrad):
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
+def bias_grad(delta, out, inv_batch, update):
+    """Bias gradients ``g_j = inv_batch * sum_b delta[j, b]`` stored in ``out``
+    (``GRAD_STORE``) or added to it (``GRAD_ADD``)."""
+    n = delta.shape[0]
+    for j in prange(n):
+        _bias_rows(j, j + 1, delta, out, out, np.float32(0.0), np.float32(0.0), out, update,
+                   inv_batch)
+
+
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def row_mean(x, out):
     """``out[j] = mean_b x[j, b]`` (bias gradient from a feature-major delta)."""
     n = x.shape[0]
+    inv = np.float32(1.0) / np.float32(x.shape[1])
     for j in prange(n):
-        _bias_rows(j, j + 1, x, out, out, np.float32(0.0), np.float32(0.0), out, False)
+        _bias_rows(j, j + 1, x, out, out, np.float32(0.0), np.float32(0.0), out, GRAD_STORE,
+                   inv)
 
 
 @numba.njit(cache=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         if param.group and param.group not in groups:
             groups[param.group] = t.add_argument_group(param.group)
         _add_option(groups.get(param.group, t), param)
+    groups[PARAMS["micro_batch"].group].add_argument(
+        "--memory-budget", dest="memory_budget", type=float, metavar="GB",
+        help="memory the model, its work arrays and the SET step may use, in GB (default: "
+        "85%% of what is available); sets the micro-batch unless --micro-batch is given")
     t.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     t.add_argument("--out", help="run folder: config.json, metrics.csv, model.npz, PNG")
     t.add_argument("--resume", action="store_true",
@@ -171,6 +176,12 @@ def cmd_train(args) -> int:
     from .trainer import Trainer, build_model
 
     _set_threads(args.threads)
+    budget = None
+    if args.memory_budget is not None:
+        if not (math.isfinite(args.memory_budget) and args.memory_budget > 0):
+            raise SparsetrainError("The '--memory-budget' option must be a number of GB in "
+                                   f"(0, inf). Got {args.memory_budget} instead.")
+        budget = int(args.memory_budget * 1e9)
     out = Path(args.out) if args.out else None
     progress = False if args.no_progress else None
     if args.resume and out is None:
@@ -208,7 +219,7 @@ def cmd_train(args) -> int:
         cfg = make_config(args.dataset, args.preset, **overrides)
         if args.ip and cfg.ip_start is None:
             cfg.ip_start = max(1, round(0.4 * cfg.epochs))  # the paper: 200 of 500 epochs
-        model = build_model(cfg, ds.X_train, ds.n_classes)
+        model = build_model(cfg, ds.X_train, ds.n_classes, memory_budget=budget)
         run_info = {"dataset": args.dataset, "options": options, "source": ds.source,
                     "preset": args.preset}
         if args.parallel:
@@ -224,6 +235,7 @@ def cmd_train(args) -> int:
         else:
             trainer = Trainer(cfg, out, progress=progress, run_info=run_info)
         trainer.write_config(model)
+    trainer.memory_budget = budget
     print(f"sparsetrain: {ds!r}; {model!r}", file=sys.stderr)
     if trainer.epoch >= trainer.config.epochs:
         print(f"sparsetrain: run already finished ({trainer.epoch} epochs)", file=sys.stderr)

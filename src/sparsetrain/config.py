@@ -81,7 +81,10 @@ class Interval:
         return f"{text}, or None for {self.none}" if self.none else text
 
     def parse(self, text: str):
-        """The command-line value (argparse ``type``)."""
+        """The command-line value (argparse ``type``); ``none`` where None is allowed
+        (kept as the text ``"none"`` so that it overrides a preset, see :func:`make_config`)."""
+        if self.none and text.strip().lower() == "none":
+            return NONE
         return self.kind(text)
 
     def coerce(self, value):
@@ -180,7 +183,10 @@ class Param:
 
 
 _SAME = "<same>"
+#: The command line's word for None (an unset option is None and leaves the preset's value).
+NONE = "none"
 _IP = "Importance Pruning of hidden neurons (SPEC 1.6)"
+_SCALE = "width and memory (very wide networks, SPEC 1.9 and 1.11)"
 
 
 def _param(default, rule, help: str, *, flag: str | None = None, estimator: str | None = _SAME,
@@ -226,6 +232,16 @@ class TrainConfig:
         the ``ip_percentile``-th percentile of its layer. ``ip_start=None``: no pruning.
     seed : int
         The one seed of the run.
+    lr_fan_in : float or None
+        Width-aware learning rate (SPEC 1.11): a layer whose mean fan-in ``F`` exceeds
+        it trains its connections with ``lr * lr_fan_in / F``
+        (:func:`sparsetrain.optim.fan_in_lr_scales`). Default 1000 (the output fan-in
+        of the paper's Fashion-MNIST network); every paper preset sets None (one rate,
+        as the paper).
+    micro_batch : int or None
+        Samples per forward/backward pass; a larger batch runs as micro-batches whose
+        gradients add up to the batch's (the same step, to float rounding). None: the
+        whole batch when it fits in memory, else the largest multiple of 16 that does.
 
     The allowed values, help texts and option names of every field are in :data:`PARAMS`.
     """
@@ -279,6 +295,16 @@ class TrainConfig:
         group=_IP)
     seed: int = _param(
         0, Interval(int, 0, None, "left"), "the one seed of the run", estimator=None)
+    lr_fan_in: float | None = _param(
+        1000.0, Interval(float, 0, None, "neither",
+                         none="one learning rate for every layer (the paper)"),
+        "layers whose mean fan-in F exceeds this train with lr * lr_fan_in / F (default "
+        "1000; 'none': one rate, as the paper's presets)", estimator=None, group=_SCALE)
+    micro_batch: int | None = _param(
+        None, Interval(int, 1, None, "left", none="the whole batch if it fits in memory"),
+        "samples per forward/backward pass; gradients of a batch's micro-batches add up "
+        "(default: the whole batch if it fits in memory, else the largest multiple of 16 "
+        "that does)", estimator=None, group=_SCALE)
 
     def validate(self, *, names: Mapping[str, str] | None = None,
                  owner: str | None = None) -> TrainConfig:
@@ -318,21 +344,26 @@ def _named(field: dataclasses.Field) -> Param:
 PARAMS: dict[str, Param] = {f.name: _named(f) for f in dataclasses.fields(TrainConfig)}
 
 
-#: Paper settings per dataset (SPEC 1.7): overrides of the defaults above.
+#: Paper settings per dataset (SPEC 1.7): overrides of the defaults above. Each paper preset
+#: trains every layer with one learning rate (``lr_fan_in=None``), as the paper does.
 PRESETS: dict[str, dict] = {
     "fashion-mnist": dict(hidden=(1000, 1000, 1000), epsilon=20.0, lr=0.01, batch_size=128,
                           init="he-uniform", activation="all-relu", alpha=0.6, dropout=0.3,
-                          momentum=0.9, weight_decay=2e-4, zeta=0.3, epochs=500),
+                          momentum=0.9, weight_decay=2e-4, zeta=0.3, epochs=500,
+                          lr_fan_in=None),
     "madelon": dict(hidden=(400, 100, 400), epsilon=10.0, lr=0.01, batch_size=32, init="normal",
-                    activation="all-relu", alpha=0.5, dropout=0.3, epochs=500),
+                    activation="all-relu", alpha=0.5, dropout=0.3, epochs=500, lr_fan_in=None),
     "cifar10": dict(hidden=(4000, 1000, 4000), epsilon=20.0, lr=0.01, batch_size=128,
-                    init="he-uniform", activation="all-relu", alpha=0.75, dropout=0.3, epochs=500),
+                    init="he-uniform", activation="all-relu", alpha=0.75, dropout=0.3, epochs=500,
+                    lr_fan_in=None),
     "higgs": dict(hidden=(1000, 1000, 1000), epsilon=10.0, lr=0.01, batch_size=128, init="xavier",
-                  activation="all-relu", alpha=0.05, dropout=0.3, epochs=500),
+                  activation="all-relu", alpha=0.05, dropout=0.3, epochs=500, lr_fan_in=None),
     "leukemia": dict(hidden=(27500, 27500), epsilon=10.0, lr=0.005, batch_size=5, init="normal",
-                     activation="all-relu", alpha=0.75, dropout=0.3, epochs=500),
+                     activation="all-relu", alpha=0.75, dropout=0.3, epochs=500,
+                     lr_fan_in=None),
     # Extreme-scale setting of the paper's section 2.4 (SPEC 1.9), at a width one machine
-    # trains in seconds; widen with --hidden.
+    # trains in seconds; widen with --hidden. The paper's learning rate, made width-aware
+    # (the default lr_fan_in): at the paper's widths one rate diverges (SPEC 1.11).
     "synthetic": dict(hidden=(1000, 1000), epsilon=10.0, lr=0.01, batch_size=128,
                       dropout=0.4, momentum=0.9, epochs=10),
 }
@@ -340,11 +371,11 @@ PRESETS: dict[str, dict] = {
 
 def make_config(dataset: str | None, preset: str = "paper", **overrides) -> TrainConfig:
     """Defaults, then the dataset's ``paper`` preset (if any and asked for), then ``overrides``
-    (``None`` values are ignored)."""
+    (``None`` values are ignored; :data:`NONE`, the command line's ``none``, sets None)."""
     if preset not in ("paper", "none"):
         raise param_error("preset", "'paper' or 'none'", preset)
     values = {}
     if preset == "paper" and dataset in PRESETS:
         values.update(PRESETS[dataset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: (None if v is NONE else v) for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values).validate()

@@ -236,10 +236,13 @@ def check_X(
             f"{name} has {arr.shape[1]} features but {expected or f'{n_features} are expected'}"
         )
     if np.issubdtype(arr.dtype, np.inexact):
-        finite = np.isfinite(arr)
-        n_bad = arr.size - int(np.count_nonzero(finite))
+        n_bad = n_rows = 0
+        chunk = max(1, _CHUNK_VALUES // arr.shape[1])  # no full-size boolean temporary
+        for start in range(0, arr.shape[0], chunk):
+            finite = np.isfinite(arr[start : start + chunk])
+            n_bad += finite.size - int(np.count_nonzero(finite))
+            n_rows += int(np.count_nonzero(~finite.all(axis=1)))
         if n_bad:
-            n_rows = int(np.count_nonzero(~finite.all(axis=1)))
             raise SparsetrainError(
                 f"{name} contains {n_bad} NaN or infinite values (in {n_rows} of "
                 f"{len(arr)} rows); features must be finite. Remove or impute them "
@@ -429,7 +432,7 @@ def feature_stats(X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize_features(
-    X_train: np.ndarray, X_test: np.ndarray
+    X_train: np.ndarray, X_test: np.ndarray, *, in_place: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shift and scale every feature with the training set's mean and std.
 
@@ -445,6 +448,8 @@ def standardize_features(
     Returns
     -------
     X_train_std, X_test_std : ndarray, float32, C-contiguous
+        With ``in_place`` and writable C-contiguous float32 inputs, the inputs
+        themselves (no second copy of the data).
     mean, std : ndarray of shape (n_features,), float32
         A constant training column (``std == 0``, detected exactly as
         ``min == max``) gets ``std = 1`` and ``mean`` equal to its value, so it
@@ -462,7 +467,9 @@ def standardize_features(
     chunk = max(1, _CHUNK_VALUES // max(X_train.shape[1], 1))
 
     def apply(X: np.ndarray) -> np.ndarray:
-        out = np.empty(X.shape, dtype=np.float32)
+        own = (in_place and X.dtype == np.float32 and X.flags.c_contiguous
+               and X.flags.writeable)
+        out = X if own else np.empty(X.shape, dtype=np.float32)
         for start in range(0, len(X), chunk):
             block = X[start : start + chunk].astype(np.float32, copy=False)
             np.subtract(block, mean32, out=out[start : start + chunk])
@@ -736,7 +743,8 @@ def load_dataset(
     y_test = np.asarray(raw.y_test).astype(np.int64)
     mean = std = None
     if standardize:
-        X_train, X_test, mean, std = standardize_features(X_train, X_test)
+        # The loaders' arrays are this call's own: standardised where they are.
+        X_train, X_test, mean, std = standardize_features(X_train, X_test, in_place=True)
     return Dataset(
         name=ds_name,
         X_train=X_train,
@@ -886,7 +894,8 @@ def _load_synthetic(
     test_fraction: float,
     seed: int,
 ) -> RawSplits:
-    """Generate a split with ``sklearn.datasets.make_classification``.
+    """Generate a split with :func:`sparsetrain.synthetic.make_classification` (scikit-learn's
+    ``make_classification`` in float32, written row chunk by row chunk).
 
     Madelon's generator: ``n_informative`` informative features on the vertices
     of a hypercube, 2 clusters per class, ``class_sep=1``, 1% flipped labels.
@@ -931,19 +940,18 @@ def _load_synthetic(
             f"(n_samples={n_samples}, test_fraction={test_fraction}); both need at least one. "
             "Raise n_samples or change test_fraction."
         )
-    from sklearn.datasets import make_classification
+    from .synthetic import make_classification
 
+    # float32 rows written in place (no float64 copy): train and test are views of one array.
     X, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
+        n_samples,
+        n_features,
         n_informative=n_informative,
         n_redundant=0,
         n_repeated=0,
         n_classes=n_classes,
-        shuffle=True,
-        random_state=int(seed),
-    )
-    X = X.astype(np.float32)  # (n_samples, n_features)
+        seed=int(seed),
+    )  # X (n_samples, n_features) float32, rows in random order
     source = (
         f"generated (make_classification, n_samples={n_samples}, n_features={n_features}, "
         f"n_informative={n_informative}, n_classes={n_classes}, "

@@ -129,6 +129,11 @@ class SparseMLP:
         if not np.all(self.target_std > 0):
             raise SparsetrainError("target_std must be positive")
         self._buffers = {}
+        #: Samples per forward/backward pass (None: the whole batch). A larger batch runs
+        #: as micro-batches whose gradients add up to the batch's, then one step: the
+        #: activation memory is that of ``micro_batch`` samples (set by the trainer from
+        #: its memory plan, see :mod:`sparsetrain.memory`; not saved in model files).
+        self.micro_batch: int | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -221,8 +226,10 @@ class SparseMLP:
         return bufs
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, X, idx, training: bool, seed: int = 0):
-        """Run the layers on rows ``idx`` of ``X``; returns the buffers (output logits last)."""
+    def _forward(self, X, idx, training: bool, seed: int = 0, col0: int = 0):
+        """Run the layers on rows ``idx`` of ``X``; returns the buffers (output logits last).
+        ``col0``: the first row's position in its step (micro-batches draw the dropout
+        masks of their place in the whole batch)."""
         bufs = self._bufs(idx.shape[0], training)
         acts, dfac = bufs["acts"], bufs["dfac"]
         slopes = self.slopes()
@@ -240,7 +247,7 @@ class SparseMLP:
                 np.array([rate] * last + [0.0], np.float32),
                 np.array([(seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF
                           for l in range(last + 1)], np.uint64),
-                tuple(dfac) + (_EMPTY,), _kernels.n_threads())
+                tuple(dfac) + (_EMPTY,), _kernels.n_threads(), np.int64(col0))
             return bufs
         _kernels.gather_standardize(X, idx, self.input_mean, self._inv_std, acts[0])
         for l, layer in enumerate(self.layers):
@@ -254,13 +261,13 @@ class SparseMLP:
                 _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
                                         layer.data, layer.bias, _kernels.ACT_LINEAR,
                                         np.float32(0.0), np.float32(0.0), layer_seed,
-                                        acts[l + 1], _EMPTY)
+                                        acts[l + 1], _EMPTY, np.int64(col0))
                 _kernels.srelu_forward(acts[l + 1], layer.neuron_params, np.float32(rate),
-                                       layer_seed, bufs["z"][l], d)
+                                       layer_seed, bufs["z"][l], d, np.int64(col0))
                 continue
             _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
                                     layer.data, layer.bias, code, np.float32(slope),
-                                    np.float32(rate), layer_seed, acts[l + 1], d)
+                                    np.float32(rate), layer_seed, acts[l + 1], d, np.int64(col0))
         return bufs
 
     def _batch_targets(self, y, idx):
@@ -302,61 +309,98 @@ class SparseMLP:
                     delta[...] = diff
         return loss
 
-    def _backward(self, bufs, step=None):
+    def _backward(self, bufs, step=None, *, lr_scales=None, inv_batch=None, add=False):
         """Per-layer gradients after a training forward + loss, or, with
         ``step=(lr, momentum, weight_decay)``, the momentum-SGD update applied inside the
-        kernels as the gradients come (then the returned weight/bias entries are None).
+        kernels as the gradients come (then the returned weight/bias entries are None;
+        ``lr_scales``: per-layer factors of the connections' learning rate).
 
-        Each layer's delta uses only its own (not yet updated) weights, so updating a
-        layer right after its backward kernel equals updating all layers at the end.
+        Gradient mode: means are taken with ``inv_batch`` (default: 1 / this pass's
+        columns) and, with ``add``, added to the gradient buffers instead of replacing
+        them (the micro-batches of one step). Each layer's delta uses only its own (not
+        yet updated) weights, so updating a layer right after its backward kernel equals
+        updating all layers at the end.
         """
         acts, dfac, delta = bufs["acts"], bufs["dfac"], bufs["delta"]
-        inv_batch = np.float32(1.0 / acts[0].shape[1])
+        if inv_batch is None:
+            inv_batch = np.float32(1.0 / acts[0].shape[1])
         update = step is not None
+        mode = (_kernels.GRAD_STEP if update else
+                _kernels.GRAD_ADD if add else _kernels.GRAD_STORE)
         lr, mom, wd = (np.float32(v) for v in (step if update else (0.0, 0.0, 0.0)))
-        grads = [None] * len(self.layers)  # (weights, bias) of layer l
-        neuron = [None] * len(self.layers)  # activation parameters of layer l's outputs
+        layers = self.layers
+        g = [_EMPTY_1D if update else self._grad_buffer(("grad", l), la.nnz)
+             for l, la in enumerate(layers)]
+        gb = [_EMPTY_1D if update else self._grad_buffer(("bias_grad", l), la.n_out)
+              for l, la in enumerate(layers)]
         if not self._act.n_params:  # every layer in one parallel region
-            layers = self.layers
-            g = [_EMPTY_1D if update else self._grad_buffer(l, la.nnz)
-                 for l, la in enumerate(layers)]
-            gb = [_EMPTY_1D if update else np.empty(la.n_out, np.float32) for la in layers]
             _kernels.mlp_backward(
                 tuple(acts[:-1]), tuple(delta), (_EMPTY,) + tuple(delta[:-1]),
                 (_EMPTY,) + tuple(dfac), tuple(la.row_ptr for la in layers),
                 tuple(la.row_cols for la in layers), tuple(la.data for la in layers),
                 tuple(la.velocity for la in layers), tuple(la.bias for la in layers),
                 tuple(la.bias_velocity for la in layers), tuple(g), tuple(gb), inv_batch,
-                lr, mom, wd, update, _kernels.n_threads())
+                lr, mom, wd, mode, _kernels.n_threads(),
+                None if lr_scales is None else np.asarray(lr_scales, np.float32))
             if update:
                 return [LayerGradient(None, None, None) for _ in layers]
             return [LayerGradient(g[l], gb[l], None) for l in range(len(layers))]
-        for l in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[l]
+        neuron = [None] * len(layers)  # activation parameters of layer l's outputs
+        for l in range(len(layers) - 1, -1, -1):
+            layer = layers[l]
             prev_delta = delta[l - 1] if l > 0 else _EMPTY
             prev_dfac = dfac[l - 1] if l > 0 else _EMPTY
-            g = _EMPTY_1D if update else self._grad_buffer(l, layer.nnz)
+            lr_l = lr if lr_scales is None else np.float32(lr * np.float32(lr_scales[l]))
             _kernels.sparse_backward(acts[l], delta[l], layer.row_ptr, layer.row_cols,
-                                     layer.data, prev_dfac, inv_batch, g, prev_delta,
-                                     layer.velocity, lr, mom, wd, update)
+                                     layer.data, prev_dfac, inv_batch, g[l], prev_delta,
+                                     layer.velocity, lr_l, mom, wd, mode)
             if update:
                 _kernels.bias_step(delta[l], layer.bias, layer.bias_velocity, lr, mom)
-                gb = None
             else:
-                gb = np.empty(layer.n_out, np.float32)
-                _kernels.row_mean(delta[l], gb)
-            below = self.layers[l - 1] if l > 0 else None
+                _kernels.bias_grad(delta[l], gb[l], inv_batch, mode)
+            below = layers[l - 1] if l > 0 else None
             if below is not None and below.neuron_params is not None:
                 # delta[l-1] holds dL/da * dropout factor: SReLU turns it into dL/dz.
-                pg = neuron[l - 1] = np.empty_like(below.neuron_params)
+                pg = np.empty_like(below.neuron_params)
                 _kernels.srelu_backward(bufs["z"][l - 1], prev_delta, below.neuron_params,
                                         inv_batch, pg)
                 if update:  # its parameters are not used again in this backward pass
                     _kernels.momentum_sgd(below.neuron_params.ravel(),
                                           below.neuron_velocity.ravel(), pg.ravel(), lr, mom,
                                           np.float32(0.0))
-            grads[l] = (None if update else g, gb)
-        return [LayerGradient(g, gb, pg) for (g, gb), pg in zip(grads, neuron, strict=True)]
+                else:
+                    acc = self._grad_buffer(("neuron_grad", l - 1), pg.size).reshape(pg.shape)
+                    if add:
+                        acc += pg
+                    else:
+                        acc[...] = pg
+                    neuron[l - 1] = acc
+        if update:
+            return [LayerGradient(None, None, None) for _ in layers]
+        return [LayerGradient(g[l], gb[l], neuron[l]) for l in range(len(layers))]
+
+    def _micro_batches(self, n: int) -> int:
+        """Samples per pass for a step of ``n``: ``micro_batch`` if set and smaller."""
+        mb = self.micro_batch
+        return n if mb is None or mb >= n else int(mb)
+
+    def _accumulated_gradients(self, X, y, idx, seed):
+        """Loss and gradients of the step ``idx``, summed over micro-batches of
+        :attr:`micro_batch` samples (each drawing the dropout masks of its columns in
+        the whole batch): equal to the one-pass gradients up to float rounding."""
+        n = idx.shape[0]
+        mb = self._micro_batches(n)
+        inv = np.float32(1.0 / n)
+        total = 0.0
+        grads = None
+        for c0 in range(0, n, mb):
+            sub = idx[c0:c0 + mb]
+            bufs = self._forward(X, sub, training=True, seed=seed, col0=c0)
+            loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, sub),
+                                    bufs["delta"][-1])
+            total += loss * sub.shape[0]
+            grads = self._backward(bufs, inv_batch=inv, add=c0 > 0)
+        return total / n, grads
 
     def gradients(self, X, y, idx=None, seed=0):
         """Training-mode loss and per-layer gradients ``[(dW, db), ...]`` on rows ``idx``.
@@ -366,22 +410,39 @@ class SparseMLP:
         returned arrays are work buffers: copy them to keep them past the next call.
         """
         idx = np.arange(X.shape[0], dtype=np.int64) if idx is None else idx
-        bufs = self._forward(X, idx, training=True, seed=seed)
-        loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, idx), bufs["delta"][-1])
-        return loss, self._backward(bufs)
+        return self._accumulated_gradients(X, y, idx, seed)
 
-    def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed):
-        """One momentum-SGD step on the mini-batch ``idx``; returns the batch loss."""
-        bufs = self._forward(X, idx, training=True, seed=seed)
-        loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, idx), bufs["delta"][-1])
-        self._backward(bufs, step=(lr, momentum, weight_decay))
+    def train_step(self, X, y, idx, *, lr, momentum, weight_decay, seed, lr_scales=None):
+        """One momentum-SGD step on the mini-batch ``idx``; returns the batch loss.
+
+        ``lr_scales`` (one float per layer, or None): factors of each layer's connection
+        learning rate (:func:`sparsetrain.optim.fan_in_lr_scales`). With
+        :attr:`micro_batch` smaller than the batch, the gradients of its micro-batches
+        are added up first and the step applied after (same step, to float rounding).
+        """
+        if self._micro_batches(idx.shape[0]) == idx.shape[0]:  # one pass, step fused in
+            bufs = self._forward(X, idx, training=True, seed=seed)
+            loss = self._loss_delta(bufs["acts"][-1], self._batch_targets(y, idx),
+                                    bufs["delta"][-1])
+            self._backward(bufs, step=(lr, momentum, weight_decay), lr_scales=lr_scales)
+            return loss
+        loss, grads = self._accumulated_gradients(X, y, idx, seed)
+        lr, mom, wd, zero = (np.float32(v) for v in (lr, momentum, weight_decay, 0.0))
+        for l, (layer, g) in enumerate(zip(self.layers, grads, strict=True)):
+            lr_l = lr if lr_scales is None else np.float32(lr * np.float32(lr_scales[l]))
+            _kernels.momentum_sgd(layer.data, layer.velocity, g.weights, lr_l, mom, wd)
+            _kernels.momentum_sgd(layer.bias, layer.bias_velocity, g.bias, lr, mom, zero)
+            if g.neuron is not None:
+                _kernels.momentum_sgd(layer.neuron_params.ravel(),
+                                      layer.neuron_velocity.ravel(), g.neuron.ravel(), lr, mom,
+                                      zero)
         return loss
 
-    def _grad_buffer(self, l, nnz):
-        key = ("grad", l)
+    def _grad_buffer(self, key, n):
+        """A cached float32 work array of ``n`` entries (gradients of one layer)."""
         g = self._buffers.get(key)
-        if g is None or g.shape[0] != nnz:
-            g = np.empty(nnz, np.float32)
+        if g is None or g.shape[0] != n:
+            g = np.empty(n, np.float32)
             self._buffers[key] = g
         return g
 
@@ -397,9 +458,11 @@ class SparseMLP:
 
     # ------------------------------------------------------------------ inference
     def eval_batch_size(self) -> int:
-        """Rows per inference chunk: keeps one activation buffer near 32 MB at most."""
+        """Rows per inference chunk: keeps one activation buffer near 32 MB at most, or
+        :attr:`micro_batch` rows where that is set and larger (training memory reused)."""
         widest = max(self.sizes)
-        return int(max(1, min(2048, (8 << 20) // widest)))
+        rows = int(max(1, min(2048, (8 << 20) // widest)))
+        return max(rows, self.micro_batch or 0)
 
     def decision_function(self, X, batch_size=None) -> np.ndarray:
         """Output-layer values ``z_L`` for every row of ``X``: (N, n_outputs) float32

@@ -22,13 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .evolution import evolve_layers
-from .optim import hyperparameters
+from .optim import fan_in_lr_scales, hyperparameters
 from .pruning import model_constants, original_widths, prune_neurons, regrowth_targets
 
 #: Columns of ``metrics.csv`` (in this order) for a sequential run.
 METRIC_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_seconds",
                   "train_seconds", "eval_seconds", "evolution_seconds", "n_connections",
-                  "connections_per_layer", "neurons_per_layer"]
+                  "connections_per_layer", "neurons_per_layer", "train_loss_tenths"]
 
 
 def prunes_after(config, epoch: int) -> bool:
@@ -96,23 +96,29 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     tqdm bar over the batches (None: only on a terminal).
     """
     lr, momentum, weight_decay = hyperparameters(config)
+    lr_scales = fan_in_lr_scales(model.layers, config.lr_fan_in)  # per layer, or None
     batch = config.batch_size
     n = X.shape[0]
     n_batches = math.ceil(n / batch)
     rng = np.random.default_rng(shuffle_key)
     perm = rng.permutation(n).astype(np.int64)
     seeds = rng.integers(0, 2**62, size=n_batches)
+    losses = np.empty(n_batches)  # sum of each batch's sample losses
     total = 0.0
     t0 = time.perf_counter()
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+    # Over samples, so that the bar shows samples/s and the time left inside long epochs.
+    bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="sample", unit_scale=True,
                leave=False, disable=None if progress is None else not progress)
-    for b in bar:
+    for b in range(n_batches):
         idx = perm[b * batch:(b + 1) * batch]
         loss = model.train_step(X, y, idx, lr=lr, momentum=momentum,
-                                weight_decay=weight_decay, seed=int(seeds[b]))
+                                weight_decay=weight_decay, seed=int(seeds[b]),
+                                lr_scales=lr_scales)
         if not math.isfinite(loss):
             on_non_finite(loss, f"batch {b + 1}/{n_batches}")
-        total += loss * idx.shape[0]
+        losses[b] = loss * idx.shape[0]
+        total += losses[b]
+        bar.update(idx.shape[0])
         if b % 20 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     bar.close()
@@ -127,4 +133,16 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
         topology()
     t3 = time.perf_counter()
     return metrics_row(epoch, total / n, test, marks_to_seconds(t0, t1, t2, t3),
-                       [la.nnz for la in model.layers], model.sizes)
+                       [la.nnz for la in model.layers], model.sizes,
+                       train_loss_tenths=loss_tenths(losses, perm.shape[0], batch))
+
+
+def loss_tenths(batch_losses: np.ndarray, n: int, batch: int) -> str:
+    """Mean training loss over each tenth of the epoch's batches (fewer parts when there
+    are fewer than ten batches), as space-separated numbers: does the loss fall inside
+    an epoch (long epochs of very wide networks)."""
+    sizes = np.full(batch_losses.shape[0], batch, np.float64)
+    sizes[-1] = n - batch * (batch_losses.shape[0] - 1)
+    parts = zip(np.array_split(batch_losses, min(10, batch_losses.shape[0])),
+                np.array_split(sizes, min(10, batch_losses.shape[0])), strict=True)
+    return " ".join(f"{loss.sum() / size.sum():.4g}" for loss, size in parts)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _kernels
+from . import memory as _memory
 from .config import TrainConfig
 from .data import check_targets, check_X, check_y, feature_stats
 from .errors import NonFiniteLossError, SparsetrainError
@@ -28,19 +29,25 @@ from .schedule import METRIC_COLUMNS, prunes_after, run_epoch, topology_step
 
 
 def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "classification",
-                cap_density: bool = False, y_train=None, dense: bool = False) -> SparseMLP:
+                cap_density: bool = False, y_train=None, dense: bool = False,
+                memory_budget: int | None = None) -> SparseMLP:
     """Erdős–Rényi model for ``config`` with the training set's standardisation.
 
     ``n_classes`` is the output width (the number of targets for ``task="regression"``,
     whose targets ``y_train`` give the target standardisation); ``cap_density`` caps
     hidden layers at density 1 instead of refusing (see :meth:`SparseMLP.create`);
     ``dense`` makes every layer fully connected (the dense baselines of ``reproduce``).
+
+    A network that cannot train in ``memory_budget`` bytes (default: a share of the
+    available memory, :func:`sparsetrain.memory.default_budget`) even with micro-batches
+    of 16 samples is refused before anything is allocated.
     """
+    sizes = [X_train.shape[1], *config.hidden, n_classes]
+    check_fits(config, sizes, math.inf if dense else config.epsilon, memory_budget)
     mean, std = feature_stats(X_train)
     t_mean = t_std = None
     if task == "regression" and y_train is not None:
         t_mean, t_std = feature_stats(validate_targets(X_train, y_train, n_classes, "train"))
-    sizes = [X_train.shape[1], *config.hidden, n_classes]
     return SparseMLP.create(sizes, epsilon=math.inf if dense else config.epsilon,
                             rng=np.random.default_rng([config.seed, 0]),
                             activation=config.activation, alpha=config.alpha,
@@ -48,6 +55,24 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
                             fan_in=config.fan_in, input_mean=mean, input_std=std, task=task,
                             cap_density=cap_density or dense, target_mean=t_mean,
                             target_std=t_std)
+
+
+def check_fits(config: TrainConfig, sizes, epsilon: float, memory_budget: int | None = None,
+               connections=None) -> _memory.MemoryPlan:
+    """The memory plan of training ``sizes`` (connections: the Erdős–Rényi counts of
+    ``epsilon`` unless given) with ``config``; raises :class:`SparsetrainError` with one
+    line (the estimate, the memory available, what to change) if nothing fits."""
+    connections = connections or _memory.er_connections(sizes, epsilon)
+    budget = _memory.default_budget() if memory_budget is None else int(memory_budget)
+    srelu = config.activation == "srelu"
+    plan = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
+                                    micro_batch=config.micro_batch, neuron_params=srelu)
+    if plan is None:
+        smallest = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
+                                            micro_batch=16, neuron_params=srelu)
+        shape = "-".join(str(n) for n in sizes)
+        raise SparsetrainError(_memory.refusal(smallest, f"The network {shape}"))
+    return plan
 
 
 def validate_targets(X, y, n_outputs: int, split: str) -> np.ndarray:
@@ -68,14 +93,18 @@ class Trainer:
     run_info : dict, optional
         Extra JSON-able facts stored with the checkpoint (dataset name, preset, options).
     verbose : bool
-        Print one line per epoch (loss, accuracy, time).
+        Print one line per epoch (loss, accuracy, time), and the memory plan.
+    memory_budget : int, optional
+        Bytes the model, its work arrays and the SET step may use (default: a share of
+        the available memory). It sets the micro-batch when ``config.micro_batch`` is
+        None (:mod:`sparsetrain.memory`).
     """
 
     #: Columns of ``metrics.csv``.
     columns = METRIC_COLUMNS
 
     def __init__(self, config: TrainConfig, out_dir=None, *, progress=None, run_info=None,
-                 verbose=True):
+                 verbose=True, memory_budget: int | None = None):
         self.config = config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
@@ -84,6 +113,8 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch = 0
         self.evolved = True  # whether the topology step after self.epoch has been applied
+        self.memory_budget = memory_budget
+        self.memory_plan: _memory.MemoryPlan | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -141,6 +172,7 @@ class Trainer:
         cfg = self.config
         _kernels.enable_flush_to_zero()  # subnormals would make some batches ~100x slower
         X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test, y_test)
+        self.plan_memory(model)
         if not self.evolved and 0 < self.epoch < cfg.epochs:
             # The schedule was extended after its last epoch: apply the step it skipped.
             self._topology_step(model, self.epoch)
@@ -153,6 +185,22 @@ class Trainer:
         finally:
             self.plot()
         return self.history
+
+    def plan_memory(self, model: SparseMLP) -> _memory.MemoryPlan:
+        """Set ``model.micro_batch`` from ``config.micro_batch`` or, if None, from the
+        memory plan (the whole batch when it fits in the budget); refuses a model that
+        does not fit even in micro-batches of 16 samples."""
+        budget = self.memory_budget
+        if budget is None:  # what is free now, plus what the model already holds
+            conns = [la.nnz for la in model.layers]
+            budget = _memory.default_budget() + _memory.model_bytes(model.sizes, conns)
+        plan = check_fits(self.config, model.sizes, 0.0, budget,
+                          connections=[la.nnz for la in model.layers])
+        model.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch else None
+        if self.verbose and (plan.micro_batch < plan.batch or plan.total > 1 << 30):
+            tqdm.write(f"sparsetrain: {plan.describe()}")
+        self.memory_plan = plan
+        return plan
 
     def prepare_data(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None):
         """Float32 features and int64 labels (or float32 targets) for :meth:`fit`, checked

@@ -1,0 +1,175 @@
+"""How much memory a training run needs, how much the machine has, and the micro-batch that fits.
+
+A truly sparse network's memory has two parts that scale differently:
+
+* per connection (fixed for the run): value, momentum, the CSR output index and the
+  derived CSC index (``BYTES_PER_CONNECTION``), plus per-neuron bias, bias momentum and
+  the two pointer arrays;
+* per sample of a (micro-)batch: for every layer of width ``n`` the activations, the
+  dropout factors and the deltas, ``n`` float32 each (``activation_bytes``). At 50 M
+  hidden neurons one sample costs about 0.6 GB of these, so a 128-sample step is run
+  as micro-batches whose gradients add up (see ``SparseMLP.train_step``).
+
+The estimate is what the kernels allocate, not a measurement: the run log prints it next
+to the peak resident memory so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+#: Bytes held per connection while training: value and momentum (float32), CSR output
+#: index (int32), CSC input index (int32) and CSC position of the value (int64).
+BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 8
+#: Bytes per connection of the gradient buffer a micro-batched step adds up into.
+GRAD_BYTES_PER_CONNECTION = 4
+#: Bytes per neuron of a layer's output: bias, bias momentum (float32), CSC pointer (int64).
+BYTES_PER_NEURON = 4 + 4 + 8
+#: Transient bytes per connection of the largest layer during its SET step (int64 keys,
+#: survivors, the merged new keys and the mask/argpartition scratch).
+EVOLUTION_BYTES_PER_CONNECTION = 40
+_SIMD = 16  # batch columns are padded to whole 16-lane groups by the kernels
+
+
+def er_connections(sizes: Sequence[int], epsilon: float) -> list[int]:
+    """Connections of each layer of an Erdős–Rényi network (the count ``erdos_renyi`` draws;
+    a layer denser than 1 is fully connected)."""
+    out = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        p = epsilon * (n_in + n_out) / (n_in * n_out)
+        out.append(n_in * n_out if p >= 1 else max(1, round(p * n_in * n_out)))
+    return out
+
+
+def model_bytes(sizes: Sequence[int], connections: Sequence[int]) -> int:
+    """Parameters, momentum and indexes of a network (fixed for the run)."""
+    per_conn = BYTES_PER_CONNECTION * sum(connections)
+    per_neuron = sum(BYTES_PER_NEURON * n_out + 8 * (n_in + 1)
+                     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+    return per_conn + per_neuron
+
+
+def activation_bytes(sizes: Sequence[int], batch: int, *, training: bool = True,
+                     neuron_params: bool = False) -> int:
+    """Work arrays of one forward (+ backward) pass over ``batch`` samples (padded to whole
+    16-sample SIMD groups): activations of every layer, and for training the deltas of
+    every layer but the input, the dropout factors (and SReLU pre-activations) of the
+    hidden layers."""
+    cols = -(-batch // _SIMD) * _SIMD
+    hidden = sum(sizes[1:-1])
+    per_col = sum(sizes)  # activations
+    if training:
+        per_col += sum(sizes[1:]) + hidden * (2 if neuron_params else 1)
+    return 4 * per_col * cols
+
+
+def evolution_bytes(connections: Sequence[int]) -> int:
+    """Transient memory of the SET step (one layer at a time)."""
+    return EVOLUTION_BYTES_PER_CONNECTION * max(connections, default=0)
+
+
+def available_bytes() -> int:
+    """Memory this process may still use: the smaller of the kernel's ``MemAvailable`` and
+    the room left under a cgroup limit (containers), in bytes."""
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            limits.append(max(0, int(limit) - usage))
+    if not limits:  # not Linux: the physical memory
+        try:
+            limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return 1 << 62
+    return min(limits)
+
+
+#: Share of the available memory a run plans to use by default (the rest: the interpreter,
+#: NumPy temporaries, the page cache of the data and checkpoint files).
+DEFAULT_SHARE = 0.85
+
+
+def default_budget() -> int:
+    """Bytes a run may plan for when no budget is given: a share of what is available."""
+    return int(DEFAULT_SHARE * available_bytes())
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+class MemoryPlan(NamedTuple):
+    """What a run holds (bytes) and the micro-batch that makes it fit."""
+
+    micro_batch: int  # samples per forward/backward pass
+    batch: int  # samples per step
+    model: int  # connections, momentum, indexes, neurons
+    gradients: int  # accumulated gradients (micro-batching only)
+    activations: int  # work arrays of one micro-batch
+    evolution: int  # transient, the SET step of the largest layer
+    budget: int
+
+    @property
+    def total(self) -> int:
+        return self.model + self.gradients + self.activations + self.evolution
+
+    def describe(self) -> str:
+        split = (f"micro-batches of {self.micro_batch} of each {self.batch}-sample step"
+                 if self.micro_batch < self.batch else f"whole {self.batch}-sample batches")
+        return (f"memory plan: {fmt_bytes(self.model)} model + {fmt_bytes(self.activations)} "
+                f"activations ({split})"
+                + (f" + {fmt_bytes(self.gradients)} gradients" if self.gradients else "")
+                + f" + {fmt_bytes(self.evolution)} SET step = {fmt_bytes(self.total)} "
+                f"of {fmt_bytes(self.budget)} available")
+
+
+def _plan(sizes, connections, batch, micro, budget, neuron_params) -> MemoryPlan:
+    return MemoryPlan(micro, batch, model_bytes(sizes, connections),
+                      GRAD_BYTES_PER_CONNECTION * sum(connections) if micro < batch else 0,
+                      activation_bytes(sizes, micro, neuron_params=neuron_params),
+                      evolution_bytes(connections), budget)
+
+
+def plan_micro_batch(sizes: Sequence[int], connections: Sequence[int], batch: int,
+                     budget: int, *, micro_batch: int | None = None,
+                     neuron_params: bool = False) -> MemoryPlan | None:
+    """The plan with ``micro_batch`` samples per pass if given, else with the largest that
+    fits in ``budget`` bytes: the whole batch, or a multiple of 16 below it. None if not
+    even 16 samples (or the whole batch, if smaller) fit next to the model."""
+    if micro_batch is not None:
+        return _plan(sizes, connections, batch, min(micro_batch, batch), budget, neuron_params)
+    whole = _plan(sizes, connections, batch, batch, budget, neuron_params)
+    if whole.total <= budget:
+        return whole
+    smallest = _plan(sizes, connections, batch, min(batch, _SIMD), budget, neuron_params)
+    if smallest.total > budget:
+        return None
+    room = budget - (smallest.total - smallest.activations)
+    groups = max(1, room // activation_bytes(sizes, _SIMD, neuron_params=neuron_params))
+    return _plan(sizes, connections, batch, int(min(batch, _SIMD * groups)), budget,
+                 neuron_params)
+
+
+def refusal(plan_16: MemoryPlan, what: str) -> str:
+    """One line: why ``what`` cannot train here, and what to change."""
+    return (f"{what} does not fit in memory: it needs {fmt_bytes(plan_16.model)} for its "
+            f"connections and neurons, {fmt_bytes(plan_16.gradients)} for gradients and "
+            f"{fmt_bytes(plan_16.activations)} for the activations of "
+            f"{plan_16.micro_batch} samples (with the SET step {fmt_bytes(plan_16.total)}), "
+            f"but {fmt_bytes(plan_16.budget)} are available. Lower --hidden or --epsilon, "
+            "or free memory (--memory-budget sets what may be used).")
