@@ -25,7 +25,7 @@ BAD = {"hidden": (8, 0), "epsilon": 0.0, "activation": "tanhh", "alpha": math.in
        "dropout": 1.0, "init": "zeros", "fan_in": "both", "loss": "hinge", "epochs": 0,
        "batch_size": 0, "lr": math.nan, "momentum": 1.0, "weight_decay": -1e-4, "zeta": 1.0,
        "regrow": "random", "evolve_output": "yes", "ip_start": 0, "ip_step": 0,
-       "ip_percentile": 100.5, "seed": -1, "lr_fan_in": -5.0, "micro_batch": 0}
+       "ip_percentile": 100.5, "seed": -1, "fan_in_ref": -5.0, "micro_batch": 0}
 
 
 def train_subparser():

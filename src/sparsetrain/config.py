@@ -232,12 +232,14 @@ class TrainConfig:
         the ``ip_percentile``-th percentile of its layer. ``ip_start=None``: no pruning.
     seed : int
         The one seed of the run.
-    lr_fan_in : float or None
-        Width-aware learning rate (SPEC 1.11): a layer whose mean fan-in ``F`` exceeds
-        it trains its connections with ``lr * lr_fan_in / F``
-        (:func:`sparsetrain.optim.fan_in_lr_scales`). Default 1000 (the output fan-in
-        of the paper's Fashion-MNIST network); every paper preset sets None (one rate,
-        as the paper).
+    fan_in_ref : float or None
+        Width-aware parametrisation (SPEC 1.11): a layer whose mean fan-in ``F`` exceeds
+        it starts with its initial values scaled by ``sqrt(fan_in_ref / F)`` and trains
+        its connections with ``lr * fan_in_ref / F``
+        (:func:`sparsetrain.optim.fan_in_lr_scales`), so one SGD step moves its outputs
+        as far as a layer of fan-in ``fan_in_ref`` would, whatever its width. Default 100
+        (chosen on the paper's 1 M-neuron network, see docs/benchmarks/extreme-scale.md);
+        every paper preset sets None (one rate and the plain initialiser, as the paper).
     micro_batch : int or None
         Samples per forward/backward pass; a larger batch runs as micro-batches whose
         gradients add up to the batch's (the same step, to float rounding). None: the
@@ -295,11 +297,12 @@ class TrainConfig:
         group=_IP)
     seed: int = _param(
         0, Interval(int, 0, None, "left"), "the one seed of the run", estimator=None)
-    lr_fan_in: float | None = _param(
-        1000.0, Interval(float, 0, None, "neither",
-                         none="one learning rate for every layer (the paper)"),
-        "layers whose mean fan-in F exceeds this train with lr * lr_fan_in / F (default "
-        "1000; 'none': one rate, as the paper's presets)", estimator=None, group=_SCALE)
+    fan_in_ref: float | None = _param(
+        100.0, Interval(float, 0, None, "neither",
+                        none="one learning rate and the plain initialiser (the paper)"),
+        "width-aware parametrisation: layers whose mean fan-in F exceeds this start "
+        "sqrt(fan_in_ref / F) smaller and train with lr * fan_in_ref / F (default 100; "
+        "'none': as the paper's presets)", estimator=None, group=_SCALE)
     micro_batch: int | None = _param(
         None, Interval(int, 1, None, "left", none="the whole batch if it fits in memory"),
         "samples per forward/backward pass; gradients of a batch's micro-batches add up "
@@ -345,25 +348,25 @@ PARAMS: dict[str, Param] = {f.name: _named(f) for f in dataclasses.fields(TrainC
 
 
 #: Paper settings per dataset (SPEC 1.7): overrides of the defaults above. Each paper preset
-#: trains every layer with one learning rate (``lr_fan_in=None``), as the paper does.
+#: trains every layer with one learning rate (``fan_in_ref=None``), as the paper does.
 PRESETS: dict[str, dict] = {
     "fashion-mnist": dict(hidden=(1000, 1000, 1000), epsilon=20.0, lr=0.01, batch_size=128,
                           init="he-uniform", activation="all-relu", alpha=0.6, dropout=0.3,
                           momentum=0.9, weight_decay=2e-4, zeta=0.3, epochs=500,
-                          lr_fan_in=None),
+                          fan_in_ref=None),
     "madelon": dict(hidden=(400, 100, 400), epsilon=10.0, lr=0.01, batch_size=32, init="normal",
-                    activation="all-relu", alpha=0.5, dropout=0.3, epochs=500, lr_fan_in=None),
+                    activation="all-relu", alpha=0.5, dropout=0.3, epochs=500, fan_in_ref=None),
     "cifar10": dict(hidden=(4000, 1000, 4000), epsilon=20.0, lr=0.01, batch_size=128,
                     init="he-uniform", activation="all-relu", alpha=0.75, dropout=0.3, epochs=500,
-                    lr_fan_in=None),
+                    fan_in_ref=None),
     "higgs": dict(hidden=(1000, 1000, 1000), epsilon=10.0, lr=0.01, batch_size=128, init="xavier",
-                  activation="all-relu", alpha=0.05, dropout=0.3, epochs=500, lr_fan_in=None),
+                  activation="all-relu", alpha=0.05, dropout=0.3, epochs=500, fan_in_ref=None),
     "leukemia": dict(hidden=(27500, 27500), epsilon=10.0, lr=0.005, batch_size=5, init="normal",
                      activation="all-relu", alpha=0.75, dropout=0.3, epochs=500,
-                     lr_fan_in=None),
+                     fan_in_ref=None),
     # Extreme-scale setting of the paper's section 2.4 (SPEC 1.9), at a width one machine
     # trains in seconds; widen with --hidden. The paper's learning rate, made width-aware
-    # (the default lr_fan_in): at the paper's widths one rate diverges (SPEC 1.11).
+    # (the default fan_in_ref): at the paper's widths one rate diverges (SPEC 1.11).
     "synthetic": dict(hidden=(1000, 1000), epsilon=10.0, lr=0.01, batch_size=128,
                       dropout=0.4, momentum=0.9, epochs=10),
 }

@@ -40,6 +40,7 @@ from . import _kernels
 from .activations import get_activation
 from .errors import SparsetrainError, param_error
 from .layers import SparseLinear, check_er_density
+from .optim import fan_in_lr_scales
 
 LOSSES = ("cross-entropy", "mse")
 
@@ -140,8 +141,15 @@ class SparseMLP:
     def create(cls, sizes, *, epsilon, rng, activation="all-relu", alpha=0.6, dropout=0.3,
                loss="cross-entropy", init="he-uniform", fan_in="sparse", input_mean=None,
                input_std=None, task="classification", cap_density=False, target_mean=None,
-               target_std=None):
+               target_std=None, fan_in_ref=None):
         """Erdős–Rényi sparse MLP with layer sizes ``sizes = (n_features, h1, ..., n_outputs)``.
+
+        ``fan_in_ref`` (width-aware parametrisation, SPEC 1.11): a layer whose mean fan-in
+        ``F`` exceeds it gets its initial values multiplied by ``sqrt(fan_in_ref / F)``, so
+        its outputs start with the spread of a layer of fan-in ``fan_in_ref`` (µP's
+        smaller output layer); the trainer lowers its learning rate by the same factor
+        squared (:func:`sparsetrain.optim.fan_in_lr_scales`). Regrown connections
+        (``regrow="init"``) draw from the plain initialiser.
 
         Hidden layers must be sparse (density <= 1, else an error that gives the largest
         valid ``epsilon``) unless ``cap_density``, which caps every layer at density 1
@@ -159,6 +167,11 @@ class SparseMLP:
                                      fan_in=fan_in, allow_dense=(l == last or cap_density))
             for l in range(len(sizes) - 1)
         ]
+        scales = fan_in_lr_scales(layers, fan_in_ref)
+        if scales is not None:
+            for layer, scale in zip(layers, scales, strict=True):
+                if scale < 1:
+                    layer.data *= np.float32(np.sqrt(scale))
         act = get_activation(activation)
         for layer in layers[:-1]:
             params = act.init_params(rng, layer.n_out)

@@ -107,24 +107,26 @@ def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: in
                            np.float32(config.weight_decay))
 
 
-def fan_in_lr_scales(layers, lr_fan_in: float | None) -> np.ndarray | None:
-    """Width-aware learning rate (SPEC 1.11): the factor ``min(1, lr_fan_in / F_l)`` of each
-    layer's connection learning rate, ``F_l = nnz_l / n_out_l`` its mean fan-in.
+def fan_in_lr_scales(layers, fan_in_ref: float | None) -> np.ndarray | None:
+    """Width-aware learning rate (SPEC 1.11): the factor ``min(1, fan_in_ref / F_l)`` of each
+    layer's connection learning rate, ``F_l = nnz_l / n_out_l`` its mean fan-in (the
+    initial values of such a layer are scaled by the square root of the same factor, see
+    :meth:`sparsetrain.model.SparseMLP.create`).
 
     One SGD step moves an output ``z_j = sum_i w_ij a_i`` by about
     ``lr * sum_i a_i^2 * delta_j``, which grows with the fan-in: a layer whose outputs
     each sum 10^5-10^6 inputs (the output layers of the paper's extreme-scale networks)
     moves 10^3-10^4 times further per step than one summing 10^2, and training diverges.
-    Scaling such a layer's rate by ``lr_fan_in / F_l`` bounds that move at the one of a
-    fan-in of ``lr_fan_in``; layers at or below it keep ``lr`` (so networks whose layers
-    all have a fan-in up to ``lr_fan_in`` train exactly as with one rate). Biases keep
-    ``lr``. Returns None (one rate everywhere) when ``lr_fan_in`` is None or no layer
+    Scaling such a layer's rate by ``fan_in_ref / F_l`` bounds that move at the one of a
+    fan-in of ``fan_in_ref``; layers at or below it keep ``lr`` (so networks whose layers
+    all have a fan-in up to ``fan_in_ref`` train exactly as with one rate). Biases keep
+    ``lr``. Returns None (one rate everywhere) when ``fan_in_ref`` is None or no layer
     exceeds it.
     """
-    if lr_fan_in is None:
+    if fan_in_ref is None:
         return None
     fan_in = np.array([la.nnz / max(la.n_out, 1) for la in layers])
-    if np.all(fan_in <= lr_fan_in):
+    if np.all(fan_in <= fan_in_ref):
         return None
-    return np.minimum(1.0, lr_fan_in / np.maximum(fan_in, 1e-30)).astype(np.float32)
+    return np.minimum(1.0, fan_in_ref / np.maximum(fan_in, 1e-30)).astype(np.float32)
 

@@ -96,7 +96,7 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     tqdm bar over the batches (None: only on a terminal).
     """
     lr, momentum, weight_decay = hyperparameters(config)
-    lr_scales = fan_in_lr_scales(model.layers, config.lr_fan_in)  # per layer, or None
+    lr_scales = fan_in_lr_scales(model.layers, config.fan_in_ref)  # per layer, or None
     batch = config.batch_size
     n = X.shape[0]
     n_batches = math.ceil(n / batch)

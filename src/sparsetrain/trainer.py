@@ -54,7 +54,7 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
                             dropout=config.dropout, loss=config.loss, init=config.init,
                             fan_in=config.fan_in, input_mean=mean, input_std=std, task=task,
                             cap_density=cap_density or dense, target_mean=t_mean,
-                            target_std=t_std)
+                            target_std=t_std, fan_in_ref=config.fan_in_ref)
 
 
 def check_fits(config: TrainConfig, sizes, epsilon: float, memory_budget: int | None = None,

@@ -204,16 +204,16 @@ class ParallelTrainer(Trainer):
         cfg, par = self.config, self.parallel
         X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test,
                                                              y_test)
-        scales = fan_in_lr_scales(model.layers, cfg.lr_fan_in)
+        scales = fan_in_lr_scales(model.layers, cfg.fan_in_ref)
         if scales is not None:
             # The server and the workers apply one learning rate to the whole value vector.
             wide = int(np.argmin(scales))
             la = model.layers[wide]
             raise SparsetrainError(
                 f"Parallel training applies one learning rate to every layer, but layer "
-                f"{wide + 1} has a mean fan-in of {la.nnz / la.n_out:.0f} > lr_fan_in "
-                f"({cfg.lr_fan_in:g}), so sequential training would lower its rate. Pass "
-                "--lr-fan-in none (one rate, as the paper) or train without --parallel.")
+                f"{wide + 1} has a mean fan-in of {la.nnz / la.n_out:.0f} > fan_in_ref "
+                f"({cfg.fan_in_ref:g}), so sequential training would lower its rate. Pass "
+                "--fan-in-ref none (one rate, as the paper) or train without --parallel.")
         k = par.workers
         n = X_train.shape[0]
         if n < k:
