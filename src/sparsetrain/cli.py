@@ -29,6 +29,7 @@ def _add_data_args(p):
     g.add_argument("--n-features", type=int, help="features (default 100)")
     g.add_argument("--n-informative", type=int, help="informative features (default 20)")
     g.add_argument("--n-classes", type=int, help="classes (default 2)")
+    g.add_argument("--class-sep", type=float, help="distance of the class clusters (default 1)")
 
 
 def _add_option(parser, param: Param, help: str | None = None) -> None:
@@ -162,7 +163,8 @@ def _load_data(args, dataset=None, options=None):
     _check_data_dir(args)
     if options is None:
         options = {k: getattr(args, k) for k in ("n_samples", "n_features", "n_informative",
-                                                  "n_classes") if getattr(args, k) is not None}
+                                                  "n_classes", "class_sep")
+                   if getattr(args, k) is not None}
         if options and name != "synthetic":
             raise SparsetrainError(f"options {sorted('--' + k.replace('_', '-') for k in options)}"
                                    f" apply to --dataset synthetic only, not {name!r}")
