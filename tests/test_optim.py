@@ -71,11 +71,12 @@ def test_scheduled_lr_is_constant_except_the_wassp_warmup():
     assert all(isinstance(x, np.float32) for x in hp)
 
 
-def _problem(rng, activation):
+def _problem(rng, activation, fan_in_ref=100.0):
     X = rng.normal(size=(256, 20)).astype(np.float32)
     y = rng.integers(0, 3, 256)
     cfg = make_config(None, hidden=(30, 20), epsilon=3.0, epochs=4, batch_size=32,
-                      activation=activation, seed=3, weight_decay=1e-2)
+                      activation=activation, seed=3, weight_decay=1e-2,
+                      fan_in_ref=fan_in_ref)
     return X, y, cfg, build_model(cfg, X, 3)
 
 
@@ -84,15 +85,20 @@ def _assert_same_bits(model, values, velocities):
     np.testing.assert_array_equal(get_velocities(model), velocities)
 
 
+# fan_in_ref 6: the last two layers (mean fan-in 7.5 and 20) get width-aware rates.
+@pytest.mark.parametrize("fan_in_ref", [100.0, 6.0])
 @pytest.mark.parametrize("activation", ["all-relu", "srelu"])
-def test_sequential_wasap_and_wassp_steps_give_identical_bits(rng, tmp_path, activation):
+def test_sequential_wasap_and_wassp_steps_give_identical_bits(rng, tmp_path, activation,
+                                                              fan_in_ref):
     """Two steps from the same model and gradients: the sequential kernels' fused step,
     the server's apply (mailbox and Ray-call pushes), a WASSP step (two workers with the
     same gradient: their mean is that gradient) and a shared-model push. The second step
     has non-zero momentum; the WASSP step runs at its warm-up learning rate, which the
     sequential step is given."""
-    X, y, cfg, model = _problem(rng, activation)
+    X, y, cfg, model = _problem(rng, activation, fan_in_ref)
     seq, _ = model_from_state(full_state(model))
+    scales = optim.fan_in_lr_scales(model.layers, fan_in_ref)
+    assert (scales is None) == (fan_in_ref == 100.0)
     async_server = ParameterServer(full_state(model), cfg, n_train=256, workers=2,
                                    mode="async", phase1_epochs=3)
     sync_server = ParameterServer(full_state(model), cfg, n_train=256, workers=2, mode="sync",
@@ -113,7 +119,7 @@ def test_sequential_wasap_and_wassp_steps_give_identical_bits(rng, tmp_path, act
             lr = sync_server.lr()  # step 2: the warm-up has begun (lr_1 > lr)
             assert (lr > cfg.lr) == (step == 1)
             seq.train_step(X, y, idx, lr=lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, seed=step)
+                           weight_decay=cfg.weight_decay, seed=step, lr_scales=scales)
             values, velocities = get_values(seq), get_velocities(seq)
             sync_server.push_many([(0, g, loss, 32), (0, g.copy(), loss, 32)])
             _assert_same_bits(sync_server.model, values, velocities)
@@ -121,9 +127,11 @@ def test_sequential_wasap_and_wassp_steps_give_identical_bits(rng, tmp_path, act
                 async_server.apply_push(0, g, loss, 32)
                 _assert_same_bits(async_server.model, values, velocities)
                 hp = optim.hyperparameters(cfg)
+                ends = np.cumsum([la.nnz for la in replica.layers]).astype(np.int64)
+                lrs = optim.layer_lrs(hp.lr, replica.layers, cfg.fan_in_ref)
                 assert shared_push(seg.header, seg.stats, seg.values, seg.velocity, g, mine,
                                    hp.lr, hp.momentum, hp.weight_decay, 4242, 0, -1, loss,
-                                   32, 0, 0, 1000) == 1
+                                   32, 0, 0, 1000, ends, lrs) == 1
                 _assert_same_bits(shared_server.model, values, velocities)
                 np.testing.assert_array_equal(get_values(replica), values)
     finally:

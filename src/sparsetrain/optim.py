@@ -107,6 +107,16 @@ def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: in
                            np.float32(config.weight_decay))
 
 
+def layer_lrs(lr: np.float32, layers, fan_in_ref: float | None) -> np.ndarray:
+    """The learning rate of each layer's connection values (float32): ``lr`` times
+    :func:`fan_in_lr_scales`, rounded as the training kernels round it."""
+    scales = fan_in_lr_scales(layers, fan_in_ref)
+    lr = np.float32(lr)
+    if scales is None:
+        return np.full(len(layers), lr, np.float32)
+    return (lr * scales).astype(np.float32)  # float32 products, as in the kernels
+
+
 def fan_in_lr_scales(layers, fan_in_ref: float | None) -> np.ndarray | None:
     """Width-aware learning rate (SPEC 1.11): the factor ``min(1, fan_in_ref / F_l)`` of each
     layer's connection learning rate, ``F_l = nnz_l / n_out_l`` its mean fan-in (the

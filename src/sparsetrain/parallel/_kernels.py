@@ -46,7 +46,8 @@ def shared_unlock(header, owner):
 
 @numba.njit(fastmath=False, cache=True)
 def shared_push(header, stats, values, velocity, grad, mine, lr, momentum, weight_decay,
-                owner, version, step, loss, n, stale, dropped_entries, spins):
+                owner, version, step, loss, n, stale, dropped_entries, spins,
+                weight_ends=None, weight_lrs=None):
     """Apply one asynchronous push to the shared model: under the lock, momentum SGD
     (weight decay on the first ``header[SH_N_WEIGHTS]`` entries, the connection values)
     of ``grad`` on ``values``/``velocity``, the new values copied into ``mine`` (the
@@ -57,6 +58,10 @@ def shared_push(header, stats, values, velocity, grad, mine, lr, momentum, weigh
     freezes the model; a non-finite ``loss`` is not applied and freezes it with
     ``SH_FAILED`` set. Returns the server's update count after this update (>= 1), -1 if
     the lock was not taken in ``spins`` tries, -2 if not applied.
+
+    ``weight_lrs[l]`` (float32), if given, is the learning rate of the connection values
+    of layer ``l``, entries ``weight_ends[l - 1]:weight_ends[l]`` (the width-aware
+    rates of :func:`sparsetrain.optim.fan_in_lr_scales`); biases and the rest use ``lr``.
     """
     if not shared_lock(header, owner, spins):
         return -1
@@ -70,9 +75,15 @@ def shared_push(header, stats, values, velocity, grad, mine, lr, momentum, weigh
         else:
             n_weights = header[SH_N_WEIGHTS]
             zero = np.float32(0.0)
+            seg = 0
             for k in range(size):
                 wd = weight_decay if k < n_weights else zero
-                vk = momentum_velocity(velocity[k], grad[k], values[k], lr, momentum, wd)
+                lr_k = lr
+                if weight_lrs is not None and k < n_weights:
+                    while seg < weight_ends.shape[0] - 1 and k >= weight_ends[seg]:
+                        seg += 1
+                    lr_k = weight_lrs[seg]
+                vk = momentum_velocity(velocity[k], grad[k], values[k], lr_k, momentum, wd)
                 velocity[k] = vk
                 wk = values[k] + vk
                 values[k] = wk

@@ -45,7 +45,6 @@ from ..config import TrainConfig
 from ..errors import NonFiniteLossError, SparsetrainError
 from ..io import write_arrays
 from ..model import SparseMLP
-from ..optim import fan_in_lr_scales
 from ..schedule import METRIC_COLUMNS, metrics_row
 from ..trainer import Trainer
 from . import shm
@@ -204,16 +203,6 @@ class ParallelTrainer(Trainer):
         cfg, par = self.config, self.parallel
         X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test,
                                                              y_test)
-        scales = fan_in_lr_scales(model.layers, cfg.fan_in_ref)
-        if scales is not None:
-            # The server and the workers apply one learning rate to the whole value vector.
-            wide = int(np.argmin(scales))
-            la = model.layers[wide]
-            raise SparsetrainError(
-                f"Parallel training applies one learning rate to every layer, but layer "
-                f"{wide + 1} has a mean fan-in of {la.nnz / la.n_out:.0f} > fan_in_ref "
-                f"({cfg.fan_in_ref:g}), so sequential training would lower its rate. Pass "
-                "--fan-in-ref none (one rate, as the paper) or train without --parallel.")
         k = par.workers
         n = X_train.shape[0]
         if n < k:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ..config import TrainConfig
-from ..optim import hyperparameters, momentum_sgd
+from ..optim import hyperparameters, layer_lrs, momentum_sgd
 from ..schedule import marks_to_seconds, metrics_row, topology_step
 from . import _kernels
 from .state import (
@@ -255,8 +255,10 @@ class ParameterServer:
                 return
         lr, mom, wd = hyperparameters(self.config, **self._schedule())
         zero = np.float32(0.0)
-        for (w, b, p, e), la in zip(value_layout(self.model), self.model.layers, strict=True):
-            momentum_sgd(la.data, la.velocity, grad[w:w + la.nnz], lr, mom, wd)
+        lrs = layer_lrs(lr, self.model.layers, self.config.fan_in_ref)
+        for (w, b, p, e), la, lr_l in zip(value_layout(self.model), self.model.layers, lrs,
+                                          strict=True):
+            momentum_sgd(la.data, la.velocity, grad[w:w + la.nnz], lr_l, mom, wd)
             momentum_sgd(la.bias, la.bias_velocity, grad[b:b + la.n_out], lr, mom, zero)
             if la.neuron_params is not None:
                 momentum_sgd(la.neuron_params.ravel(), la.neuron_velocity.ravel(), grad[p:e],

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..optim import hyperparameters
+from ..optim import hyperparameters, layer_lrs
 from . import _kernels as K
 from . import shm
 from .session import import_ray
@@ -242,12 +242,16 @@ class SharedModelPushes(Transport):
         try:
             while not seg[K.SH_DONE]:
                 loss, g, n, version, step = w.gradient(out=gbuf)
+                # The width-aware rate of each layer's connections (its topology may have
+                # changed at the last epoch end).
+                ends = np.cumsum([la.nnz for la in w.model.layers]).astype(np.int64)
+                lrs = layer_lrs(lr, w.model.layers, w.config.fan_in_ref)
                 stale = dropped = 0
                 t0 = time.perf_counter()
                 while True:
                     r = K.shared_push(seg.header, seg.stats, seg.values, seg.velocity, g, mine,
                                       lr, mom, wd, pid, version, step, loss, n, stale, dropped,
-                                      20000)
+                                      20000, ends, lrs)
                     if r > 0:
                         w.step = int(r)  # the server's count once this update is in
                         break
