@@ -471,10 +471,15 @@ class SparseMLP:
 
     # ------------------------------------------------------------------ inference
     def eval_batch_size(self) -> int:
-        """Rows per inference chunk: keeps one activation buffer near 32 MB at most, or
-        :attr:`micro_batch` rows where that is set and larger (training memory reused)."""
+        """Rows per inference chunk: keeps one activation buffer near 32 MB at most, or as
+        many rows as the activation memory already allocated holds (training's: its
+        micro-batch, or its batch), whichever is more: a wide network's inference then
+        runs on whole training batches without allocating more."""
         widest = max(self.sizes)
         rows = int(max(1, min(2048, (8 << 20) // widest)))
+        pooled = [self._buffers.get(f"acts{l}") for l in range(len(self.sizes))]
+        if all(p is not None for p in pooled):  # columns every layer's pool can hold
+            rows = max(rows, min(p.size // n for p, n in zip(pooled, self.sizes, strict=True)))
         return max(rows, self.micro_batch or 0)
 
     def decision_function(self, X, batch_size=None) -> np.ndarray:
