@@ -179,7 +179,6 @@ def _plot(results: list[dict], path: Path) -> None:
     ax.axhline(0.6931, color="grey", lw=0.8, ls="--", label="ln 2 (constant guess)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (mean over each tenth)")
-    ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
