@@ -180,6 +180,14 @@ def test_missing_metadata_entry(tmp_path, saved):
             "malformed metadata")
 
 
+@pytest.mark.parametrize("key, value", [("dropout", 1.5), ("dropout", -0.1), ("alpha", "x"),
+                                        ("activation", "tanhh")])
+def test_hyperparameters_out_of_range(tmp_path, saved, key, value):
+    # A dropout of 1.5 would train with a keep scale of -2: refused as TrainConfig refuses it.
+    refused(rewrite(saved, tmp_path / "bad.npz", lambda a, m: m.update({key: value})),
+            f"The '{key}' parameter of model file", "Got")
+
+
 def test_metadata_not_json(tmp_path, saved):
     with np.load(saved) as z:
         arrays = {k: z[k] for k in z.files}

@@ -207,6 +207,11 @@ def model_from_arrays(arrays, source: str = "model state") -> tuple[SparseMLP, d
         for key in stats:
             if arrays[key].dtype != np.float32:
                 raise SparsetrainError(f"array {key} has dtype {arrays[key].dtype}, expected float32")
+        # A model file is a boundary: its hyperparameters pass TrainConfig's own rules.
+        from .config import PARAMS
+
+        for name in ("activation", "alpha", "dropout", "loss"):
+            PARAMS[name].check(meta[name], owner=source)
         model = SparseMLP(layers, activation=meta["activation"], alpha=meta["alpha"],
                           dropout=meta["dropout"], loss=meta["loss"],
                           input_mean=arrays["input_mean"], input_std=arrays["input_std"],
