@@ -415,7 +415,8 @@ def _make_forward_block(nv):
     def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1):
         """``out[j, b0:b0+16nv] += sum_{k0 <= k < k1} data[col_pos[k]] * a_prev[col_rows[k], ...]``."""
         if not (_c_array(out, types.float32, 2) and _c_array(a_prev, types.float32, 2)
-                and _c_array(col_rows, types.int32, 1) and _c_array(col_pos, types.int64, 1)
+                and _c_array(col_rows, types.int32, 1)
+                and (_c_array(col_pos, types.int32, 1) or _c_array(col_pos, types.int64, 1))
                 and _c_array(data, types.float32, 1)):
             return None
 
@@ -430,8 +431,10 @@ def _make_forward_block(nv):
                 builder.store(builder.load(_vector_at(builder, optr, v), align=4), accs[v])
             with _loop(builder, k0, k1) as (k, _):
                 i = builder.sext(builder.load(builder.gep(rows.data, [k])), _I64)
-                wk = _splat(builder, builder.load(builder.gep(w.data, [
-                    builder.load(builder.gep(pos.data, [k]))])))
+                p = builder.load(builder.gep(pos.data, [k]))
+                if p.type != _I64:  # int32 positions (the layers' own)
+                    p = builder.sext(p, _I64)
+                wk = _splat(builder, builder.load(builder.gep(w.data, [p])))
                 aptr = _row_address(builder, a, i, b0)
                 for v in range(nv):
                     x = builder.load(_vector_at(builder, aptr, v), align=4)

@@ -233,9 +233,13 @@ class SparseLinear:
     def rebuild_index(self):
         """Recompute the CSC index (after any change of topology)."""
         nnz = self.nnz
+        if nnz >= 2**31:  # col_pos is int32 (4 bytes a connection instead of 8)
+            raise SparsetrainError(
+                f"a layer holds at most 2**31 - 1 connections (they take 20 bytes each, "
+                f"43 GB); this {self.n_in} x {self.n_out} one has {nnz}. Lower epsilon.")
         self.col_ptr = np.empty(self.n_out + 1, np.int64)  # (n_out+1,)
         self.col_rows = np.empty(nnz, np.int32)  # (nnz,)
-        self.col_pos = np.empty(nnz, np.int64)  # (nnz,) position in data
+        self.col_pos = np.empty(nnz, np.int32)  # (nnz,) position in data
         _kernels.csr_to_csc(self.row_ptr, self.row_cols, self.n_out,
                             self.col_ptr, self.col_rows, self.col_pos)
 

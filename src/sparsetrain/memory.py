@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 #: Bytes held per connection while training: value and momentum (float32), CSR output
-#: index (int32), CSC input index (int32) and CSC position of the value (int64).
-BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 8
+#: index (int32), CSC input index (int32) and CSC position of the value (int32).
+BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 4
 #: Bytes per connection of the gradient buffer a micro-batched step adds up into.
 GRAD_BYTES_PER_CONNECTION = 4
 #: Bytes per neuron of a layer's output: bias, bias momentum (float32), CSC pointer (int64).
