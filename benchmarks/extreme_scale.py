@@ -56,7 +56,6 @@ def child_network(args) -> dict:
 
     from sparsetrain.config import make_config
     from sparsetrain.data import load_dataset
-    from sparsetrain.memory import model_bytes
     from sparsetrain.schedule import topology_step
     from sparsetrain.trainer import Trainer, build_model
 
@@ -80,9 +79,7 @@ def child_network(args) -> dict:
     topology_step(model, cfg, args.epochs, np.random.default_rng([cfg.seed, args.epochs, 1]))
     evolution_s = time.perf_counter() - t
     nnz = model.n_connections
-    held = model_bytes(model.sizes, [la.nnz for la in model.layers])
-    if model.micro_batch is not None:
-        held += 4 * nnz  # the gradient buffers a micro-batched step adds up into
+    held = trainer.memory_plan.model + trainer.memory_plan.gradients  # fixed for the run
     return {
         "row": args.row, "task": args.task, "n_informative": args.informative,
         "class_sep": args.class_sep,

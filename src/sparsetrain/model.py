@@ -40,7 +40,7 @@ from . import _kernels
 from .activations import get_activation
 from .errors import SparsetrainError, param_error
 from .layers import SparseLinear, check_er_density
-from .optim import fan_in_lr_scales
+from .optim import fan_in_lr_scales, scaled_lrs
 
 LOSSES = ("cross-entropy", "mse")
 
@@ -359,14 +359,14 @@ class SparseMLP:
                 return [LayerGradient(None, None, None) for _ in layers]
             return [LayerGradient(g[l], gb[l], None) for l in range(len(layers))]
         neuron = [None] * len(layers)  # activation parameters of layer l's outputs
+        lrs = scaled_lrs(lr, lr_scales, len(layers))
         for l in range(len(layers) - 1, -1, -1):
             layer = layers[l]
             prev_delta = delta[l - 1] if l > 0 else _EMPTY
             prev_dfac = dfac[l - 1] if l > 0 else _EMPTY
-            lr_l = lr if lr_scales is None else np.float32(lr * np.float32(lr_scales[l]))
             _kernels.sparse_backward(acts[l], delta[l], layer.row_ptr, layer.row_cols,
                                      layer.data, prev_dfac, inv_batch, g[l], prev_delta,
-                                     layer.velocity, lr_l, mom, wd, mode)
+                                     layer.velocity, lrs[l], mom, wd, mode)
             if update:
                 _kernels.bias_step(delta[l], layer.bias, layer.bias_velocity, lr, mom)
             else:
@@ -441,8 +441,8 @@ class SparseMLP:
             return loss
         loss, grads = self._accumulated_gradients(X, y, idx, seed)
         lr, mom, wd, zero = (np.float32(v) for v in (lr, momentum, weight_decay, 0.0))
-        for l, (layer, g) in enumerate(zip(self.layers, grads, strict=True)):
-            lr_l = lr if lr_scales is None else np.float32(lr * np.float32(lr_scales[l]))
+        lrs = scaled_lrs(lr, lr_scales, len(self.layers))
+        for layer, g, lr_l in zip(self.layers, grads, lrs, strict=True):
             _kernels.momentum_sgd(layer.data, layer.velocity, g.weights, lr_l, mom, wd)
             _kernels.momentum_sgd(layer.bias, layer.bias_velocity, g.bias, lr, mom, zero)
             if g.neuron is not None:

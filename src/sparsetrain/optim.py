@@ -110,11 +110,16 @@ def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: in
 def layer_lrs(lr: np.float32, layers, fan_in_ref: float | None) -> np.ndarray:
     """The learning rate of each layer's connection values (float32): ``lr`` times
     :func:`fan_in_lr_scales`, rounded as the training kernels round it."""
-    scales = fan_in_lr_scales(layers, fan_in_ref)
+    return scaled_lrs(lr, fan_in_lr_scales(layers, fan_in_ref), len(layers))
+
+
+def scaled_lrs(lr: np.float32, lr_scales, n_layers: int) -> np.ndarray:
+    """``lr * lr_scales[l]`` per layer as float32 products (what the fused kernels compute
+    from ``lr_scales``); ``lr`` for every layer when ``lr_scales`` is None."""
     lr = np.float32(lr)
-    if scales is None:
-        return np.full(len(layers), lr, np.float32)
-    return (lr * scales).astype(np.float32)  # float32 products, as in the kernels
+    if lr_scales is None:
+        return np.full(n_layers, lr, np.float32)
+    return lr * np.asarray(lr_scales, np.float32)
 
 
 def fan_in_lr_scales(layers, fan_in_ref: float | None) -> np.ndarray | None:

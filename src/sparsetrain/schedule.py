@@ -104,7 +104,7 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     perm = rng.permutation(n).astype(np.int64)
     seeds = rng.integers(0, 2**62, size=n_batches)
     losses = np.empty(n_batches)  # sum of each batch's sample losses
-    total = 0.0
+    total = 0.0  # summed in batch order, as before the tenths existed (same train_loss bits)
     t0 = time.perf_counter()
     # Over samples, so that the bar shows samples/s and the time left inside long epochs.
     bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="sample", unit_scale=True,

@@ -43,7 +43,8 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
     of 16 samples is refused before anything is allocated.
     """
     sizes = [X_train.shape[1], *config.hidden, n_classes]
-    check_fits(config, sizes, math.inf if dense else config.epsilon, memory_budget)
+    check_fits(config, sizes, _memory.er_connections(sizes, math.inf if dense else config.epsilon),
+               memory_budget)
     mean, std = feature_stats(X_train)
     t_mean = t_std = None
     if task == "regression" and y_train is not None:
@@ -57,12 +58,11 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
                             target_std=t_std, fan_in_ref=config.fan_in_ref)
 
 
-def check_fits(config: TrainConfig, sizes, epsilon: float, memory_budget: int | None = None,
-               connections=None) -> _memory.MemoryPlan:
-    """The memory plan of training ``sizes`` (connections: the Erdős–Rényi counts of
-    ``epsilon`` unless given) with ``config``; raises :class:`SparsetrainError` with one
-    line (the estimate, the memory available, what to change) if nothing fits."""
-    connections = connections or _memory.er_connections(sizes, epsilon)
+def check_fits(config: TrainConfig, sizes, connections,
+               memory_budget: int | None = None) -> _memory.MemoryPlan:
+    """The memory plan of training a network of ``sizes`` with ``connections`` per layer
+    under ``config``; raises :class:`SparsetrainError` with one line (the estimate, the
+    memory available, what to change) if nothing fits."""
     budget = _memory.default_budget() if memory_budget is None else int(memory_budget)
     srelu = config.activation == "srelu"
     plan = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
@@ -191,11 +191,10 @@ class Trainer:
         memory plan (the whole batch when it fits in the budget); refuses a model that
         does not fit even in micro-batches of 16 samples."""
         budget = self.memory_budget
+        conns = [la.nnz for la in model.layers]
         if budget is None:  # what is free now, plus what the model already holds
-            conns = [la.nnz for la in model.layers]
             budget = _memory.default_budget() + _memory.model_bytes(model.sizes, conns)
-        plan = check_fits(self.config, model.sizes, 0.0, budget,
-                          connections=[la.nnz for la in model.layers])
+        plan = check_fits(self.config, model.sizes, conns, budget)
         model.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch else None
         if self.verbose and (plan.micro_batch < plan.batch or plan.total > 1 << 30):
             tqdm.write(f"sparsetrain: {plan.describe()}")
