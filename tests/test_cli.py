@@ -402,3 +402,19 @@ def test_fashion_mnist_smoke(capsys, tmp_path, datasets_dir):
     assert len(rows) == 1
     assert float(rows[0]["test_accuracy"]) > 0.7
     assert [int(n) for n in rows[0]["connections_per_layer"].split()][-1] == 100 * 10
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan"])
+def test_bad_memory_budget(capsys, budget):
+    msg = user_error(capsys, ["train", "--dataset", "synthetic", "--n-samples", "50",
+                              "--memory-budget", budget])
+    assert "'--memory-budget' option must be a number of GB in (0, inf)" in msg
+    assert f"Got {float(budget)}" in msg
+
+
+def test_network_too_large_for_the_budget_is_refused_before_building(capsys):
+    msg = user_error(capsys, ["train", "--dataset", "synthetic", "--n-samples", "50",
+                              "--hidden", "5000000,5000000", "--epsilon", "1",
+                              "--memory-budget", "0.5"])
+    assert "does not fit in memory" in msg and "0.50 GB are available" in msg
+    assert "Lower --hidden or --epsilon" in msg
