@@ -4,8 +4,10 @@ wrong dtype, missing entry, non-JSON metadata, and a pickle inside the npz."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -222,3 +224,166 @@ def test_estimator_model_saves(tmp_path):
     save_model(tmp_path / "clf.npz", clf.model_)
     loaded, _ = load_model(tmp_path / "clf.npz")
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+# --- hostile files (issue 13): each ends in one SparsetrainError line before a kernel runs --
+
+
+@pytest.fixture
+def srelu_saved(tmp_path, rng):
+    m = SparseMLP.create([6, 8, 5, 2], epsilon=2, rng=rng, activation="srelu")
+    path = tmp_path / "srelu.npz"
+    save_model(path, m)
+    return path
+
+
+def test_srelu_neuron_params_of_wrong_shape(tmp_path, srelu_saved):
+    # (1, n) instead of (4, n): the kernel read t_r, a_r out of bounds (loss 1.4e29).
+    def edit(arrays, meta):
+        arrays["layers.0.neuron_params"] = arrays["layers.0.neuron_params"][:1].copy()
+        arrays["layers.0.neuron_velocity"] = arrays["layers.0.neuron_velocity"][:1].copy()
+
+    refused(rewrite(srelu_saved, tmp_path / "bad.npz", edit), "neuron_params", "(4, 8)")
+
+
+def test_srelu_switched_on_without_params(tmp_path, saved):
+    # A Numba typing traceback once; now the file is refused: srelu needs (4, n_out) params.
+    refused(rewrite(saved, tmp_path / "bad.npz", lambda a, m: m.update(activation="srelu")),
+            "lacks neuron_params", "srelu")
+
+
+def test_neuron_params_for_an_activation_without_them(tmp_path, srelu_saved):
+    refused(rewrite(srelu_saved, tmp_path / "bad.npz", lambda a, m: m.update(activation="relu")),
+            "has neuron_params", "'relu'")
+
+
+def test_srelu_round_trip(srelu_saved, rng):
+    loaded, _ = load_model(srelu_saved)
+    assert loaded.layers[0].neuron_params.shape == (4, 8)
+
+
+def test_shortened_sizes_refused(tmp_path, saved):
+    # Dropping the last layer from meta.sizes silently loaded a different, 2-layer network.
+    def edit(arrays, meta):
+        meta["sizes"] = meta["sizes"][:-1]
+        meta["layers"] = meta["layers"][:-1]
+
+    refused(rewrite(saved, tmp_path / "bad.npz", edit), "more layers than sizes")
+
+
+def _add_member(path, dst, name, payload: bytes, compress=zipfile.ZIP_DEFLATED):
+    import shutil
+
+    shutil.copy(path, dst)
+    with zipfile.ZipFile(dst, "a", compression=compress) as z:
+        with z.open(zipfile.ZipInfo(name), "w") if compress == zipfile.ZIP_STORED else \
+                z.open(name, "w") as f:
+            f.write(payload)
+    return dst
+
+
+def _npy_header(dtype, shape, pad=0) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape})
+    return buf.getvalue()
+
+
+def test_zip_bomb_in_an_unused_entry_is_never_expanded(tmp_path, saved):
+    import tracemalloc
+
+    bad = tmp_path / "bomb.npz"
+    import shutil
+
+    shutil.copy(saved, bad)
+    with zipfile.ZipFile(bad, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("junk.npy", "w", force_zip64=True) as f:
+            f.write(_npy_header(np.uint8, (256 << 20,)))
+            zeros = bytes(1 << 22)
+            for _ in range(64):  # 256 MB of zeros, about 1 MB compressed
+                f.write(zeros)
+    assert bad.stat().st_size < 4 << 20
+    tracemalloc.start()
+    load_model(bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_bomb_in_an_expected_entry_refused_before_reading(tmp_path, saved):
+    # The header declares 10^9 momentum values where the layer holds nnz: refused unread.
+    def edit(arrays, meta):
+        arrays.pop("layers.0.velocity")
+
+    base = rewrite(saved, tmp_path / "base.npz", edit)
+    bad = _add_member(base, tmp_path / "bad.npz", "layers.0.velocity.npy",
+                      _npy_header(np.float32, (10**9,)) + bytes(1 << 16))
+    refused(bad, "layers.0.velocity", "differ in length")
+
+
+def test_huge_npy_header(tmp_path, saved):
+    def edit(arrays, meta):
+        arrays.pop("layers.1.bias")
+
+    base = rewrite(saved, tmp_path / "base.npz", edit)
+    header = b"\x93NUMPY\x01\x00" + (65535).to_bytes(2, "little") + b"{" + b" " * 65534
+    refused(_add_member(base, tmp_path / "bad.npz", "layers.1.bias.npy", header),
+            "layers.1.bias", "damaged npy header")
+
+
+def test_npy_renamed_npz(tmp_path):
+    np.save(tmp_path / "weights.npy", np.arange(10.0))
+    (tmp_path / "weights.npy").rename(tmp_path / "model.npz")
+    refused(tmp_path / "model.npz", "not a sparsetrain model")
+
+
+def test_metadata_nested_deeply(tmp_path, saved):
+    # 10^5 nested lists made json.loads raise RecursionError (a traceback).
+    with np.load(saved) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array("[" * 100_000 + "]" * 100_000)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    refused(tmp_path / "bad.npz", "no readable metadata")
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("epoch", "abc", "epoch must be an integer"),
+    ("epoch", -1, "epoch must be an integer"),
+    ("evolved", "yes", "evolved must be true or false"),
+    ("history", {"a": 1}, "history must be a JSON array"),
+    ("history", [{"epoch": "x"}], "history[0].epoch"),
+    ("config", {"lr": "fast"}, "'lr' parameter"),
+    ("config", {"hidden": ["x"]}, "damaged training state"),
+    ("config", {"nonsense": 1}, "Unknown training option"),
+])
+def test_tampered_checkpoint_state(tmp_path, saved, key, value, fragment):
+    msg = refused(rewrite(saved, tmp_path / "bad.npz", lambda a, m: m.update({key: value})),
+                  "damaged training state")
+    assert fragment in msg
+
+
+def test_resume_from_tampered_checkpoint_is_one_line(tmp_path, rng):
+    X = rng.standard_normal((40, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    cfg = make_config(None, hidden=(20,), epsilon=3.0, epochs=1, seed=0)
+    Trainer(cfg, tmp_path, progress=False, verbose=False).fit(build_model(cfg, X, 3), X, y)
+    rewrite(tmp_path / "model.npz", tmp_path / "model.npz", lambda a, m: m.update(epoch="abc"))
+    with pytest.raises(SparsetrainError, match="epoch must be an integer"):
+        Trainer.from_checkpoint(tmp_path, epochs=2)
+
+
+def test_random_byte_flips_end_in_one_line(tmp_path, saved):
+    """Once 16 of 800 flips leaked a traceback; every flip now loads or is refused."""
+    raw = bytearray(saved.read_bytes())
+    gen = np.random.default_rng(13)
+    bad = tmp_path / "flip.npz"
+    for _ in range(300):
+        data = bytearray(raw)
+        for pos in gen.integers(0, len(data), gen.integers(1, 4)):
+            data[pos] ^= int(gen.integers(1, 256))
+        bad.write_bytes(bytes(data))
+        try:
+            load_model(bad)
+        except SparsetrainError as exc:
+            assert "\n" not in str(exc)

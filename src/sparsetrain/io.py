@@ -27,9 +27,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,8 +138,26 @@ def write_arrays(path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+#: Largest metadata JSON read from a model file (a 500-epoch history is a few 100 kB).
+MAX_META_BYTES = 64 << 20
+#: Largest npy header read (numpy's own default limit).
+_MAX_HEADER = 10_000
+#: A deflated member may expand this much beyond its compressed size (weights compress
+#: about 1.1x; zeros about 1000x, so this also admits all-zero momentum buffers).
+_MAX_RATIO = 1100
+#: Largest layer width a model file may declare (the kernels index neurons with int32).
+_MAX_WIDTH = 2**31 - 1
+
+
 def load_model(path) -> tuple[SparseMLP, dict]:
     """Read a model file; returns ``(model, meta)``.
+
+    The file is a hostile input until proven otherwise: only the entries the metadata's
+    architecture calls for are read, each npy header (dtype, shape, size) is checked
+    against the architecture *before* its data is decompressed, data is read in exactly
+    the declared number of bytes (a "zip bomb" member is never expanded, a byte flip fails
+    the member's CRC), and every array is checked against the declared sizes and
+    activation before a kernel sees it (:func:`model_from_arrays`).
 
     Raises :class:`SparsetrainError` with a one-line reason for a missing, truncated,
     tampered or newer-format file, or one that holds a pickle.
@@ -145,83 +166,350 @@ def load_model(path) -> tuple[SparseMLP, dict]:
     if not path.is_file():
         raise SparsetrainError(f"model file {path} does not exist; pass the model.npz a "
                                "'sparsetrain train --out RUN' wrote (RUN/model.npz)")
+    source = f"model file {path}"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "Object arrays" in str(exc):  # an npz member that only unpickling could read
-            raise SparsetrainError(f"model file {path} holds a pickled (object) array; "
-                                   "sparsetrain model files never contain pickles, and "
-                                   "loading one could run arbitrary code: refusing it") from None
-        raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
-                               f"({type(exc).__name__}: {exc}); retrain or restore it") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        raise SparsetrainError(f"model file {path} is truncated or not a sparsetrain model "
-                               f"({type(exc).__name__}: {exc}); retrain or restore it") from None
-    return model_from_arrays(arrays, f"model file {path}")
+        with zipfile.ZipFile(path) as z:
+            return _build_model(_ZipMembers(z, source, path.stat().st_size), source)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError,
+            OSError, RuntimeError, NotImplementedError, ValueError, OverflowError) as exc:
+        if isinstance(exc, SparsetrainError):
+            raise
+        if _is_pickle(path):
+            raise SparsetrainError(f"{source} is a pickled object, not a sparsetrain model; "
+                                   "sparsetrain model files never contain pickles, and loading "
+                                   "one could run arbitrary code: refusing it") from None
+        reason = " ".join(str(exc).split())[:200]
+        raise SparsetrainError(f"{source} is truncated or not a sparsetrain model "
+                               f"({type(exc).__name__}: {reason}); retrain or restore it") from None
+
+
+def _is_pickle(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == b"\x80"  # pickle protocol 2+ opcode PROTO
+    except OSError:
+        return False
+
+
+class _ZipMembers:
+    """Checked reads of ``NAME.npy`` members of an open npz: ``read(name, dtype, shape)``
+    checks the member's npy header against what the architecture calls for, then reads
+    exactly that many bytes (plus one, to reach the end and so the CRC check)."""
+
+    def __init__(self, z: zipfile.ZipFile, source: str, file_bytes: int):
+        self.z, self.source = z, source
+        self.names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+        # Bound on all data read: a stored (uncompressed) file reads at most its own size.
+        self.budget = max(file_bytes, 1 << 20) * _MAX_RATIO
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def read(self, name: str, dtype, shape, max_bytes: int | None = None) -> np.ndarray:
+        """Member ``name`` as an array of ``dtype`` and ``shape`` (a tuple, or a callable
+        that checks the header's shape and raises); anything else is an error."""
+        if name not in self.names:
+            raise KeyError(name)
+        info = self.z.getinfo(name + ".npy")
+        if info.flag_bits & 0x1:
+            raise SparsetrainError(f"{self.source}: entry {name} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise SparsetrainError(f"{self.source}: entry {name} uses an unsupported compression "
+                                   f"(method {info.compress_type}); sparsetrain writes stored "
+                                   "or deflated entries")
+        with self.z.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(
+                        f, max_header_size=_MAX_HEADER)
+                elif version in ((2, 0), (3, 0)):
+                    got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(
+                        f, max_header_size=_MAX_HEADER)
+                else:
+                    raise ValueError(f"npy version {version}")
+            except (ValueError, TypeError, SyntaxError, OverflowError) as exc:
+                reason = " ".join(str(exc).split())[:120]
+                raise SparsetrainError(f"array {name} has a damaged npy header ({reason})") from None
+            if max_bytes is not None and math.prod(got_shape) * got_dtype.itemsize > max_bytes:
+                raise SparsetrainError(f"array {name} is larger than {max_bytes} bytes")
+            want = np.dtype(dtype)
+            if got_dtype.hasobject:
+                raise SparsetrainError(
+                    f"{self.source} holds a pickled (object) array in entry {name}; sparsetrain "
+                    "model files never contain pickles, and loading one could run arbitrary "
+                    "code: refusing it")
+            if got_dtype != want and not (want.kind == "U" and got_dtype.kind == "U"
+                                          and got_dtype.byteorder in "=<|"):
+                raise SparsetrainError(f"array {name} has dtype {got_dtype} and {len(got_shape)} "
+                                       f"dimensions, expected {_describe(want, shape)}")
+            if callable(shape):
+                shape(got_shape)
+            elif tuple(got_shape) != tuple(shape):
+                raise SparsetrainError(f"array {name} has shape {tuple(got_shape)}, expected "
+                                       f"{tuple(shape)}")
+            if fortran and len(got_shape) > 1:
+                raise SparsetrainError(f"array {name} is stored in Fortran order; sparsetrain "
+                                       "writes C order")
+            nbytes = math.prod(got_shape) * got_dtype.itemsize
+            if nbytes > self.budget:
+                raise SparsetrainError(
+                    f"{self.source}: entry {name} would expand to {nbytes} bytes, more than "
+                    f"{_MAX_RATIO}x the file's size; refusing it (a damaged or hostile file)")
+            self.budget -= nbytes
+            data = _read_exactly(f, nbytes)
+            if len(data) != nbytes:
+                raise EOFError(f"entry {name} ends after {len(data)} of {nbytes} bytes")
+            if f.read(1):  # also reaches the member's end, where zipfile checks its CRC
+                raise SparsetrainError(f"array {name} has data beyond its declared shape")
+        return np.frombuffer(data, got_dtype).reshape(got_shape).copy()
+
+
+def _read_exactly(f, n: int) -> bytes:
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, 1 << 24))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _describe(dtype, shape) -> str:
+    ndim = "" if callable(shape) else f"{len(shape)}-D "
+    return f"{ndim}{np.dtype(dtype)}" if dtype.kind != "U" else "a unicode string"
+
+
+class _DictMembers:
+    """The same checked ``read`` over arrays already in memory (parallel model state)."""
+
+    def __init__(self, arrays, source: str):
+        self.arrays, self.source = arrays, source
+
+    def __contains__(self, name) -> bool:
+        return name in self.arrays
+
+    def read(self, name: str, dtype, shape, max_bytes: int | None = None) -> np.ndarray:
+        arr = np.asarray(self.arrays[name])
+        if max_bytes is not None and arr.nbytes > max_bytes:
+            raise SparsetrainError(f"array {name} is larger than {max_bytes} bytes")
+        want = np.dtype(dtype)
+        if arr.dtype != want and not (want.kind == "U" and arr.dtype.kind == "U"):
+            raise SparsetrainError(f"array {name} has dtype {arr.dtype} and {arr.ndim} "
+                                   f"dimensions, expected {_describe(want, shape)}")
+        if callable(shape):
+            shape(arr.shape)
+        elif arr.shape != tuple(shape):
+            raise SparsetrainError(f"array {name} has shape {arr.shape}, expected {tuple(shape)}")
+        return arr
 
 
 def model_from_arrays(arrays, source: str = "model state") -> tuple[SparseMLP, dict]:
-    """Inverse of :func:`model_to_arrays`: ``(model, meta)``; errors name ``source``."""
+    """Inverse of :func:`model_to_arrays`: ``(model, meta)``; errors name ``source``.
+
+    ``arrays`` is checked as :func:`load_model` checks a file (the architecture of the
+    metadata, every array's dtype and shape, the activation's per-neuron parameters)."""
+    return _build_model(_DictMembers(arrays, source), source)
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text (strings skipped), without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+#: Deepest JSON nesting a model file's metadata may have (its own is 4 deep).
+_MAX_META_DEPTH = 32
+
+
+def _read_meta(members, source: str) -> dict:
+    def check(shape):
+        if tuple(shape) != ():
+            raise SparsetrainError(f"array meta has shape {tuple(shape)}, expected a 0-d string")
+
     try:
-        meta = json.loads(str(arrays["meta"]))
-        if not isinstance(meta, dict):
-            raise json.JSONDecodeError("not a JSON object", str(arrays["meta"]), 0)
-    except (KeyError, json.JSONDecodeError):
-        raise SparsetrainError(f"{source} has no readable metadata; it was not "
-                               "written by sparsetrain") from None
+        arr = members.read("meta", np.dtype("<U1"), check, max_bytes=4 * MAX_META_BYTES)
+    except KeyError:
+        arr = None
+    except SparsetrainError as exc:
+        if "pickle" in str(exc):
+            raise
+        arr = None
+    text = None if arr is None else str(arr)
+    if text is not None and _nesting_depth(text) <= _MAX_META_DEPTH:
+        try:
+            meta = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            meta = None
+        if isinstance(meta, dict):
+            return meta
+    raise SparsetrainError(f"{source} has no readable metadata; it was not written by "
+                           "sparsetrain")
+
+
+def _int(value, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+            hi is not None and value > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise SparsetrainError(f"metadata {name} must be {allowed}; got {value!r}")
+    return value
+
+
+def check_run_state(meta: dict, source: str) -> None:
+    """The run state a checkpoint adds to a model file (``epoch``, ``evolved``, ``config``,
+    ``history``, ``run``): the types ``--resume`` relies on, or one line naming the field."""
+    try:
+        if "epoch" in meta:
+            _int(meta["epoch"], "epoch", 0)
+        if "evolved" in meta and not isinstance(meta["evolved"], bool):
+            raise SparsetrainError(f"metadata evolved must be true or false; got {meta['evolved']!r}")
+        for key, kind in (("config", dict), ("run", dict), ("history", list)):
+            if key in meta and not isinstance(meta[key], kind):
+                raise SparsetrainError(f"metadata {key} must be a JSON "
+                                       f"{'object' if kind is dict else 'array'}; got "
+                                       f"{type(meta[key]).__name__}")
+        for i, row in enumerate(meta.get("history", [])):
+            if not isinstance(row, dict):
+                raise SparsetrainError(f"metadata history[{i}] must be a JSON object")
+            _int(row.get("epoch"), f"history[{i}].epoch", 1)
+        if "config" in meta:
+            from .config import TrainConfig
+
+            TrainConfig.from_dict(meta["config"]).validate(owner="the saved config")
+    except SparsetrainError as exc:
+        raise SparsetrainError(f"{source} has a damaged training state: {exc}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise SparsetrainError(f"{source} has a damaged training state "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _build_model(members, source: str) -> tuple[SparseMLP, dict]:
+    meta = _read_meta(members, source)
     if meta.get("format") != FORMAT_NAME:
         raise SparsetrainError(f"{source} has format {meta.get('format')!r}, "
                                f"expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise SparsetrainError(
             f"{source} has format version {version!r}; this sparsetrain "
             f"({__version__}) reads versions 1..{FORMAT_VERSION}: upgrade sparsetrain")
     try:
-        sizes = [int(s) for s in meta["sizes"]]
-        layers = []
-        for l in range(len(sizes) - 1):
-            a = {}
-            for key, dtype in _LAYER_KEYS.items():
-                arr = arrays[f"layers.{l}.{key}"]
-                if arr.dtype != dtype or arr.ndim != 1:
-                    raise SparsetrainError(f"array layers.{l}.{key} has dtype {arr.dtype} and "
-                                           f"{arr.ndim} dimensions, expected 1-D {np.dtype(dtype)}")
-                a[key] = arr
-            info = meta["layers"][l]
-            neuron = {}
-            for key in ("neuron_params", "neuron_velocity"):
-                arr = arrays.get(f"layers.{l}.{key}")
-                if arr is not None and (arr.dtype != np.float32 or arr.ndim != 2):
-                    raise SparsetrainError(f"array layers.{l}.{key} must be 2-D float32; got "
-                                           f"{arr.dtype} with {arr.ndim} dimensions")
-                neuron[key] = arr
-            layers.append(SparseLinear(sizes[l], sizes[l + 1], a["row_ptr"], a["row_cols"],
-                                       a["data"], bias=a["bias"], velocity=a["velocity"],
-                                       bias_velocity=a["bias_velocity"], init=info["init"],
-                                       fan_in=info["fan_in"], **neuron))
-        task = meta.get("task", "classification")
-        stats = ("input_mean", "input_std") + (("target_mean", "target_std")
-                                                if task == "regression" else ())
-        for key in stats:
-            if arrays[key].dtype != np.float32:
-                raise SparsetrainError(f"array {key} has dtype {arrays[key].dtype}, expected float32")
-        # A model file is a boundary: its hyperparameters pass TrainConfig's own rules.
-        from .config import PARAMS
-
-        for name in ("activation", "alpha", "dropout", "loss"):
-            PARAMS[name].check(meta[name], owner=source)
-        model = SparseMLP(layers, activation=meta["activation"], alpha=meta["alpha"],
-                          dropout=meta["dropout"], loss=meta["loss"],
-                          input_mean=arrays["input_mean"], input_std=arrays["input_std"],
-                          task=task, target_mean=arrays.get("target_mean"),
-                          target_std=arrays.get("target_std"))
+        model = _model_from_members(members, meta, source)
     except KeyError as exc:
         raise SparsetrainError(f"{source} lacks entry {exc}; it is incomplete") from None
     except SparsetrainError as exc:
+        if "pickle" in str(exc) or str(exc).startswith(source):
+            raise
         raise SparsetrainError(f"{source} is inconsistent: {exc}") from None
-    except (IndexError, TypeError, ValueError) as exc:
+    except (IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise SparsetrainError(f"{source} has malformed metadata "
                                f"({type(exc).__name__}: {exc}); it was altered") from None
+    check_run_state(meta, source)
     return model, meta
+
+
+def _model_from_members(members, meta: dict, source: str) -> SparseMLP:
+    """The model the metadata declares, each array read only once its header matches."""
+    from .activations import get_activation
+    from .config import PARAMS
+    from .layers import INITIALIZERS
+    from .model import TASKS
+
+    for name in ("activation", "alpha", "dropout", "loss"):
+        PARAMS[name].check(meta[name], owner=source)
+    task = meta.get("task", "classification")
+    if task not in TASKS:
+        raise SparsetrainError(f"metadata task must be one of {list(TASKS)}; got {task!r}")
+    sizes = meta["sizes"]
+    if not isinstance(sizes, list) or len(sizes) < 2:
+        raise TypeError(f"sizes must be a list of at least 2 layer widths, got {sizes!r}")
+    sizes = [_int(s, "sizes", 1, _MAX_WIDTH) for s in sizes]
+    n_layers = len(sizes) - 1
+    infos = meta["layers"]
+    if not isinstance(infos, list) or len(infos) != n_layers:
+        raise TypeError(f"layers must list {n_layers} layers for sizes {sizes}, got {infos!r}")
+    if f"layers.{n_layers}.row_ptr" in members:
+        raise SparsetrainError(f"the file holds more layers than sizes {sizes} declares")
+    act = get_activation(meta["activation"])
+    layers = []
+    for l, info in enumerate(infos):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        where = f"layer {l} ({n_in}->{n_out})"
+        if not isinstance(info, dict) or info.get("init") not in INITIALIZERS:
+            raise TypeError(f"layers[{l}] must give an init in {sorted(INITIALIZERS)}, got {info!r}")
+        fan_in = info.get("fan_in")
+        if isinstance(fan_in, bool) or not isinstance(fan_in, int | float) or not (
+                math.isfinite(fan_in) and fan_in > 0):
+            raise TypeError(f"layers[{l}].fan_in must be a positive number, got {fan_in!r}")
+        key = f"layers.{l}."
+        row_ptr = members.read(key + "row_ptr", np.int64, _shape_is(
+            (n_in + 1,), f"invalid {n_in}->{n_out} sparse layer: row_ptr"))
+        nnz = int(row_ptr[-1])
+        if row_ptr[0] != 0 or nnz > n_in * n_out or np.any(np.diff(row_ptr) < 0):
+            raise SparsetrainError(f"invalid {n_in}->{n_out} sparse layer: row_ptr is not a "
+                                   f"nondecreasing 0..nnz offset array (nnz <= {n_in * n_out})")
+        a = {"row_ptr": row_ptr}
+        for name, length in (("row_cols", nnz), ("data", nnz), ("velocity", nnz),
+                             ("bias", n_out), ("bias_velocity", n_out)):
+            what = "indices, values and velocity differ in length: " if length == nnz else ""
+            a[name] = members.read(key + name, _LAYER_KEYS[name], _shape_is(
+                (length,), f"invalid {n_in}->{n_out} sparse layer: {what}{key}{name}"))
+        neuron = {}
+        wants_params = act.n_params > 0 and l < n_layers - 1
+        for name in ("neuron_params", "neuron_velocity"):
+            if not wants_params:
+                if key + name in members:
+                    raise SparsetrainError(f"{where} has {name} but activation "
+                                           f"{meta['activation']!r} has no per-neuron parameters")
+                continue
+            if key + name not in members:
+                raise SparsetrainError(f"{where} lacks {name}: activation {meta['activation']!r} "
+                                       f"needs ({act.n_params}, {n_out}) per-neuron parameters")
+            neuron[name] = members.read(key + name, np.float32, _shape_is(
+                (act.n_params, n_out), f"{where}: neuron parameters {name}"))
+            if not np.all(np.isfinite(neuron[name])):
+                raise SparsetrainError(f"{where}: {name} holds NaN or infinite values")
+        layers.append(SparseLinear(n_in, n_out, a["row_ptr"], a["row_cols"], a["data"],
+                                   bias=a["bias"], velocity=a["velocity"],
+                                   bias_velocity=a["bias_velocity"], init=info["init"],
+                                   fan_in=fan_in, **neuron))
+    stats = {}
+    keys = ("input_mean", "input_std") + (("target_mean", "target_std")
+                                          if task == "regression" else ())
+    for name in keys:
+        n = sizes[0] if name.startswith("input") else sizes[-1]
+        what = name.split("_")[0]
+        stats[name] = members.read(name, np.float32, _shape_is(
+            (n,), f"{what}_mean/{what}_std must have shape ({n},): {name}"))
+        if not np.all(np.isfinite(stats[name])) or (name.endswith("std")
+                                                    and not np.all(stats[name] > 0)):
+            raise SparsetrainError(f"array {name} must hold finite values"
+                                   + (" > 0" if name.endswith("std") else ""))
+    return SparseMLP(layers, activation=meta["activation"], alpha=meta["alpha"],
+                     dropout=meta["dropout"], loss=meta["loss"],
+                     input_mean=stats["input_mean"], input_std=stats["input_std"], task=task,
+                     target_mean=stats.get("target_mean"), target_std=stats.get("target_std"))
+
+
+def _shape_is(want: tuple, what: str):
+    def check(shape):
+        if tuple(shape) != want:
+            raise SparsetrainError(f"{what} has shape {tuple(shape)}, expected {want}")
+    return check
