@@ -1,5 +1,6 @@
 """PyTorch interop: export a :class:`SparseMLP` as a ``torch.nn.Module`` with ``torch.sparse``
-weights, and import masked or sparse PyTorch MLPs.
+weights or as a trainable ``nn.Sequential`` of :mod:`sparsetrain.torch` modules, and import
+masked or sparse PyTorch MLPs (and those sequentials) back.
 
 PyTorch stays optional: it is imported inside the functions (and on first access to
 :class:`TorchSparseMLP`), so ``import sparsetrain`` never needs it.
@@ -27,7 +28,7 @@ from .errors import SparsetrainError
 from .layers import INITIALIZERS, SparseLinear
 from .model import SparseMLP
 
-__all__ = ["TorchSparseMLP", "from_torch", "to_torch"]  # noqa: F822 (TorchSparseMLP: __getattr__)
+__all__ = ["TorchSparseMLP", "from_torch", "to_sequential", "to_torch"]  # noqa: F822 (TorchSparseMLP: __getattr__)
 
 _TORCH_CLASSES: dict = {}
 
@@ -198,7 +199,11 @@ def from_torch(module, masks=None, *, activation=None, alpha=None, dropout=0.0,
     Parameters
     ----------
     module : TorchSparseMLP, nn.Module, or list
-        A module exported by :func:`to_torch` (everything is taken from it); an
+        A module exported by :func:`to_torch` (everything is taken from it); a module
+        whose layers are :class:`sparsetrain.torch.SparseLinear` (as :func:`to_sequential`
+        builds: the topology, values, activations, dropout and scalers are read from
+        its modules; ``loss`` and, without an ``nn.Dropout``, ``dropout`` from the
+        arguments); an
         ``nn.Sequential`` / ``nn.Module`` whose ``nn.Linear`` children, in registration
         order, are the layers; or a list of ``nn.Linear`` or of ``(weight, bias)`` pairs
         with ``weight`` of shape (n_out, n_in), dense or a torch sparse tensor.
@@ -236,6 +241,8 @@ def from_torch(module, masks=None, *, activation=None, alpha=None, dropout=0.0,
                          target_mean=_to_numpy(module.target_mean) if task == "regression" else None,
                          target_std=_to_numpy(module.target_std) if task == "regression" else None)
 
+    if isinstance(module, nn.Module) and _holds_sparse_linear(module):
+        return _from_sequential(module, dropout=dropout, loss=loss)
     if isinstance(module, nn.Module):
         children = list(module.modules())[1:]
         linears = [m for m in children if isinstance(m, nn.Linear)]
@@ -291,3 +298,89 @@ def from_torch(module, masks=None, *, activation=None, alpha=None, dropout=0.0,
                                             init=init, fan_in=fan))
     return SparseMLP(layers, activation=activation, alpha=alpha, dropout=dropout, loss=loss,
                      task=task, input_mean=input_mean, input_std=input_std)
+
+
+def _activation_modules(torch) -> dict:
+    """Hidden activation name -> ``make(l, alpha, layer)``: the module of hidden layer ``l``
+    (1-based) of a :class:`SparseMLP` (``layer``: the core layer before it)."""
+    from .torch import AllReLU, SReLU
+    nn = torch.nn
+    return {
+        "relu": lambda l, alpha, layer: nn.ReLU(),
+        "leaky-relu": lambda l, alpha, layer: nn.LeakyReLU(alpha),
+        "all-relu": lambda l, alpha, layer: AllReLU(alpha, l),
+        "sigmoid": lambda l, alpha, layer: nn.Sigmoid(),
+        "srelu": lambda l, alpha, layer: SReLU(layer.n_out, params=layer.neuron_params),
+    }
+
+
+def to_sequential(model: SparseMLP, *, backend: str = "auto"):
+    """``model`` as a trainable ``torch.nn.Sequential`` of :mod:`sparsetrain.torch` modules::
+
+        Standardize(input_mean, input_std), SparseLinear, activation, Dropout, ...,
+        SparseLinear [, Standardize(target_mean, target_std, inverse=True)]
+
+    (no ``Dropout`` when the model's rate is 0; the last module only for regression).
+    In eval mode its output equals :meth:`SparseMLP.decision_function` to float32
+    rounding; :func:`from_torch` takes it back. ``backend``: as
+    :class:`sparsetrain.torch.SparseLinear`.
+    """
+    torch = _require_torch()
+    from .torch import SparseLinear as TorchLinear
+    from .torch import Standardize
+    make = _activation_modules(torch)[model.activation]
+    mods = [Standardize(model.input_mean, model.input_std)]
+    last = len(model.layers) - 1
+    for l, layer in enumerate(model.layers):
+        mods.append(TorchLinear.from_core(layer, backend=backend))
+        if l < last:
+            mods.append(make(l + 1, model.alpha, layer))
+            if model.dropout > 0:
+                mods.append(torch.nn.Dropout(model.dropout))
+    if model.task == "regression":
+        mods.append(Standardize(model.target_mean, model.target_std, inverse=True))
+    return torch.nn.Sequential(*mods)
+
+
+def _holds_sparse_linear(module) -> bool:
+    from .torch import SparseLinear as TorchLinear
+    return any(isinstance(m, TorchLinear) for m in module.modules())
+
+
+def _from_sequential(module, *, dropout, loss) -> SparseMLP:
+    """:func:`from_torch` of a module whose layers are :class:`sparsetrain.torch.SparseLinear`."""
+    torch = _require_torch()
+    nn = torch.nn
+    from .torch import AllReLU, SReLU, Standardize
+    from .torch import SparseLinear as TorchLinear
+    layers, acts, scale_in, scale_out = [], set(), None, None
+    for m in [m for m in module.modules() if not list(m.children())]:
+        if isinstance(m, TorchLinear):
+            layers.append(m.to_core())
+        elif isinstance(m, Standardize):
+            if m.inverse:
+                scale_out = m
+            else:
+                scale_in = m
+        elif isinstance(m, SReLU):
+            layers[-1].neuron_params = np.ascontiguousarray(_to_numpy(m.params), np.float32)
+            layers[-1].neuron_velocity = np.zeros_like(layers[-1].neuron_params)
+            acts.add(("srelu", 0.0))
+        elif isinstance(m, AllReLU):
+            acts.add(("all-relu", m.alpha))
+        elif isinstance(m, nn.Dropout):
+            dropout = float(m.p)
+        elif not isinstance(m, nn.Identity):
+            acts |= {_sequential_activation([m], torch)}
+    if len(acts) > 1:
+        raise SparsetrainError(f"the module mixes activations {sorted(acts)}; sparsetrain "
+                               "uses one activation for all hidden layers")
+    activation, alpha = acts.pop() if acts else ("relu", 0.0)
+    regression = scale_out is not None
+    return SparseMLP(
+        layers, activation=activation, alpha=alpha, dropout=dropout,
+        loss="mse" if regression else loss, task="regression" if regression else "classification",
+        input_mean=None if scale_in is None else _to_numpy(scale_in.mean),
+        input_std=None if scale_in is None else _to_numpy(scale_in.std),
+        target_mean=_to_numpy(scale_out.mean) if regression else None,
+        target_std=_to_numpy(scale_out.std) if regression else None)
