@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder: config.json, metrics.csv, model.npz, PNG")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last finished epoch")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run --out holds (without it, a folder holding a run is "
+                   "refused unless --resume is given)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     par = t.add_argument_group("parallel training on Ray (SPEC 1.8; pip install -e \".[parallel]\")")
     par.add_argument("--parallel", choices=["wasap", "wassp"],
@@ -174,9 +177,6 @@ def _load_data(args, dataset=None, options=None):
 
 
 def cmd_train(args) -> int:
-    from .config import make_config
-    from .trainer import Trainer, build_model
-
     _set_threads(args.threads)
     budget = None
     if args.memory_budget is not None:
@@ -188,11 +188,44 @@ def cmd_train(args) -> int:
     progress = False if args.no_progress else None
     if args.resume and out is None:
         raise SparsetrainError("The '--resume' option needs '--out RUN', the run folder to continue")
+    if args.overwrite and out is None:
+        raise SparsetrainError("The '--overwrite' option needs '--out RUN', the run folder to replace")
     parallel_opts = [o for o in ("workers", "ray_address", "phase1_epochs")
                      if getattr(args, o) is not None]
     if parallel_opts and not args.parallel:
         raise SparsetrainError(f"'--{parallel_opts[0].replace('_', '-')}' needs '--parallel "
                                "wasap' or '--parallel wassp'")
+    if args.workers is not None:
+        _check_workers(args.workers)
+    if out is None:
+        return _train(args, out, budget, progress)
+    from .io import claim_run_folder
+
+    # The folder is this process's until training ends (any exit releases the lock).
+    with claim_run_folder(out, resume=args.resume, overwrite=args.overwrite) as run_folder:
+        if run_folder.stale_pid is not None:
+            print(f"sparsetrain: note: {out} was locked by a run (pid {run_folder.stale_pid}) "
+                  "that ended without releasing it; taking it over", file=sys.stderr)
+        return _train(args, out, budget, progress)
+
+
+def _check_workers(workers: int) -> None:
+    import os
+
+    if workers < 1:
+        raise SparsetrainError(f"The '--workers' option must be an integer >= 1. Got {workers} "
+                               "instead. Leave it out to use one worker per core.")
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        print(f"sparsetrain: warning: --workers {workers} starts more worker processes than "
+              f"the {cores} cores; they will share them and each step will be slower",
+              file=sys.stderr)
+
+
+def _train(args, out, budget, progress) -> int:
+    from .config import make_config
+    from .trainer import Trainer, build_model
+
     if args.resume and (out / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(out, epochs=args.epochs, progress=progress)
         if "parallel" in trainer.run_info:  # a parallel run resumes in parallel

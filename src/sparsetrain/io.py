@@ -61,12 +61,177 @@ def atomic_write(path, mode="wb"):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            # mkstemp creates 0600; a run's files get the mode any new file would (umask).
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: Files a training run writes into its ``--out`` folder (what "holds a run" means).
+RUN_FILES = ("model.npz", "config.json", "metrics.csv", "learning_curve.png")
+#: The lock file of a run folder: held (``flock``) by the process training into it.
+LOCK_NAME = ".sparsetrain.lock"
+
+
+class RunFolder:
+    """Exclusive ownership of a run folder for one process (``with claim_run_folder(...)``).
+
+    The lock is an ``flock`` on ``FOLDER/.sparsetrain.lock``, so the operating system
+    releases it on *any* exit (kill -9 included); the file holds the owner's pid and host
+    for the message another run gets. A lock file whose pid is dead and which no process
+    holds is a stale lock: taken over, with :attr:`stale_pid` set for a note.
+    """
+
+    def __init__(self, path: Path, fd: int, stale_pid: int | None):
+        self.path, self._fd, self.stale_pid = path, fd, stale_pid
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path / LOCK_NAME)  # while held: no one can have taken it over
+        except OSError:
+            pass
+        os.close(self._fd)  # closing releases the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_owner(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return ""
+    return " ".join(text[:2])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _lock(folder: Path, option: str) -> RunFolder:
+    import socket
+
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the recorded pid decides
+        fcntl = None
+    path = folder / LOCK_NAME
+    for _ in range(10):  # retried only if the file is replaced while we lock it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        owner = _lock_owner(fd)
+        if fcntl is None:
+            pid = int(owner.split()[0]) if owner[:1].isdigit() else None
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                os.close(fd)
+                raise _in_use(folder, option, owner)
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise _in_use(folder, option, owner) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the owner released (and removed) it between our open and lock
+                os.close(fd)
+                continue
+        stale = int(owner.split()[0]) if owner[:1].isdigit() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        return RunFolder(folder, fd, stale if stale != os.getpid() else None)
+    raise SparsetrainError(f"could not lock the '{option}' folder {folder}: its lock file "
+                           "keeps changing; is another run starting there?")
+
+
+def _in_use(folder: Path, option: str, owner: str) -> SparsetrainError:
+    who = f" (pid {owner.replace(' ', ' on ')})" if owner else ""
+    return SparsetrainError(f"The '{option}' folder {folder} is in use by another sparsetrain "
+                            f"run{who}; wait for it to finish, or choose another {option}")
+
+
+def check_writable_folder(folder, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove it writable (a probe file is written and
+    removed), or raise one line naming ``option``: before any training starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SparsetrainError(f"The '{option}' option must name a folder; {folder} is a file. "
+                               f"Choose another {option} or remove the file.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SparsetrainError(
+            f"The '{option}' folder {folder} is not writable ({type(exc).__name__}: "
+            f"{exc.strerror or exc}); choose another {option} or fix its permissions") from None
+    return folder
+
+
+def claim_run_folder(folder, *, resume: bool = False, overwrite: bool = False,
+                     option: str = "--out") -> RunFolder:
+    """Own ``folder`` for a training run; returns the held :class:`RunFolder`.
+
+    Checks that it is a writable folder, takes its lock (another live run there is an
+    error), removes temporary files a killed run left behind, and refuses a folder that
+    already holds a run (:data:`RUN_FILES`) unless ``resume`` (continue it) or
+    ``overwrite`` (its run files are deleted first).
+    """
+    if resume and overwrite:
+        raise SparsetrainError("'--resume' continues the run in --out and '--overwrite' "
+                               "replaces it; give one of them")
+    folder = check_writable_folder(folder, option)
+    lock = _lock(folder, option)
+    try:
+        for name in RUN_FILES:  # a kill -9 during an atomic write leaves its temporary file
+            for tmp in folder.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        held = [name for name in RUN_FILES if (folder / name).exists()]
+        if held and not resume:
+            if not overwrite:
+                raise SparsetrainError(
+                    f"The '{option}' folder {folder} already holds a run ({', '.join(held)}); "
+                    f"pass --resume to continue it, --overwrite to replace it, or choose "
+                    f"another {option}")
+            for name in held:
+                (folder / name).unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path, text: str) -> None:
