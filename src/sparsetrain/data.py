@@ -33,7 +33,6 @@ import hashlib
 import os
 import tempfile
 import urllib.request
-import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -1051,19 +1050,32 @@ def _load_leukemia(folder: Path, *, seed: int, test_fraction: float) -> RawSplit
     per line, any strings or integers; sorted distinct labels become classes 0..C-1), split
     class-stratified 2:1 into train and test with ``seed``."""
     labels_path = folder / "leukemia_labels.txt"
-    with open(labels_path) as f:
-        labels = np.array([line.strip() for line in f if line.strip()])
+    try:
+        with open(labels_path, encoding="utf-8") as f:
+            labels = np.array([line.strip() for line in f if line.strip()])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SparsetrainError(f"Could not read {labels_path} as UTF-8 text, one label per line "
+                               f"({type(exc).__name__}: {exc})") from None
     data_path = next((folder / f"leukemia_data{ext}" for ext in (".npy", ".csv", ".txt")
                       if (folder / f"leukemia_data{ext}").is_file()), None)
     if data_path is None:
         raise DataNotFoundError(f"{folder} has leukemia_labels.txt but no leukemia_data.npy, "
                                 ".csv or .txt (one sample per row)")
-    if data_path.suffix == ".npy":
-        X = np.load(data_path, allow_pickle=False)
-    else:
-        delimiter = "," if data_path.suffix == ".csv" else None
-        X = _read_text_matrix(data_path, 2) if delimiter is None else np.loadtxt(
-            data_path, delimiter=delimiter, dtype=np.float32, ndmin=2)
+    try:
+        if data_path.suffix == ".npy":
+            X = np.load(data_path, allow_pickle=False)
+        else:
+            delimiter = "," if data_path.suffix == ".csv" else None
+            X = _read_text_matrix(data_path, 2) if delimiter is None else np.loadtxt(
+                data_path, delimiter=delimiter, dtype=np.float32, ndmin=2)
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
+        if isinstance(exc, SparsetrainError):
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise SparsetrainError(f"Could not read {data_path} as a matrix of numbers, one sample "
+                               f"per row ({type(exc).__name__}: {reason})") from None
+    if not isinstance(X, np.ndarray) or not np.issubdtype(X.dtype, np.number):
+        raise SparsetrainError(f"{data_path} must hold a numeric matrix, one sample per row")
     if X.ndim != 2 or len(X) != len(labels):
         raise SparsetrainError(f"{data_path} has {len(X)} rows but {labels_path} has "
                                f"{len(labels)} labels; one label per sample row is required")
@@ -1103,7 +1115,9 @@ def _load_npz(path: Path, n_classes: int | None = None) -> RawSplits:
                     "y_test=...)."
                 )
             arrays = [npz[k] for k in _NPZ_KEYS]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - zip, zlib, npy-header (even TokenError) failures
+        if isinstance(exc, MemoryError):
+            raise
         if isinstance(exc, SparsetrainError):
             raise
         raise SparsetrainError(
