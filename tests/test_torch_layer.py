@@ -85,6 +85,45 @@ def test_gradients_equal_dense_linear(act, backend, batch):
         check(f.params.grad, dense[1].params.grad)
 
 
+#: Activations the CPU kernels fuse into the layer (SparseLinear(activation=...)).
+FUSED = ["all-relu-odd", "all-relu-even", "relu", "sigmoid"]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+@pytest.mark.parametrize("act", FUSED)
+def test_fused_epilogue_gradients_equal_dense(act, dropout):
+    """Activation and dropout in the kernels' epilogue: the dense reference applies the
+    same activation and the mask read off the output (an All-ReLU/sigmoid output is zero
+    only where dropped; a ReLU output also where z <= 0, where the mask does not matter)."""
+    gen = np.random.default_rng(1)
+    l1 = SparseLinear(30, 40, epsilon=6.0, seed=1, activation=ACTIVATION_MODULES[act](40),
+                      dropout=dropout)
+    l2 = SparseLinear(40, 7, epsilon=3.0, seed=2)
+    x = gen.standard_normal((150, 30)).astype(np.float32)
+    xs = torch.tensor(x, requires_grad=True)
+    xd = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(0)
+    h = l1(xs)
+    kept = (h != 0).double()
+    if dropout and act != "relu":  # (ReLU outputs are also zero where z <= 0)
+        assert abs(1 - kept.mean().item() - dropout) < 0.03
+    w = torch.as_tensor(gen.standard_normal((150, 7)))
+    (l2(h).double() * w).sum().backward()
+    d1, d2 = _dense_twin(l1), _dense_twin(l2)
+    hd = ACTIVATION_MODULES[act](40)(d1(xd)) * kept / (1 - dropout)
+    np.testing.assert_allclose(h.detach().double(), hd.detach(), rtol=1e-4, atol=1e-5)
+    (d2(hd) * w).sum().backward()
+    for ours, ref in ((xs.grad, xd.grad), (l1.values.grad, _at_connections(l1, d1.weight.grad)),
+                      (l1.bias.grad, d1.bias.grad),
+                      (l2.values.grad, _at_connections(l2, d2.weight.grad))):
+        np.testing.assert_allclose(ours.double().numpy(), ref.numpy(), rtol=1e-4,
+                                   atol=1e-5 * float(ref.abs().max()))
+    l1.eval()  # no dropout in eval mode
+    with torch.no_grad():
+        np.testing.assert_allclose(l1(xs).double(), ACTIVATION_MODULES[act](40)(d1(xd)),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_sparse_layers_chain_without_copies():
     """A sparse layer's output, through an activation and dropout, is the transpose of a
     contiguous (n, B) tensor: the next sparse layer's kernels read it in place."""
@@ -113,6 +152,10 @@ def test_errors_name_the_parameter():
         SparseLinear(10, 10, epsilon=1.0, init="zeros")
     with pytest.raises(SparsetrainError, match="'zeta' parameter of SETScheduler"):
         SETScheduler(nn.Sequential(), zeta=1.5)
+    with pytest.raises(SparsetrainError, match="'activation' parameter of SparseLinear"):
+        SparseLinear(10, 10, epsilon=1.0, activation=SReLU(10))
+    with pytest.raises(SparsetrainError, match="'dropout' parameter of SparseLinear"):
+        SparseLinear(10, 10, epsilon=1.0, dropout=1.0)
     with pytest.raises(SparsetrainError, match="expects inputs with 10 features"):
         SparseLinear(10, 10, epsilon=1.0, seed=0)(torch.zeros(3, 11))
 

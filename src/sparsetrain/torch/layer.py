@@ -29,6 +29,10 @@ input (the first layer's data) is transposed once, a copy of ``B * n_in`` floats
 products cost ``B * nnz`` multiply-adds each, 45x more on the Fashion-MNIST preset's
 first layer.
 
+A fused epilogue (``activation=``, ``dropout=``: the kernels' activation and
+inverted dropout) gives ``y = f(x W + b) * m / (1 - p)`` and keeps ``f'(z) m / (1 - p)``
+for the backward pass, which multiplies the incoming gradient by it.
+
 CUDA: ``torch.sparse`` CSR products. ``W^T`` is the CSR ``(col_ptr, col_rows,
 values[col_pos])`` and ``W`` the CSR ``(row_ptr, row_cols, values)``, so
 ``y^T = W^T x^T`` and ``dL/dx^T = W g^T`` are ``torch.sparse.mm`` and the value gradient
@@ -48,6 +52,7 @@ from .. import _kernels
 from ..errors import SparsetrainError, param_error
 from ..layers import INITIALIZERS
 from ..layers import SparseLinear as _CoreLayer
+from .activations import AllReLU
 
 _EMPTY = np.empty((0, 0), np.float32)
 _EMPTY_1D = np.empty(0, np.float32)
@@ -57,6 +62,14 @@ _ONE = np.float32(1.0)
 INDEX_BUFFERS = {"row_ptr": torch.int64, "row_cols": torch.int32, "col_ptr": torch.int64,
                  "col_rows": torch.int32, "col_pos": torch.int32}
 BACKENDS = ("auto", "numba", "torch")
+#: Activations the CPU kernels apply in the product's epilogue: module type ->
+#: ``(kernel code, negative-side slope)``.
+FUSABLE = {
+    AllReLU: lambda m: (_kernels.ACT_PIECEWISE, m.slope),
+    nn.ReLU: lambda m: (_kernels.ACT_PIECEWISE, 0.0),
+    nn.LeakyReLU: lambda m: (_kernels.ACT_PIECEWISE, float(m.negative_slope)),
+    nn.Sigmoid: lambda m: (_kernels.ACT_SIGMOID, 0.0),
+}
 
 _ones_cache: dict = {}
 
@@ -80,31 +93,37 @@ def _feature_major(x: torch.Tensor) -> torch.Tensor:
 
 
 class _NumbaSparseLinear(torch.autograd.Function):
-    """``y = x W + b`` through the project's CPU kernels (see the module docstring)."""
+    """``y = f(x W + b) * m / (1 - p)`` through the project's CPU kernels (see the module
+    docstring); ``f`` and the dropout mask ``m`` only for a fused epilogue."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, mod):
+    def forward(ctx, x, values, bias, mod, code, slope, rate, seed, grad):
         if x.dtype != torch.float32 or values.dtype != torch.float32:
             raise SparsetrainError(f"SparseLinear computes in float32 on CPU; got input "
                                    f"{x.dtype} and values {values.dtype}: call .float()")
         a = _feature_major(x)  # (n_in, B)
         batch = a.shape[1]
         out = torch.empty((mod.out_features, batch), dtype=torch.float32)  # (n_out, B)
+        # f'(z) * m / (1 - p), (n_out, B): what the backward multiplies the incoming grad by.
+        need_d = code != _kernels.ACT_LINEAR or rate > 0
+        dfac = torch.empty_like(out) if need_d and grad else None
         b = bias.detach().numpy() if bias is not None else mod._zero_bias()
         _kernels.sparse_forward(a.numpy(), mod.col_ptr.numpy(), mod.col_rows.numpy(),
-                                mod.col_pos.numpy(), values.detach().numpy(), b,
-                                _kernels.ACT_LINEAR, _ZERO, _ZERO, np.uint64(0), out.numpy(),
-                                _EMPTY, np.int64(0))
-        ctx.save_for_backward(a, values)
+                                mod.col_pos.numpy(), values.detach().numpy(), b, code,
+                                np.float32(slope), np.float32(rate), np.uint64(seed),
+                                out.numpy(), _EMPTY if dfac is None else dfac.numpy(),
+                                np.int64(0))
+        ctx.save_for_backward(a, values, dfac)
         ctx.mod = mod
         ctx.has_bias = bias is not None
         return out.t()  # (B, n_out), a transposed view
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, values = ctx.saved_tensors
+        a, values, dfac = ctx.saved_tensors
         mod = ctx.mod
-        g = grad_out.t().contiguous()  # (n_out, B); a view when it comes transposed
+        g = grad_out.t()  # (n_out, B); contiguous when it comes transposed
+        g = (g * dfac) if dfac is not None else g.contiguous()  # dL/dz
         n_in, batch = a.shape
         want_x = ctx.needs_input_grad[0]
         grad_values = torch.empty_like(values)  # (nnz,), aligned with values
@@ -115,8 +134,8 @@ class _NumbaSparseLinear(torch.autograd.Function):
                                  grad_values.numpy(), dx.numpy() if want_x else _EMPTY,
                                  _EMPTY_1D, _ZERO, _ZERO, _ZERO, _kernels.GRAD_STORE)
         grad_bias = g.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return (dx.t() if want_x else None,
-                grad_values if ctx.needs_input_grad[1] else None, grad_bias, None)
+        return (dx.t() if want_x else None, grad_values if ctx.needs_input_grad[1] else None,
+                grad_bias, None, None, None, None, None, None)
 
 
 def _csr(crow, col, values, shape):
@@ -171,6 +190,15 @@ class SparseLinear(nn.Module):
         Initialiser of the values (and of regrown connections with ``regrow="init"``),
         a key of :data:`sparsetrain.layers.INITIALIZERS`.
     bias : bool
+    activation : nn.Module, optional
+        An activation applied in the kernels' epilogue on CPU (one pass less):
+        :class:`~sparsetrain.torch.AllReLU`, ``nn.ReLU``, ``nn.LeakyReLU`` or ``nn.Sigmoid``
+        (:data:`FUSABLE`). Any activation also works as a separate module after the layer.
+    dropout : float in [0, 1)
+        Inverted dropout after the activation in training mode, ``y = f(z) * m / (1 - p)``.
+        On CPU the mask comes from the kernels' counter-based hash (keyed by a draw from
+        torch's generator), 10-100x cheaper than ``nn.Dropout``'s Bernoulli draws
+        (measured: 2 ms per 1000x128 activation on one thread).
     fan_in : {"sparse", "dense"}
         Fan-in the initialiser scales with (see :meth:`sparsetrain.layers.SparseLinear.erdos_renyi`).
     allow_dense : bool
@@ -187,8 +215,9 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, epsilon: float = 20.0,
-                 init: str = "he-uniform", bias: bool = True, *, fan_in: str = "sparse",
-                 allow_dense: bool = False, seed=None, backend: str = "auto"):
+                 init: str = "he-uniform", bias: bool = True, *, activation=None,
+                 dropout: float = 0.0, fan_in: str = "sparse", allow_dense: bool = False,
+                 seed=None, backend: str = "auto"):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int | np.integer) or v < 1:
@@ -198,19 +227,28 @@ class SparseLinear(nn.Module):
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         core = _CoreLayer.erdos_renyi(int(in_features), int(out_features), epsilon, rng,
                                       init=init, fan_in=fan_in, allow_dense=allow_dense)
-        self._setup(core, bias, backend)
+        self._setup(core, bias, backend, activation, dropout)
 
     @classmethod
-    def from_core(cls, layer: _CoreLayer, *, bias: bool = True, backend: str = "auto"):
+    def from_core(cls, layer: _CoreLayer, *, bias: bool = True, activation=None,
+                  dropout: float = 0.0, backend: str = "auto"):
         """A module holding a copy of ``layer`` (a :class:`sparsetrain.layers.SparseLinear`)."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(layer, bias, backend)
+        self._setup(layer, bias, backend, activation, dropout)
         return self
 
-    def _setup(self, core: _CoreLayer, bias: bool, backend: str):
+    def _setup(self, core: _CoreLayer, bias: bool, backend: str, activation, dropout):
         if backend not in BACKENDS:
             raise param_error("backend", f"one of {list(BACKENDS)}", backend, owner="SparseLinear")
+        if activation is not None and type(activation) not in FUSABLE:
+            raise param_error("activation", "None or one of the modules "
+                              f"{sorted(t.__name__ for t in FUSABLE)}", type(activation).__name__,
+                              owner="SparseLinear", fix="Put any other activation after the layer.")
+        if not (isinstance(dropout, float | int) and 0.0 <= dropout < 1.0):
+            raise param_error("dropout", "a float in [0, 1)", dropout, owner="SparseLinear")
+        self.activation = activation  # a submodule (shown in the repr, in state_dict)
+        self.dropout = float(dropout)
         self.in_features, self.out_features = core.n_in, core.n_out
         self.init, self.fan_in = core.init, core.fan_in
         self.backend = backend
@@ -264,8 +302,22 @@ class SparseLinear(nn.Module):
         if x.dim() != 2:
             x = x.reshape(-1, self.in_features)
         use_torch = self.backend == "torch" or (self.backend == "auto" and x.device.type != "cpu")
-        fn = _TorchSparseLinear if use_torch else _NumbaSparseLinear
-        y = fn.apply(x, self.values, self.bias, self)
+        rate = self.dropout if self.training else 0.0
+        if use_torch:
+            y = _TorchSparseLinear.apply(x, self.values, self.bias, self)
+            if self.activation is not None:
+                y = self.activation(y)
+            if rate > 0:
+                y = nn.functional.dropout(y, rate, training=True)
+        else:
+            code, slope = ((_kernels.ACT_LINEAR, 0.0) if self.activation is None
+                           else FUSABLE[type(self.activation)](self.activation))
+            # Dropout bits: the kernels' counter-based hash, keyed by a draw from torch's
+            # generator (so torch.manual_seed fixes them).
+            seed = int(torch.randint(0, 2**62, (1,))) if rate > 0 else 0
+            grad = torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad)
+            y = _NumbaSparseLinear.apply(x, self.values, self.bias, self, code, slope, rate, seed,
+                                         grad)
         return y if len(lead) == 1 else y.reshape(*lead, self.out_features)
 
     # ------------------------------------------------------------------ state dict
@@ -285,7 +337,8 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         density = self.nnz / (self.in_features * self.out_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"nnz={self.nnz}, density={density:.4g}, bias={self.bias is not None}")
+                f"nnz={self.nnz}, density={density:.4g}, bias={self.bias is not None}"
+                + (f", dropout={self.dropout}" if self.dropout else ""))
 
 
 class Standardize(nn.Module):
