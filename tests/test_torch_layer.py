@@ -289,3 +289,38 @@ def test_import_sparsetrain_without_torch():
     code = ("import sys; sys.modules['torch'] = None; import sparsetrain, sparsetrain.interop; "
             "assert 'sparsetrain.torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_trained_sequential_converts_back_with_same_predictions():
+    """Train the converted model in PyTorch (SGD steps, a SET step), take it back: the
+    SparseMLP predicts what the module predicts."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 25)).astype(np.float32)
+    y = rng.integers(0, 6, 64)
+    model = SparseMLP.create([25, 40, 30, 6], epsilon=5.0, rng=rng, dropout=0.2)
+    seq = to_sequential(model)
+    opt = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(seq(torch.as_tensor(X)), torch.as_tensor(y)).backward()
+        opt.step()
+    SETScheduler(seq, opt, seed=0).step()
+    back = from_torch(seq.eval())
+    assert back.dropout == 0.2 and back.n_connections == model.n_connections
+    with torch.no_grad():
+        out = seq(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(back.decision_function(X), out, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(back.predict(X), out.argmax(1))
+
+
+def test_from_torch_reads_unfused_modules():
+    """SparseLinear, AllReLU and nn.Dropout as separate modules convert as the fused form."""
+    l1 = SparseLinear(12, 20, epsilon=4.0, seed=0)
+    l2 = SparseLinear(20, 3, epsilon=4.0, seed=1, allow_dense=True)
+    seq = nn.Sequential(l1, AllReLU(0.3, 1), nn.Dropout(0.1), l2).eval()
+    back = from_torch(seq)
+    assert (back.activation, back.alpha, back.dropout) == ("all-relu", 0.3, 0.1)
+    X = np.random.default_rng(0).standard_normal((32, 12)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(back.decision_function(X), seq(torch.as_tensor(X)).numpy(),
+                                   rtol=1e-5, atol=1e-5)

@@ -317,26 +317,32 @@ def _activation_modules(torch) -> dict:
 def to_sequential(model: SparseMLP, *, backend: str = "auto"):
     """``model`` as a trainable ``torch.nn.Sequential`` of :mod:`sparsetrain.torch` modules::
 
-        Standardize(input_mean, input_std), SparseLinear, activation, Dropout, ...,
-        SparseLinear [, Standardize(target_mean, target_std, inverse=True)]
+        Standardize(input_mean, input_std),
+        SparseLinear(activation=f_1, dropout=p), ..., SparseLinear    (output layer, linear)
+        [Standardize(target_mean, target_std, inverse=True)]           (regression only)
 
-    (no ``Dropout`` when the model's rate is 0; the last module only for regression).
-    In eval mode its output equals :meth:`SparseMLP.decision_function` to float32
-    rounding; :func:`from_torch` takes it back. ``backend``: as
+    Hidden activations run in the layer's kernel epilogue where they can
+    (:data:`sparsetrain.torch.layer.FUSABLE`); SReLU follows its layer as a module, then
+    ``nn.Dropout``. In eval mode the output equals :meth:`SparseMLP.decision_function`
+    to float32 rounding; :func:`from_torch` takes it back. ``backend``: as
     :class:`sparsetrain.torch.SparseLinear`.
     """
     torch = _require_torch()
     from .torch import SparseLinear as TorchLinear
     from .torch import Standardize
+    from .torch.layer import FUSABLE
     make = _activation_modules(torch)[model.activation]
     mods = [Standardize(model.input_mean, model.input_std)]
     last = len(model.layers) - 1
     for l, layer in enumerate(model.layers):
-        mods.append(TorchLinear.from_core(layer, backend=backend))
-        if l < last:
-            mods.append(make(l + 1, model.alpha, layer))
-            if model.dropout > 0:
-                mods.append(torch.nn.Dropout(model.dropout))
+        act = make(l + 1, model.alpha, layer) if l < last else None
+        if act is None or type(act) in FUSABLE:
+            mods.append(TorchLinear.from_core(layer, activation=act, backend=backend,
+                                              dropout=model.dropout if l < last else 0.0))
+            continue
+        mods += [TorchLinear.from_core(layer, backend=backend), act]
+        if model.dropout > 0:
+            mods.append(torch.nn.Dropout(model.dropout))
     if model.task == "regression":
         mods.append(Standardize(model.target_mean, model.target_std, inverse=True))
     return torch.nn.Sequential(*mods)
@@ -353,10 +359,22 @@ def _from_sequential(module, *, dropout, loss) -> SparseMLP:
     nn = torch.nn
     from .torch import AllReLU, SReLU, Standardize
     from .torch import SparseLinear as TorchLinear
+    def name_of(act):  # (activation name, alpha) of an activation module
+        if isinstance(act, AllReLU):
+            return "all-relu", act.alpha
+        return _sequential_activation([act], torch)
+
+    fused = {id(m.activation) for m in module.modules() if isinstance(m, TorchLinear)}
     layers, acts, scale_in, scale_out = [], set(), None, None
-    for m in [m for m in module.modules() if not list(m.children())]:
+    for m in module.modules():
         if isinstance(m, TorchLinear):
             layers.append(m.to_core())
+            if m.activation is not None:
+                acts.add(name_of(m.activation))
+            if m.dropout > 0:
+                dropout = m.dropout
+        elif list(m.children()) or id(m) in fused:
+            continue  # containers, and activations read with their layer
         elif isinstance(m, Standardize):
             if m.inverse:
                 scale_out = m
@@ -366,12 +384,10 @@ def _from_sequential(module, *, dropout, loss) -> SparseMLP:
             layers[-1].neuron_params = np.ascontiguousarray(_to_numpy(m.params), np.float32)
             layers[-1].neuron_velocity = np.zeros_like(layers[-1].neuron_params)
             acts.add(("srelu", 0.0))
-        elif isinstance(m, AllReLU):
-            acts.add(("all-relu", m.alpha))
         elif isinstance(m, nn.Dropout):
             dropout = float(m.p)
         elif not isinstance(m, nn.Identity):
-            acts |= {_sequential_activation([m], torch)}
+            acts.add(name_of(m))
     if len(acts) > 1:
         raise SparsetrainError(f"the module mixes activations {sorted(acts)}; sparsetrain "
                                "uses one activation for all hidden layers")
