@@ -418,3 +418,67 @@ def test_network_too_large_for_the_budget_is_refused_before_building(capsys):
                               "--memory-budget", "0.5"])
     assert "does not fit in memory" in msg and "0.50 GB are available" in msg
     assert "Lower --hidden or --epsilon" in msg
+
+
+# --- issue 13: smaller items ----------------------------------------------------------------
+
+
+def test_help_lists_every_dataset_and_activation(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in data.DATASETS:
+        assert name in out
+    assert "srelu" in out
+
+
+def test_dataset_name_in_any_case(capsys, tmp_path):
+    argv = ["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "R")]
+    argv[argv.index("synthetic")] = "Synthetic"  # the synthetic-only options still apply
+    assert main(argv) == 0
+
+
+def _regression_free_json(line):
+    return json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
+
+
+def test_evaluate_prints_valid_json(capsys, tiny_run):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tiny_run / "model.npz"), *TINY[:6]]) == 0
+    result = _regression_free_json(capsys.readouterr().out)
+    assert 0 <= result["accuracy"] <= 1
+    from sparsetrain.cli import _json_value
+
+    assert _json_value(float("nan")) is None and _json_value(float("inf")) is None
+
+
+@pytest.mark.parametrize(("label", "fragment"), [(-1, "contains label -1"),
+                                                 (7, "contains label 7")])
+def test_evaluate_bad_label(capsys, tmp_path, label, fragment):
+    # SparseMLP.evaluate scored -1 as the last class and raised IndexError for 7.
+    X_train, y_train, X_test, y_test = small_arrays(n_features=4)
+    y_test = y_test.copy()
+    y_test[0] = label
+    path = write_npz(tmp_path / "d.npz", X_train, y_train, X_test, y_test)
+    ok = write_npz(tmp_path / "ok.npz", *small_arrays(n_features=4))
+    assert main(["train", "--dataset", str(ok), "--hidden", "8", "--epsilon", "2", "--epochs",
+                 "1", "--out", str(tmp_path / "R"), "--no-progress", "--threads", "1"]) == 0
+    msg = user_error(capsys, ["evaluate", "--model", tmp_path / "R" / "model.npz",
+                              "--dataset", path])
+    assert fragment in msg
+
+
+def test_resume_user_npz_from_another_folder_and_changed_file(capsys, tmp_path, monkeypatch):
+    X_train, y_train, X_test, y_test = small_arrays(n_features=4)
+    (tmp_path / "a").mkdir()
+    write_npz(tmp_path / "a" / "d.npz", X_train, y_train, X_test, y_test)
+    monkeypatch.chdir(tmp_path / "a")
+    run = tmp_path / "R"
+    assert main(["train", "--dataset", "d.npz", "--hidden", "8", "--epsilon", "2",
+                 "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    monkeypatch.chdir(tmp_path)  # the relative path no longer resolves from here
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert load_model(run / "model.npz")[1]["epoch"] == 2
+    write_npz(tmp_path / "a" / "d.npz", X_train + 1, y_train, X_test, y_test)
+    msg = user_error(capsys, ["train", "--resume", "--out", run, "--epochs", "3"])
+    assert "changed since this run started" in msg

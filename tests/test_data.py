@@ -496,3 +496,66 @@ def test_every_registry_entry_is_well_formed():
                 continue
             assert len(f.sha256) == 64 and f.url.startswith(("http://", "https://"))
             assert f.url.endswith(f.name)
+
+
+# --- issue 13: labels bounded by their distinct values, real features within float32 -------
+
+
+def _arrays(y_train, X_train=None):
+    rng = np.random.default_rng(0)
+    n = len(y_train)
+    X = rng.standard_normal((n, 3)) if X_train is None else X_train
+    return X, np.asarray(y_train), rng.standard_normal((4, 3)), np.zeros(4, np.int64)
+
+
+@pytest.mark.parametrize("label", [10**7, 2**63 + 5])
+def test_huge_label_refused_before_building_a_layer(label):
+    # Label 10^7 once built a 10-million-wide output layer, then died with MemoryError;
+    # uint64 labels gave "ValueError: high is out of bounds".
+    y = np.array([0, 1, 0, 1, label] * 4, dtype=np.uint64)
+    with pytest.raises(SparsetrainError) as info:
+        data.validate_arrays(*_arrays(y))
+    msg = str(info.value)
+    assert "holds 3 distinct labels" in msg and f"largest is {label}" in msg
+    assert "LabelEncoder" in msg and "\n" not in msg
+
+
+def test_continuous_looking_labels_suggest_regression():
+    y = np.arange(200) * 997  # integer-valued but all distinct: targets, not classes
+    with pytest.raises(SparsetrainError, match="use a regression model"):
+        data.validate_arrays(*_arrays(y))
+    with pytest.raises(SparsetrainError, match="regression model"):
+        data.validate_arrays(*_arrays(np.linspace(0, 1, 20)))
+
+
+def test_many_classes_all_used_are_fine():
+    y = np.arange(300) % 150
+    assert data.validate_arrays(*_arrays(y)) == 150
+
+
+def test_complex_features_refused():
+    X = np.ones((20, 3), np.complex64)
+    with pytest.raises(SparsetrainError, match="must hold real numbers; got dtype complex64"):
+        data.validate_arrays(*_arrays(np.arange(20) % 2, X))
+
+
+def test_float64_beyond_float32_named_as_such():
+    # Once reported as "NaN or infinite" after the cast to float32.
+    X = np.ones((20, 3))
+    X[3, 1] = 1e300
+    with pytest.raises(SparsetrainError, match="beyond float32's range"):
+        data.validate_arrays(*_arrays(np.arange(20) % 2, X))
+
+
+@pytest.mark.parametrize("name", ["Madelon", "FASHION_MNIST", " higgs "])
+def test_presets_matched_case_insensitively(name):
+    from sparsetrain.config import dataset_key, make_config
+
+    # --dataset Madelon once trained with the Fashion-MNIST settings.
+    assert make_config(name) == make_config(dataset_key(name))
+    from sparsetrain.config import PRESETS
+
+    cfg = make_config("Madelon")
+    assert all(getattr(cfg, k) == (tuple(v) if k == "hidden" else v)
+               for k, v in PRESETS["madelon"].items())
+    assert data._get_spec(name).name == dataset_key(name)

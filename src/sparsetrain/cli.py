@@ -19,7 +19,9 @@ from .errors import SparsetrainError
 
 
 def _add_data_args(p):
-    p.add_argument("--dataset", help="fashion-mnist, madelon, synthetic, or a .npz file "
+    from .data import DATASETS
+
+    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (any case), or a .npz file "
                    "with X_train, y_train, X_test, y_test (see 'sparsetrain datasets')")
     p.add_argument("--data-dir", help="folder with the dataset files (else $SPARSETRAIN_DATA, "
                    "else the cache folder)")
@@ -157,18 +159,21 @@ def _check_data_dir(args):
 
 
 def _load_data(args, dataset=None, options=None):
+    from .config import dataset_key
     from .data import load_dataset
 
     name = dataset or args.dataset
     if not name:
-        raise SparsetrainError("The '--dataset' option is required: one of fashion-mnist, "
-                               "madelon, synthetic, or a .npz file (see 'sparsetrain datasets')")
+        from .data import DATASETS
+
+        raise SparsetrainError(f"The '--dataset' option is required: one of {', '.join(DATASETS)}, "
+                               "or a .npz file (see 'sparsetrain datasets')")
     _check_data_dir(args)
     if options is None:
         options = {k: getattr(args, k) for k in ("n_samples", "n_features", "n_informative",
                                                   "n_classes", "class_sep")
                    if getattr(args, k) is not None}
-        if options and name != "synthetic":
+        if options and dataset_key(name) != "synthetic":
             raise SparsetrainError(f"options {sorted('--' + k.replace('_', '-') for k in options)}"
                                    f" apply to --dataset synthetic only, not {name!r}")
     # Standardisation is part of the model (training-set statistics), so load raw features.
@@ -209,6 +214,33 @@ def cmd_train(args) -> int:
         return _train(args, out, budget, progress)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_same_file(run: dict) -> None:
+    """A run trained on a user .npz resumes only on the same bytes."""
+    want = run.get("dataset_sha256")
+    path = Path(str(run.get("dataset")))
+    if want is None or not path.is_file():
+        return  # a missing file gets the loader's message
+    if _sha256(path) != want:
+        raise SparsetrainError(f"The dataset file {path} changed since this run started (its "
+                               "SHA-256 differs); --resume must train on the same data. Restore "
+                               "the file, or start a new run with --overwrite")
+
+
+def _json_value(v):
+    """NaN and infinities as null: the output must stay valid JSON."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _check_workers(workers: int) -> None:
     import os
 
@@ -244,6 +276,7 @@ def _train(args, out, budget, progress) -> int:
                   f"ignoring {', '.join(ignored + (['--dataset'] if args.dataset else []))} "
                   "(only --epochs and --threads may change)", file=sys.stderr)
         run = trainer.run_info
+        _check_same_file(run)
         ds, _ = _load_data(args, run.get("dataset"), run.get("options", {}))
         print(f"sparsetrain: resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
     else:
@@ -257,6 +290,10 @@ def _train(args, out, budget, progress) -> int:
         model = build_model(cfg, ds.X_train, ds.n_classes, memory_budget=budget)
         run_info = {"dataset": args.dataset, "options": options, "source": ds.source,
                     "preset": args.preset}
+        if str(args.dataset).lower().endswith(".npz"):
+            # --resume may run from another folder, and must train on the same data.
+            path = Path(args.dataset).expanduser().resolve()
+            run_info.update(dataset=str(path), dataset_sha256=_sha256(path))
         if args.parallel:
             import os
 
@@ -300,7 +337,8 @@ def cmd_evaluate(args) -> int:
             origin=f"the model in {args.model} has only {model.n_outputs} classes")
     loss, acc = model.evaluate(X, y)
     print(json.dumps({"dataset": ds.name, "split": args.split, "n": int(len(y)),
-                      "loss": loss, "accuracy": acc, "epoch": meta.get("epoch")}))
+                      "loss": _json_value(loss), "accuracy": _json_value(acc),
+                      "epoch": meta.get("epoch")}, allow_nan=False))
     return 0
 
 

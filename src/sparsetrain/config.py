@@ -372,13 +372,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def dataset_key(name: str) -> str:
+    """The registry key of a dataset name: case, spaces and ``_``/``-`` do not matter
+    (``Madelon``, ``FASHION_MNIST``), as in :func:`sparsetrain.data.load_dataset`."""
+    return str(name).strip().lower().replace("_", "-")
+
+
 def make_config(dataset: str | None, preset: str = "paper", **overrides) -> TrainConfig:
     """Defaults, then the dataset's ``paper`` preset (if any and asked for), then ``overrides``
     (``None`` values are ignored; :data:`NONE`, the command line's ``none``, sets None)."""
     if preset not in ("paper", "none"):
         raise param_error("preset", "'paper' or 'none'", preset)
     values = {}
-    if preset == "paper" and dataset in PRESETS:
-        values.update(PRESETS[dataset])
+    key = dataset_key(dataset) if dataset is not None else None
+    if preset == "paper" and key in PRESETS:
+        values.update(PRESETS[key])
     values.update({k: (None if v is NONE else v) for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values).validate()

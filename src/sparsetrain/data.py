@@ -69,6 +69,7 @@ DOWNLOAD_TIMEOUT = 20.0
 # Rows per chunk in standardize_features: about 4M values (32 MB of float64)
 # per temporary, so 10000 x 65536 synthetic data never needs a float64 copy.
 _CHUNK_VALUES = 1 << 22
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---------------------------------------------------------------------------
@@ -230,6 +231,12 @@ def check_X(
             f"{name} must hold numbers; got dtype {arr.dtype}. "
             "Convert it with np.asarray(..., dtype=np.float32)."
         )
+    if np.issubdtype(arr.dtype, np.complexfloating):  # once trained on the real part
+        raise SparsetrainError(
+            f"{name} must hold real numbers; got dtype {arr.dtype}. Split complex features "
+            f"into real and imaginary columns (np.hstack([{name}.real, {name}.imag])) or "
+            "take their magnitude."
+        )
     if n_features is not None and arr.shape[1] != n_features:
         raise SparsetrainError(
             f"{name} has {arr.shape[1]} features but {expected or f'{n_features} are expected'}"
@@ -247,7 +254,39 @@ def check_X(
                 f"{len(arr)} rows); features must be finite. Remove or impute them "
                 "before training."
             )
+        if arr.dtype.itemsize > 4 and arr.size:
+            big = max(float(np.abs(arr[start : start + chunk]).max())
+                      for start in range(0, arr.shape[0], chunk))
+            if big > _FLOAT32_MAX:
+                raise SparsetrainError(
+                    f"{name} holds values up to {big:.3g} in magnitude, beyond float32's range "
+                    f"({_FLOAT32_MAX:.3g}) in which sparsetrain computes; rescale those "
+                    "features (e.g. standardise them or take their logarithm)."
+                )
     return arr
+
+
+#: Most classes a classifier's output layer may have when they are inferred from labels.
+MAX_CLASSES = 100_000
+
+
+def _check_inferred_classes(arr: np.ndarray, name: str, lo: int, hi: int) -> None:
+    """Refuse labels whose ``max + 1`` would make an output layer far wider than the
+    distinct labels call for: above :data:`MAX_CLASSES`, or over 100 classes of which most
+    are never used (label 10**7 once built a 10-million-wide layer, then ran out of memory)."""
+    if lo < 0 or hi < 100:
+        return  # negative labels get their own message; narrow layers cost nothing
+    n_distinct = len(np.unique(arr))
+    if hi < MAX_CLASSES and hi + 1 <= 2 * n_distinct:
+        return
+    continuous = n_distinct > 0.5 * len(arr) and n_distinct > 20
+    fix = ("They look like continuous targets: use a regression model (SETMLPRegressor)."
+           if continuous else "Re-encode them as 0..n_classes-1, e.g. with "
+           "sklearn.preprocessing.LabelEncoder.")
+    raise SparsetrainError(
+        f"{name} holds {n_distinct} distinct labels but its largest is {hi}, which would give "
+        f"the classifier {hi + 1} outputs (at most {MAX_CLASSES} are allowed, and most would "
+        f"never be used). {fix}")
 
 
 def check_labels(
@@ -291,10 +330,12 @@ def check_labels(
                 raise SparsetrainError(
                     f"{name} must hold integer-valued class labels; got {value!r}. Encode "
                     "the classes as 0..n_classes-1, e.g. with "
-                    "sklearn.preprocessing.LabelEncoder."
+                    "sklearn.preprocessing.LabelEncoder; for continuous targets use a "
+                    "regression model (SETMLPRegressor)."
                 )
     lo, hi = int(arr.min()), int(arr.max())
     if n_classes is None:
+        _check_inferred_classes(arr, name, lo, hi)
         n_classes, origin = hi + 1, f"max({name}) + 1"
     elif isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer):
         raise param_error("n_classes", "an int >= 2", n_classes,
@@ -524,7 +565,9 @@ def data_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 def _get_spec(name: str) -> DatasetSpec:
-    key = str(name).strip().lower().replace("_", "-")
+    from .config import dataset_key
+
+    key = dataset_key(name)
     try:
         return DATASETS[key]
     except KeyError:
