@@ -25,6 +25,7 @@ The last lines are ``ratio_vs_trainer=<ours / trainer's epoch>`` (target <= 1.5)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -71,6 +72,13 @@ def torch_epoch(example, model, opt, evolve, X, y, X_test, y_test, gen, device="
             "epoch_seconds": t3 - t0, "test_accuracy": acc, "train_loss": loss}
 
 
+def _limited(ds, args):
+    if args.train_limit:
+        n = args.train_limit
+        ds = dataclasses.replace(ds, X_train=ds.X_train[:n], y_train=ds.y_train[:n])
+    return ds
+
+
 def _baseline(args) -> int:
     """Child process: the dense-masked PyTorch epoch of benchmarks/epoch_time.py."""
     import torch
@@ -81,7 +89,7 @@ def _baseline(args) -> int:
 
     epoch_time = _load(HERE / "epoch_time.py", "epoch_time")
     torch.set_num_threads(args.threads)
-    ds = load_dataset("fashion-mnist", args.data_dir, standardize=False)
+    ds = _limited(load_dataset("fashion-mnist", args.data_dir, standardize=False), args)
     cfg = make_config("fashion-mnist", "paper", epochs=3, seed=args.seed)
     model = build_model(cfg, ds.X_train, 10)
     print(json.dumps(epoch_time.dense_masked_epoch(model, ds, cfg, args.seed)))
@@ -148,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="train on the first N images (smoke runs; the figures need all)")
     ap.add_argument("--only-baseline", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.only_baseline:
@@ -156,7 +166,8 @@ def main(argv=None) -> int:
     load_start = _uptime()
     child = subprocess.run(
         [sys.executable, __file__, "--only-baseline", "--threads", str(args.threads),
-         "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else []),
+         "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+        + (["--train-limit", str(args.train_limit)] if args.train_limit else []),
         check=True, capture_output=True, text=True, env=user_env)
     dense = json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -172,7 +183,7 @@ def main(argv=None) -> int:
     example = _load(HERE.parent / "examples" / "torch_set_mlp.py", "torch_set_mlp")
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.torch_threads)
-    ds = load_dataset("fashion-mnist", args.data_dir, standardize=False)
+    ds = _limited(load_dataset("fashion-mnist", args.data_dir, standardize=False), args)
     cfg = make_config("fashion-mnist", "paper", epochs=1, seed=args.seed)
     core = build_model(cfg, ds.X_train, 10)
     # Our model reads standardised features (the trainer standardises inside its kernels).

@@ -133,6 +133,8 @@ class _NumbaSparseLinear(torch.autograd.Function):
                                  _ones(n_in, batch) if want_x else _EMPTY, _ONE,
                                  grad_values.numpy(), dx.numpy() if want_x else _EMPTY,
                                  _EMPTY_1D, _ZERO, _ZERO, _ZERO, _kernels.GRAD_STORE)
+        # torch's row sums, not _kernels.bias_grad: one parallel region less per layer (each
+        # costs a wake-up and a barrier, which a loaded machine makes expensive).
         grad_bias = g.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return (dx.t() if want_x else None, grad_values if ctx.needs_input_grad[1] else None,
                 grad_bias, None, None, None, None, None, None)
@@ -301,7 +303,12 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         if x.dim() != 2:
             x = x.reshape(-1, self.in_features)
-        use_torch = self.backend == "torch" or (self.backend == "auto" and x.device.type != "cpu")
+        on_cpu = x.device.type == "cpu"
+        if self.backend == "numba" and not on_cpu:
+            raise param_error("backend", "'auto' or 'torch' for inputs on a CUDA device",
+                              "numba", owner="SparseLinear",
+                              fix="The Numba kernels run on the CPU only.")
+        use_torch = self.backend == "torch" or not on_cpu
         rate = self.dropout if self.training else 0.0
         if use_torch:
             y = _TorchSparseLinear.apply(x, self.values, self.bias, self)
