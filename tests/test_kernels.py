@@ -474,3 +474,69 @@ def test_compiled_and_cached_kernels_train_alike(tmp_path):
         outs.append(np.load(out))
     for key in outs[0].files:
         np.testing.assert_array_equal(outs[0][key], outs[1][key], err_msg=key)
+
+
+# Operands above FAR_BYTES take the prefetching blocks; batches 32 and 48 use the 32-column
+# block (48 = 32 + 16), 80 the 64- and 16-column ones, 19 the scalar tail.
+@pytest.mark.parametrize("batch", [19, 32, 48, 80])
+def test_far_products_match_the_sparse_reference(batch):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(batch)
+    n = K.FAR_BYTES // (4 * batch) + 1000  # rows of a_prev and delta: beyond FAR_BYTES
+    nnz = 3 * n
+    rows = rng.integers(0, n, nnz)
+    cols = rng.integers(0, n, nnz)
+    keys = np.unique(rows * n + cols)
+    layer = SparseLinear.from_coo(n, n, keys // n, keys % n,
+                                  rng.standard_normal(keys.size).astype(np.float32))
+    W = sp.csr_matrix((layer.data.astype(np.float64), layer.row_cols, layer.row_ptr),
+                      shape=(n, n))
+    a = rng.standard_normal((n, batch)).astype(np.float32)
+    delta = rng.standard_normal((n, batch)).astype(np.float32)
+    dfac = rng.standard_normal((n, batch)).astype(np.float32)
+
+    def forward():
+        return (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias,
+                K.ACT_LINEAR, np.float32(0), np.float32(0), np.uint64(1),
+                np.empty((n, batch), np.float32), EMPTY)
+
+    one, many = threads_agree(K.sparse_forward, forward)
+    np.testing.assert_array_equal(one[10], many[10])
+    np.testing.assert_allclose(one[10], W.T @ a.astype(np.float64) + layer.bias[:, None],
+                               rtol=1e-4, atol=1e-5)
+
+    def backward():  # dfac_prev and delta_prev one array, as in training
+        prev = dfac.copy()
+        return (a, delta, layer.row_ptr, layer.row_cols, layer.data, prev,
+                np.float32(1 / batch), np.empty(layer.nnz, np.float32), prev,
+                np.empty(0, np.float32), np.float32(0), np.float32(0), np.float32(0), False)
+
+    one, many = threads_agree(K.sparse_backward, backward)
+    np.testing.assert_array_equal(one[7], many[7])
+    np.testing.assert_array_equal(one[8], many[8])
+    grad = np.einsum("kb,kb->k", a[layer.rows()].astype(np.float64),
+                     delta[layer.row_cols].astype(np.float64)) / batch
+    np.testing.assert_allclose(one[7], grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(one[8], (W @ delta.astype(np.float64)) * dfac, rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [19, 32, 128])
+def test_backward_reads_the_factors_before_writing_the_delta_over_them(rng, batch):
+    """delta_prev may be the dfac_prev array itself (the model keeps a hidden layer's
+    dropout factors in its delta buffer): same bits as with two arrays."""
+    layer = random_layer(rng, 41, 29, 500)
+    a = rng.standard_normal((41, batch)).astype(np.float32)
+    delta = rng.standard_normal((29, batch)).astype(np.float32)
+    dfac = rng.standard_normal((41, batch)).astype(np.float32)
+    outs = []
+    for shared in (False, True):
+        prev = dfac.copy() if shared else np.empty((41, batch), np.float32)
+        grad = np.empty(layer.nnz, np.float32)
+        K.sparse_backward(a, delta, layer.row_ptr, layer.row_cols, layer.data, prev if shared
+                          else dfac, np.float32(1 / batch), grad, prev, np.empty(0, np.float32),
+                          np.float32(0), np.float32(0), np.float32(0), False)
+        outs.append((grad, prev))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])

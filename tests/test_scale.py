@@ -131,3 +131,28 @@ def test_width_aware_parametrisation_keeps_a_wide_output_layer_from_diverging():
             assert max(tenths) < 2 * tenths[0] and tenths[-1] < tenths[0]
     assert losses["default"][0] < 2 * np.log(2) and max(losses["default"][1:]) < np.log(2)
     assert min(losses["none"]) > 5 * max(losses["default"])
+
+
+def test_inference_fills_the_training_room_with_more_rows_and_gives_back_the_memory():
+    """After micro-batched training, inference runs in chunks as large as the training
+    work arrays allow (two alternating hidden buffers instead of every layer's) and
+    releases those arrays while it runs; predictions do not depend on the chunk, and
+    training goes on bit for bit as if no evaluation had happened."""
+    model, _, X, y = _pair("all-relu", 0.3, 16)
+    model.micro_batch = 16
+    other = copy.deepcopy(model)
+    idx = np.arange(64, dtype=np.int64)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=2e-4)
+    for m in (model, other):
+        m.train_step(X, y, idx, seed=0, **kw)
+    rows = model.eval_batch_size()
+    assert rows > 16 and rows % 16 == 0
+    z = model.decision_function(X)
+    held = [k for k in model._buffers if isinstance(k, str)]
+    assert not any(k.startswith(("delta", "dfac")) for k in held) and "ping" in held
+    np.testing.assert_array_equal(z, model.decision_function(X, batch_size=16))
+    for m in (model, other):
+        m.train_step(X, y, idx + 64, seed=1, **kw)
+    assert "ping" not in model._buffers
+    for a, b in zip(model.layers, other.layers, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)

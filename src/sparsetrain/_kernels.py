@@ -410,7 +410,31 @@ def _loop(builder, start, stop):
     return cgutils.for_range_slice(builder, start, stop, ir.Constant(_I64, 1), inc=True)
 
 
-def _make_forward_block(nv):
+#: Connections ahead whose rows the products prefetch when their operands are far (see
+#: :func:`_far`): enough to cover DRAM latency, few enough that the lines are still in L1.
+_PREFETCH_AHEAD = 8
+
+
+def _prefetch(builder, fptr, n_lines):
+    """``llvm.prefetch`` (read, high locality) of ``n_lines`` 64-byte lines from ``fptr``."""
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+    for line in range(n_lines):
+        ptr = builder.gep(fptr, [ir.Constant(_I64, 16 * line)]) if line else fptr
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                          ir.Constant(_I32, 1)])
+
+
+def _ahead(builder, k, n):
+    """``min(k + _PREFETCH_AHEAD, n - 1)``: the connection to prefetch (never past the
+    index arrays: the next rows' connections count, a row may hold only one or two)."""
+    kp = builder.add(k, ir.Constant(_I64, _PREFETCH_AHEAD))
+    last = builder.sub(n, ir.Constant(_I64, 1))
+    return builder.select(builder.icmp_signed("<", kp, last), kp, last)
+
+
+def _make_forward_block(nv, far=False):
     @intrinsic
     def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1):
         """``out[j, b0:b0+16nv] += sum_{k0 <= k < k1} data[col_pos[k]] * a_prev[col_rows[k], ...]``."""
@@ -429,7 +453,14 @@ def _make_forward_block(nv):
             accs = [cgutils.alloca_once(builder, _VEC) for _ in range(nv)]
             for v in range(nv):
                 builder.store(builder.load(_vector_at(builder, optr, v), align=4), accs[v])
+            n_conn = builder.extract_value(rows.shape, 0)
             with _loop(builder, k0, k1) as (k, _):
+                if far:  # the value and activation row of a connection a few ahead
+                    kp = _ahead(builder, k, n_conn)
+                    ip = builder.sext(builder.load(builder.gep(rows.data, [kp])), _I64)
+                    pp = builder.load(builder.gep(pos.data, [kp]))
+                    _prefetch(builder, _row_address(builder, a, ip, b0), nv)
+                    _prefetch(builder, builder.gep(w.data, [pp]), 1)
                 i = builder.sext(builder.load(builder.gep(rows.data, [k])), _I64)
                 p = builder.load(builder.gep(pos.data, [k]))
                 if p.type != _I64:  # int32 positions (the layers' own)
@@ -469,23 +500,28 @@ def _hsum4(builder, s0, s1, s2, s3):
     return builder.fadd(_shuffle(builder, e, e, [0, 2, 4, 6]), _shuffle(builder, e, e, [1, 3, 5, 7]))
 
 
-def _make_backward_block(nv, with_prev):
+def _make_backward_block(nv, with_prev, far=False):
     @intrinsic
-    def block(typingctx, i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev):
+    def block(typingctx, i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev,
+              dfac_prev):
         """For the connections ``k0 <= k < k1`` of input row ``i``, on batch columns
         ``c = b0:b0+16nv``: ``gsum[k - gbase] += sum_c a_prev[i, c] * delta[j_k, c]`` and
-        (``with_prev``) ``delta_prev[i, c] = sum_k data[k] * delta[j_k, c]``. Connections
-        go four at a time (their lane sums share shuffles), then one at a time."""
+        (``with_prev``) ``delta_prev[i, c] = flush(dfac_prev[i, c] * sum_k data[k] *
+        delta[j_k, c])`` (``flush``: 0 below ``TINY`` in magnitude). ``dfac_prev`` is read
+        before ``delta_prev`` is written, so the two may be one array. Connections go four
+        at a time (their lane sums share shuffles), then one at a time."""
         if not (_c_array(a_prev, types.float32, 2) and _c_array(delta, types.float32, 2)
                 and _c_array(row_cols, types.int32, 1) and _c_array(data, types.float32, 1)
                 and _c_array(gsum, types.float32, 1) and isinstance(gbase, types.Integer)
-                and _c_array(delta_prev, types.float32, 2)):
+                and _c_array(delta_prev, types.float32, 2)
+                and _c_array(dfac_prev, types.float32, 2)):
             return None
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            a, d, cols, w, gs, dp = (context.make_array(tys[n])(context, builder, args[n])
-                                     for n in (4, 5, 6, 7, 8, 10))
+            a, d, cols, w, gs, dp, df = (context.make_array(tys[n])(context, builder, args[n])
+                                         for n in (4, 5, 6, 7, 8, 10, 11))
+            n_conn = builder.extract_value(cols.shape, 0)
             i, b0, k0, k1, gbase = (_index(context, builder, signature, args, n)
                                     for n in (0, 1, 2, 3, 9))
             aptr = _row_address(builder, a, i, b0)
@@ -496,6 +532,10 @@ def _make_backward_block(nv, with_prev):
 
             def connection(k):
                 """Adds connection k's term to delta_prev; returns its 16 partial sums."""
+                if far:  # the delta row of a connection a few ahead
+                    jp = builder.sext(builder.load(builder.gep(cols.data, [_ahead(
+                        builder, k, n_conn)])), _I64)
+                    _prefetch(builder, _row_address(builder, d, jp, b0), nv)
                 j = builder.sext(builder.load(builder.gep(cols.data, [k])), _I64)
                 dptr = _row_address(builder, d, j, b0)
                 dv = [builder.load(_vector_at(builder, dptr, v), align=4) for v in range(nv)]
@@ -523,11 +563,20 @@ def _make_backward_block(nv, with_prev):
                 builder.store(builder.fadd(builder.load(gptr), s), gptr)
             if with_prev:
                 pptr = _row_address(builder, dp, i, b0)
+                fptr = _row_address(builder, df, i, b0)
+                tiny = _splat(builder, ir.Constant(_F32, float(TINY)))
+                zero = ir.Constant(_VEC, [0.0] * _VW)
+                fabs = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(_VEC, [_VEC]), f"llvm.fabs.v{_VW}f32")
+                facs = [builder.load(_vector_at(builder, fptr, v), align=4) for v in range(nv)]
                 for v in range(nv):
-                    builder.store(builder.load(accs[v]), _vector_at(builder, pptr, v), align=4)
+                    x = builder.fmul(builder.load(accs[v]), facs[v])
+                    keep = builder.fcmp_ordered(">=", builder.call(fabs, [x]), tiny)
+                    builder.store(builder.select(keep, x, zero), _vector_at(builder, pptr, v),
+                                  align=4)
             return context.get_dummy_value()
-        return (types.void(i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev),
-                codegen)
+        return (types.void(i, b0, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev,
+                           dfac_prev), codegen)
     return block
 
 
@@ -540,6 +589,36 @@ _backward_block1 = _make_backward_block(1, True)
 _sddmm_block8 = _make_backward_block(8, False)
 _sddmm_block4 = _make_backward_block(4, False)
 _sddmm_block1 = _make_backward_block(1, False)
+# The same with prefetching, for layers whose rows come from DRAM (micro-batches of at
+# most 64 columns: only wide networks run those, see _far).
+_forward_block2 = _make_forward_block(2)
+_backward_block2 = _make_backward_block(2, True)
+_sddmm_block2 = _make_backward_block(2, False)
+# The same with prefetching, for layers whose rows come from DRAM (see _far): same
+# arithmetic in the same order, so the same bits.
+_far_forward_block8 = _make_forward_block(8, True)
+_far_forward_block4 = _make_forward_block(4, True)
+_far_forward_block2 = _make_forward_block(2, True)
+_far_forward_block1 = _make_forward_block(1, True)
+_far_backward_block8 = _make_backward_block(8, True, True)
+_far_backward_block4 = _make_backward_block(4, True, True)
+_far_backward_block2 = _make_backward_block(2, True, True)
+_far_backward_block1 = _make_backward_block(1, True, True)
+_far_sddmm_block8 = _make_backward_block(8, False, True)
+_far_sddmm_block4 = _make_backward_block(4, False, True)
+_far_sddmm_block2 = _make_backward_block(2, False, True)
+_far_sddmm_block1 = _make_backward_block(1, False, True)
+
+#: Bytes of the randomly read operand (a layer's input rows in the forward product, its
+#: output deltas in the backward one) above which the products prefetch: beyond the
+#: last-level cache every connection's row is a DRAM miss, and the connections of a
+#: wide sparse layer's row are too few (1-20) for the core to overlap those misses alone.
+FAR_BYTES = 4 << 20
+
+
+@numba.njit(inline="always")
+def _far(arr):
+    return arr.shape[0] * arr.shape[1] * 4 > FAR_BYTES
 
 
 @intrinsic
@@ -582,25 +661,27 @@ def _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1):
 
 
 @numba.njit(fastmath=False, cache=True)  # explicit: Numba would inherit the caller's
-def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev):
+def _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, gbase, delta_prev,
+                   dfac_prev):
     """Columns ``b:`` (fewer than 16) of the backward products of input row ``i``: adds
-    to ``gsum[k - gbase]``, and sets ``delta_prev[i, b:]`` when it has columns; in connection
+    to ``gsum[k - gbase]``, and sets ``delta_prev[i, b:]`` (times ``dfac_prev[i, b:]``,
+    flushed below ``TINY``; the two may be one array) when it has columns; in connection
     and column order, without fast-math."""
     batch = a_prev.shape[1]
-    want_prev = delta_prev.shape[1] > 0
-    if want_prev:
-        for c in range(b, batch):
-            delta_prev[i, c] = 0.0
     for k in range(k0, k1):
         j = row_cols[k]
-        w = data[k]
         s = np.float32(0.0)
         for c in range(b, batch):
-            d = delta[j, c]
-            s += a_prev[i, c] * d
-            if want_prev:
-                delta_prev[i, c] += w * d
+            s += a_prev[i, c] * delta[j, c]
         gsum[k - gbase] += s
+    if delta_prev.shape[1] > 0:
+        zero = np.float32(0.0)
+        for c in range(b, batch):
+            acc = zero
+            for k in range(k0, k1):
+                acc += data[k] * delta[row_cols[k], c]
+            d = acc * dfac_prev[i, c]
+            delta_prev[i, c] = d if abs(d) >= TINY else zero
 
 
 @numba.njit(inline="always")
@@ -637,6 +718,7 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
     zero = np.float32(0.0)
     keep_scale = one / (one - np.float32(drop_rate))
     thr = _drop_threshold(drop_rate)
+    far = _far(a_prev)
     for j in range(j0, j1):
         bj = bias[j]
         for b in range(batch):
@@ -644,15 +726,32 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
         k0 = col_ptr[j]
         k1 = col_ptr[j + 1]
         b = 0
-        while b + 128 <= batch:
-            _forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
-            b += 128
-        if b + 64 <= batch:
-            _forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
-            b += 64
-        while b + 16 <= batch:
-            _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
-            b += 16
+        if far:
+            while b + 128 <= batch:
+                _far_forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 128
+            if b + 64 <= batch:
+                _far_forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 64
+            if b + 32 <= batch:
+                _far_forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 32
+            if b + 16 <= batch:
+                _far_forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 16
+        else:
+            while b + 128 <= batch:
+                _forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 128
+            if b + 64 <= batch:
+                _forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 64
+            if b + 32 <= batch:
+                _forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 32
+            if b + 16 <= batch:
+                _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                b += 16
         if b < batch:
             _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
         # Epilogue, one pass over the row: activation, its derivative, dropout (inner
@@ -736,42 +835,84 @@ def _backward_rows(i0, i1, a_prev, delta, row_ptr, row_cols, data, dfac_prev, in
     last = row_ptr[i1]
     for k in range(last - first):
         gsum[k] = zero  # per-connection sums over the batch
+    far = _far(delta)
     for i in range(i0, i1):
         k0 = row_ptr[i]
         k1 = row_ptr[i + 1]
         b = 0
-        if want_prev:
+        # Column blocks of 128, 64, 32 and 16 (one call each, so a connection's sum over
+        # the batch adds its blocks' partial sums in the same order on every path).
+        if want_prev and far:
+            while b + 128 <= batch:
+                _far_backward_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                     delta_prev, dfac_prev)
+                b += 128
+            if b + 64 <= batch:
+                _far_backward_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                     delta_prev, dfac_prev)
+                b += 64
+            if b + 32 <= batch:
+                _far_backward_block2(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                     delta_prev, dfac_prev)
+                b += 32
+            if b + 16 <= batch:
+                _far_backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                     delta_prev, dfac_prev)
+                b += 16
+        elif want_prev:
             while b + 128 <= batch:
                 _backward_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                                 delta_prev)
+                                 delta_prev, dfac_prev)
                 b += 128
             if b + 64 <= batch:
                 _backward_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                                 delta_prev)
+                                 delta_prev, dfac_prev)
                 b += 64
-            while b + 16 <= batch:
+            if b + 32 <= batch:
+                _backward_block2(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                 delta_prev, dfac_prev)
+                b += 32
+            if b + 16 <= batch:
                 _backward_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                                 delta_prev)
+                                 delta_prev, dfac_prev)
+                b += 16
+        elif far:
+            while b + 128 <= batch:
+                _far_sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                  delta_prev, dfac_prev)
+                b += 128
+            if b + 64 <= batch:
+                _far_sddmm_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                  delta_prev, dfac_prev)
+                b += 64
+            if b + 32 <= batch:
+                _far_sddmm_block2(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                  delta_prev, dfac_prev)
+                b += 32
+            if b + 16 <= batch:
+                _far_sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                                  delta_prev, dfac_prev)
                 b += 16
         else:
             while b + 128 <= batch:
                 _sddmm_block8(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                              delta_prev)
+                              delta_prev, dfac_prev)
                 b += 128
             if b + 64 <= batch:
                 _sddmm_block4(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                              delta_prev)
+                              delta_prev, dfac_prev)
                 b += 64
-            while b + 16 <= batch:
+            if b + 32 <= batch:
+                _sddmm_block2(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
+                              delta_prev, dfac_prev)
+                b += 32
+            if b + 16 <= batch:
                 _sddmm_block1(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first,
-                              delta_prev)
+                              delta_prev, dfac_prev)
                 b += 16
         if b < batch:
-            _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first, delta_prev)
-        if want_prev:
-            for c in range(batch):
-                d = delta_prev[i, c] * dfac_prev[i, c]
-                delta_prev[i, c] = d if abs(d) >= TINY else zero
+            _backward_tail(i, b, k0, k1, a_prev, delta, row_cols, data, gsum, first, delta_prev,
+                           dfac_prev)
     # data[k] was read for delta_prev above: now it may change (one loop over the chunk's
     # connections, which are contiguous, so it vectorises).
     for k in range(first, last):

@@ -5,9 +5,10 @@ A truly sparse network's memory has two parts that scale differently:
 * per connection (fixed for the run): value, momentum, the CSR output index and the
   derived CSC index (``BYTES_PER_CONNECTION``), plus per-neuron bias, bias momentum and
   the two pointer arrays;
-* per sample of a (micro-)batch: for every layer of width ``n`` the activations, the
-  dropout factors and the deltas, ``n`` float32 each (``activation_bytes``). At 50 M
-  hidden neurons one sample costs about 0.6 GB of these, so a 128-sample step is run
+* per sample of a (micro-)batch: for every layer of width ``n`` the activations and the
+  deltas (which hold the dropout factors between the passes), ``n`` float32 each
+  (``activation_bytes``). At 50 M hidden neurons one sample costs about 0.4 GB of
+  these, so a 128-sample step is run
   as micro-batches whose gradients add up (see ``SparseMLP.train_step``).
 
 The estimate is what the kernels allocate, not a measurement: the run log prints it next
@@ -56,13 +57,13 @@ def activation_bytes(sizes: Sequence[int], batch: int, *, training: bool = True,
                      neuron_params: bool = False) -> int:
     """Work arrays of one forward (+ backward) pass over ``batch`` samples (padded to whole
     16-sample SIMD groups): activations of every layer, and for training the deltas of
-    every layer but the input, the dropout factors (and SReLU pre-activations) of the
-    hidden layers."""
+    every layer but the input (which hold the hidden layers' dropout factors between the
+    passes), with SReLU also separate factors and pre-activations of the hidden layers."""
     cols = -(-batch // _SIMD) * _SIMD
     hidden = sum(sizes[1:-1])
     per_col = sum(sizes)  # activations
     if training:
-        per_col += sum(sizes[1:]) + hidden * (2 if neuron_params else 1)
+        per_col += sum(sizes[1:]) + (2 * hidden if neuron_params else 0)
     return 4 * per_col * cols
 
 
