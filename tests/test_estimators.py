@@ -157,3 +157,27 @@ def test_quiet_by_default_and_train_only_history(capsys):
     assert clf.loss_curve_ == [r["train_loss"] for r in clf.history_]
     SETMLPClassifier(**{**SMALL, "verbose": 1}).fit(X, y)
     assert "epoch 5/5: train loss" in capsys.readouterr().out
+
+
+# --- issue 13: the DEFAULT parameters pass scikit-learn's checks ------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("Estimator", [SETMLPClassifier, SETMLPRegressor])
+def test_check_estimator_with_default_parameters(Estimator):
+    """About 30 s each on one thread. The regressor's defaults once failed 16 checks with a
+    NaN loss (its dropout default is now 0.0, see SETMLPRegressor)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(Estimator(), on_fail=None)
+    failed = [f"{r['check_name']}: {str(r['exception']).splitlines()[0]}"
+              for r in results if r["status"] == "failed"]
+    assert not failed, failed
+
+
+def test_regressor_defaults_train_on_tiny_problems():
+    # 1 feature, 10 samples: the check scikit-learn's MLPRegressor() passes.
+    rng = np.random.RandomState(0)
+    X = 10 * rng.uniform(size=(10, 1))
+    assert np.isfinite(SETMLPRegressor(random_state=0).fit(X, X[:, 0].astype(int)).loss_curve_).all()
+    assert SETMLPRegressor().dropout == 0.0 and SETMLPClassifier().dropout == 0.3

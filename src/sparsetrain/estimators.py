@@ -283,7 +283,13 @@ class SETMLPRegressor(RegressorMixin, _BaseSETMLP):
     Linear output layer and squared-error loss ``mean_b 1/2 sum_k (z_kb - t_kb)^2`` on the
     standardised targets ``t = (y - mean) / std`` (training statistics kept in ``model_``;
     predictions are in ``y``'s units); ``y`` of shape (n,) or (n, n_outputs). Parameters as
-    :class:`SETMLPClassifier`.
+    :class:`SETMLPClassifier`, except ``dropout``, whose default is 0.0 here: with dropout
+    0.3 the defaults diverged (NaN loss) on 13 of 100 small regression problems (5-40
+    samples, 1-5 features; scikit-learn's ``check_estimator`` fails one of them), with 0.0
+    on none, and held-out R^2 rose (make_regression 0.92 -> 0.94, Friedman #1 0.76 -> 0.79).
+    Inverted dropout multiplies the surviving hidden units by 1/(1 - p) in training only;
+    a linear output on few samples follows that noise (see docs/README.md, "Estimator
+    defaults").
 
     Attributes
     ----------
@@ -295,6 +301,17 @@ class SETMLPRegressor(RegressorMixin, _BaseSETMLP):
 
     _task = "regression"
     _loss = "mse"
+
+    def __init__(self, hidden_layer_sizes=(256, 256), *, epsilon=10.0, activation="all-relu",
+                 alpha=0.6, dropout=0.0, init="he-uniform", fan_in="sparse", max_iter=100,
+                 batch_size=32, learning_rate=0.01, momentum=0.9, weight_decay=2e-4, zeta=0.3,
+                 evolve_output=True, random_state=None, verbose=0):
+        super().__init__(hidden_layer_sizes, epsilon=epsilon, activation=activation,
+                         alpha=alpha, dropout=dropout, init=init, fan_in=fan_in,
+                         max_iter=max_iter, batch_size=batch_size, learning_rate=learning_rate,
+                         momentum=momentum, weight_decay=weight_decay, zeta=zeta,
+                         evolve_output=evolve_output, random_state=random_state,
+                         verbose=verbose)
 
     def _encode_targets(self, y, first, classes):
         # The targets' shape against the network's outputs is checked by the trainer
