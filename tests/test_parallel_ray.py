@@ -192,3 +192,30 @@ def test_importance_pruning_on_the_server_shrinks_layers(ray_session, tmp_path):
     assert widths[-1] == widths[2]  # phase 2 (no pruning) keeps the sizes of phase 1's end
     assert trainer.model.sizes == widths[-1]
     assert history[-1]["test_accuracy"] > 0.5
+
+
+def test_worker_killed_in_phase2_run_finishes_with_events(ray_session, tmp_path, monkeypatch):
+    # Once a multi-line remote Ray traceback ended the run; now the replica is dropped.
+    Xtr, ytr, Xte, yte = _data()
+    cfg = make_config(None, hidden=(64, 32), epsilon=5.0, epochs=5, batch_size=32, seed=1)
+    model = build_model(cfg, Xtr, 3)
+    par = ParallelConfig(mode="wasap", workers=2, phase1_epochs=2)
+    trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
+    killed = []
+    gather = ParallelTrainer._gather
+
+    def kill_worker_1(self, alive, workers, refs, epoch):
+        if epoch == 3 and not killed:  # kill -9 the process of worker 1 in phase 2
+            killed.append(ray.get(workers[1].pid.remote()))
+            os.kill(killed[0], signal.SIGKILL)
+        return gather(self, alive, workers, refs, epoch)
+
+    monkeypatch.setattr(ParallelTrainer, "_gather", kill_worker_1)
+    history = trainer.fit(model, Xtr, ytr, Xte, yte)
+    assert killed
+    events = [r["events"] for r in history if r.get("events")]
+    assert len(events) == 1 and "worker 1 lost in phase 2" in events[0], events
+    assert "continuing with 1 replica" in events[0]
+    assert history[-1]["epoch"] == cfg.epochs and history[-1]["phase"] == "averaged"
+    assert history[-1]["workers"] == 1 and history[-1]["test_accuracy"] > 0.5
+    assert load_model(tmp_path / "model.npz")[1]["epoch"] == cfg.epochs

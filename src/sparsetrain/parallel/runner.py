@@ -298,17 +298,19 @@ class ParallelTrainer(Trainer):
 
     def _phase2(self, model, workers, bar):
         ray = import_ray()
-        cfg, par = self.config, self.parallel
+        cfg = self.config
         targets = [la.nnz for la in model.layers]
         state_ref = ray.put(full_state(model))
         ray.get([w.start_phase2.remote(state_ref) for w in workers])
+        alive = list(workers)  # replicas still training; a lost one is left out (events)
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            parts = ray.get([w.local_epoch.remote(epoch) for w in workers])
+            alive, parts = self._gather(alive, workers, [w.local_epoch.remote(epoch)
+                                                         for w in alive], epoch)
             # The replicas run side by side: an epoch takes as long as the slowest one.
             train_s, eval_s, evolution_s = (max(p[k] for p in parts) for k in (
                 "train_seconds", "eval_seconds", "evolution_seconds"))
-            extra = {"phase": "local", "workers": par.workers, "bytes_moved": 0, "events": "",
+            extra = {"phase": "local", "workers": len(alive), "bytes_moved": 0, "events": "",
                      "samples_per_second": sum(p["samples"] for p in parts) / train_s}
             test = {}
             if "test_accuracy" in parts[0]:  # mean over the replicas
@@ -317,7 +319,8 @@ class ParallelTrainer(Trainer):
             connections = targets
             if epoch == cfg.epochs:
                 t1 = time.perf_counter()
-                states = ray.get([w.state.remote() for w in workers])
+                alive, states = self._gather(alive, workers, [w.state.remote() for w in alive],
+                                             epoch)
                 extra["bytes_moved"] = sum(a.nbytes for s in states for a in s.values())
                 model, _ = average_models(states, targets)
                 extra["phase"] = "averaged"
@@ -335,6 +338,35 @@ class ParallelTrainer(Trainer):
         self.evolved = False
         self._save(model)
         return model
+
+    def _gather(self, alive, workers, refs, epoch):
+        """``(workers still alive, their results)`` of one phase-2 call per live worker.
+
+        A worker that died (kill -9, out of memory, a lost node) is left out and the run
+        goes on with the other replicas, saying so in ``events``: Ray restarts the actor,
+        but its replica of this phase lived only in the dead process. A training error
+        raised by a worker (a non-finite loss) stops the run as in sequential training.
+        """
+        ray = import_ray()
+        kept, results, lost = [], [], []
+        for w, ref in zip(alive, refs, strict=True):
+            try:
+                results.append(ray.get(ref))
+                kept.append(w)
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, NonFiniteLossError):
+                    raise NonFiniteLossError(str(cause)) from None
+                lost.append(workers.index(w))  # died, or restarted without its replica
+        for rank in lost:
+            self._events.append(f"worker {rank} lost in phase 2 at epoch {epoch}; continuing "
+                                f"with {len(kept)} replica{'s' if len(kept) != 1 else ''}")
+        if not kept:
+            kept_at = (f"the last checkpoint (epoch {self.epoch}) is kept at {self.checkpoint_path}"
+                       if self.out_dir and self.epoch else "no checkpoint was written")
+            raise SparsetrainError(f"every worker was lost in phase 2 (epoch {epoch}); {kept_at}; "
+                                   "rerun with --resume")
+        return kept, results
 
     def _log(self, row: dict) -> None:
         if self._events:
