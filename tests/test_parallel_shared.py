@@ -224,3 +224,28 @@ def test_shared_transport_options():
     if shm.available():
         with pytest.raises(SparsetrainError, match="asynchronous pushes"):
             ParallelConfig(mode="wassp", transport="shared").validate(10)
+
+
+@pytest.mark.skipif(not shm.available(), reason="needs /dev/shm on x86-64 Linux")
+def test_segments_of_a_killed_driver_are_removed_by_the_next_run():
+    # A driver killed with -9 left /dev/shm/sparsetrain-<pid>-* behind for good.
+    code = ("import os, signal; from sparsetrain.parallel import shm; "
+            "p = shm.Mailbox.path_for(shm.new_run_id(), 0); shm.Mailbox(p, 16, create=True); "
+            "print(p, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    from pathlib import Path
+
+    dead = Path(proc.stdout.strip())
+    assert dead.exists() and dead.name.startswith("sparsetrain-")
+    mine = shm.Mailbox.path_for(shm.new_run_id(), 0)
+    live = shm._ROOT / "sparsetrain-1-livetest-0"  # pid 1 is always alive
+    for path in (mine, live):
+        path.write_bytes(b"x")
+    try:
+        removed = shm.remove_stale()
+        assert dead in removed and not dead.exists()
+        assert mine.exists() and live.exists()
+    finally:
+        for path in (mine, live, dead):
+            path.unlink(missing_ok=True)

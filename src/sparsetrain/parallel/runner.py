@@ -209,6 +209,9 @@ class ParallelTrainer(Trainer):
             raise SparsetrainError(f"{k} workers need at least {k} training samples; got {n}")
         self.model = model
         self._test = (X_test, y_test) if X_test is not None else None
+        stale = shm.remove_stale()  # a killed driver's segments stay until someone removes them
+        if stale:
+            self._events.append(f"removed {len(stale)} shared-memory segment(s) of a dead run")
         ray = import_ray()
         with RaySession(par.ray_address, num_cpus=max(os.cpu_count() or 1, k)):
             ServerActor, WorkerActor = actor_classes()

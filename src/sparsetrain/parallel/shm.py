@@ -50,7 +50,37 @@ def available() -> bool:
 
 
 def new_run_id() -> str:
+    """``sparsetrain-<driver pid>-<random>``: the pid lets :func:`remove_stale` tell the
+    segments of a dead run (its driver was killed) from those of a live one."""
     return f"sparsetrain-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale(root: Path | None = None) -> list[Path]:
+    """Remove the segments (``sparsetrain-<pid>-*``) whose driver process is gone; returns
+    them. A driver killed with -9 cannot clean up, so the next run (or ``--resume``) does."""
+    root = _ROOT if root is None else Path(root)
+    removed = []
+    if not root.is_dir():
+        return removed
+    for path in root.glob("sparsetrain-*-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass  # another user's file, or already gone
+    return removed
 
 
 class Mailbox:
