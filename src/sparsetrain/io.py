@@ -517,7 +517,11 @@ def _read_meta(members, source: str) -> dict:
         if "pickle" in str(exc):
             raise
         arr = None
-    text = None if arr is None else str(arr)
+    try:  # decoded here: numpy builds a str of code points beyond U+10FFFF (SystemError later)
+        text = None if arr is None else (
+            arr.astype(arr.dtype.newbyteorder("<")).tobytes().decode("utf-32-le").rstrip("\x00"))
+    except (UnicodeError, ValueError):
+        text = None
     if text is not None and _nesting_depth(text) <= _MAX_META_DEPTH:
         try:
             meta = json.loads(text)
