@@ -324,3 +324,12 @@ def test_from_torch_reads_unfused_modules():
     with torch.no_grad():
         np.testing.assert_allclose(back.decision_function(X), seq(torch.as_tensor(X)).numpy(),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_set_scheduler_leaves_fully_connected_layers_alone():
+    net = nn.Sequential(SparseLinear(20, 30, epsilon=4.0, seed=0),
+                        SparseLinear(30, 4, epsilon=20.0, allow_dense=True, seed=1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    out_values = net[1].values
+    SETScheduler(net, opt, seed=0, evolve_output=True).step()
+    assert net[1].values is out_values

@@ -107,6 +107,8 @@ class SETScheduler:
         for l, module in enumerate(layers):
             if l == len(layers) - 1 and not self.evolve_output:
                 continue
+            if module.nnz >= module.in_features * module.out_features:
+                continue  # fully connected: SET leaves it (and its parameter) as it is
 
             def change(core):
                 nonlocal rewired
