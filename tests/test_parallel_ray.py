@@ -219,3 +219,29 @@ def test_worker_killed_in_phase2_run_finishes_with_events(ray_session, tmp_path,
     assert history[-1]["epoch"] == cfg.epochs and history[-1]["phase"] == "averaged"
     assert history[-1]["workers"] == 1 and history[-1]["test_accuracy"] > 0.5
     assert load_model(tmp_path / "model.npz")[1]["epoch"] == cfg.epochs
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Hex local addresses of the LISTEN sockets on ``port`` (/proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(addr)
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux /proc")
+def test_embedded_ray_listens_on_loopback_only(ray_session):
+    # Ray listened on all interfaces (the GCS on *:port) although the README says 127.0.0.1.
+    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    addresses = _listen_addresses(int(port))
+    assert addresses and not any(set(a) == {"0"} for a in addresses), addresses
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"  # while it runs
