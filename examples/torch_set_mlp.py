@@ -77,12 +77,16 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--test-limit", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch and Numba threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Numba threads of the sparse kernels (default: all cores)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    # PyTorch's share of the work is elementwise on 128 x 1000 arrays: one thread. Its
+    # OpenMP pool spinning next to Numba's costs more than it brings (measured on a loaded
+    # 2-vCPU machine: 70-120 s epochs with 2 PyTorch threads; docs/benchmarks/torch-layer.md).
+    torch.set_num_threads(1)
     if args.threads:
         import numba
-        torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
     ds = load_dataset("fashion-mnist")  # standardised with the training set's statistics
     X = torch.as_tensor(ds.X_train[:args.train_limit])  # (N, 784)
