@@ -245,3 +245,40 @@ def test_embedded_ray_listens_on_loopback_only(ray_session):
     addresses = _listen_addresses(int(port))
     assert addresses and not any(set(a) == {"0"} for a in addresses), addresses
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"  # while it runs
+
+
+def test_server_killed_in_phase1_is_restarted_from_the_last_checkpoint(ray_session, tmp_path):
+    # Killing the server actor once ended the run with a raw ActorDiedError.
+    Xtr, ytr, Xte, yte = _data(n=6000, d=40, seed=3)
+    cfg = make_config(None, hidden=(200, 200), epsilon=10.0, epochs=7, batch_size=32, seed=5)
+    model = build_model(cfg, Xtr, 3)
+    par = ParallelConfig(mode="wasap", workers=2, phase1_epochs=6)
+    trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and "pid" not in killed:
+            server = getattr(trainer, "server", None)
+            if server is not None:
+                try:
+                    st = ray.get(server.status.remote(), timeout=5)
+                    if st["epoch"] >= 2:  # after the first checkpoint
+                        killed["pid"] = ray.get(server.pid.remote(), timeout=5)
+                        killed["epoch"] = st["epoch"]
+                        os.kill(killed["pid"], signal.SIGKILL)
+                except Exception as exc:  # noqa: BLE001 - starting, or phase 1 over
+                    killed["error"] = repr(exc)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    history = trainer.fit(model, Xtr, ytr, Xte, yte)
+    thread.join()
+    assert "pid" in killed, f"phase 1 ended before the server could be killed: {killed}"
+    events = [r["events"] for r in history if r.get("events")]
+    assert any("parameter server lost in phase 1" in e for e in events), events
+    assert [r["epoch"] for r in history] == list(range(1, cfg.epochs + 1))
+    assert history[-1]["phase"] == "averaged" and history[-1]["test_accuracy"] > 0.5
+    assert load_model(tmp_path / "model.npz")[1]["epoch"] == cfg.epochs
+    assert not list(shm._ROOT.glob(f"sparsetrain-{os.getpid()}-*"))  # nothing left behind

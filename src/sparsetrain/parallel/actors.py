@@ -51,6 +51,9 @@ class ServerActor:
         self.stop.set()
         self.transport.close()
 
+    async def pid(self):
+        return os.getpid()
+
     async def push(self, version, grad, loss, n, step):
         with self.lock:
             return self.s.push(version, grad, loss, n, step)

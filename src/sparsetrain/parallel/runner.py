@@ -47,6 +47,7 @@ from ..io import write_arrays
 from ..model import SparseMLP
 from ..schedule import METRIC_COLUMNS, metrics_row
 from ..trainer import Trainer
+from . import _kernels as K
 from . import shm
 from .actors import actor_classes
 from .session import RaySession, import_ray
@@ -147,6 +148,10 @@ class ParallelConfig:
 
 
 # ---------------------------------------------------------------------- the driver
+class _ServerLost(Exception):
+    """The parameter server's process died during phase 1 (restarted by the runner)."""
+
+
 class ParallelTrainer(Trainer):
     """Runs a :class:`TrainConfig` with WASAP-SGD or WASSP-SGD; same outputs as
     :class:`~sparsetrain.trainer.Trainer`, with ``phase`` and ``workers`` (and traffic)
@@ -230,7 +235,8 @@ class ParallelTrainer(Trainer):
                        disable=(None if self.progress is None else not self.progress))
             try:
                 if self.epoch < par.phase1_epochs:
-                    model = self._phase1(model, workers, ServerActor, n, test_ref, bar)
+                    model = self._phase1_restarting(model, workers, ServerActor, n, test_ref,
+                                                    bar)
                 if self.epoch < cfg.epochs:
                     model = self._phase2(model, workers, bar)
                 if self._events and self.history:  # no row left to carry them
@@ -246,6 +252,51 @@ class ParallelTrainer(Trainer):
                 self.plot()
         self.model = model
         return self.history
+
+    def _phase1_restarting(self, model, workers, ServerActor, n, test_ref, bar):
+        """:meth:`_phase1`, with a new parameter server started from the last phase-1
+        state (the last checkpoint, or the start of phase 1) each time the server is lost
+        (its process killed or crashed), at most ``max_restarts`` times; ``events`` says
+        so. The work of the epoch in progress is lost."""
+        start_epoch, start_history = self.epoch, list(self.history)
+        self._phase1_state = None  # (epoch, state) of the last checkpoint written
+        for attempt in range(self.parallel.max_restarts + 1):
+            try:
+                return self._phase1(model, workers, ServerActor, n, test_ref, bar)
+            except _ServerLost as exc:
+                if attempt == self.parallel.max_restarts:
+                    kept = (f"the last checkpoint (epoch {self.epoch}) is kept at "
+                            f"{self.checkpoint_path}" if self.out_dir and self.epoch else
+                            "no checkpoint was written")
+                    raise SparsetrainError(
+                        f"the parameter server was lost {attempt + 1} times in phase 1 "
+                        f"({exc}); {kept}; rerun with --resume") from None
+                if self._phase1_state is not None:
+                    self.epoch, state = self._phase1_state
+                    model, _ = model_from_state(state)
+                    self.history = [r for r in self.history if r["epoch"] <= self.epoch]
+                else:
+                    self.epoch, self.history = start_epoch, list(start_history)
+                bar.n = self.epoch
+                bar.refresh()
+                self._events.append(f"parameter server lost in phase 1 ({exc}); restarted "
+                                    f"from the state after epoch {self.epoch}")
+        raise AssertionError("unreachable")
+
+    def _stop_workers(self, transport, workers, runs) -> None:
+        """Workers of a lost server stop: the shared model's done flag is raised (they
+        apply their own pushes and would wait for an epoch end); workers calling the server
+        fail by themselves; any still running after 30 s is killed (Ray restarts it)."""
+        ray = import_ray()
+        for path in transport.paths(len(workers)):
+            if path.name.endswith("-model") and path.exists():
+                seg = shm.SharedModel(path, transport.capacity)
+                seg.header[K.SH_DONE] = 1
+                seg.close()
+        done, pending = ray.wait(runs, timeout=30, num_returns=len(runs))
+        for w, ref in zip(workers, runs, strict=True):
+            if ref in pending:
+                ray.kill(w, no_restart=False)
 
     def _phase1(self, model, workers, ServerActor, n, test_ref, bar):
         ray = import_ray()
@@ -264,14 +315,19 @@ class ParallelTrainer(Trainer):
             pending = list(runs)
             while True:
                 done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
-                status = ray.get(server.status.remote())
-                rows, states = ray.get(server.take_rows.remote())
+                try:
+                    status = ray.get(server.status.remote())
+                    rows, states = ray.get(server.take_rows.remote())
+                except ray.exceptions.RayActorError as exc:  # its process died
+                    self._stop_workers(transport, workers, runs)
+                    raise _ServerLost(type(exc).__name__) from None
                 for row in rows:  # a checkpoint per epoch, each with the history up to it
                     self._log(row)
                     self.epoch = row["epoch"]
                     if self.epoch in states:
                         self._save_state(states[self.epoch], self.epoch,
                                          evolved=self.epoch < cfg.epochs)
+                        self._phase1_state = (self.epoch, states[self.epoch])
                     bar.update(1)
                 if status["failed"]:
                     ray.get(runs)
@@ -285,7 +341,10 @@ class ParallelTrainer(Trainer):
                 if not pending:
                     break
             self.worker_stats = ray.get(runs)
-            _, state = ray.get(server.snapshot.remote())
+            try:
+                _, state = ray.get(server.snapshot.remote())
+            except ray.exceptions.RayActorError as exc:
+                raise _ServerLost(type(exc).__name__) from None
             # e.g. a worker restarted after the last phase-1 epoch: report it with the next row
             self._events += ray.get(server.take_events.remote())
         finally:  # also on Ctrl-C or an error: stop the server, remove the mailboxes
