@@ -195,3 +195,11 @@ def test_lock_file_content_names_the_owner(tmp_path):
         owner = (tmp_path / "R" / sio.LOCK_NAME).read_text().split()
         assert owner[0] == str(os.getpid()) and lock.stale_pid is None
     assert time.time()  # released without error
+
+
+def test_reproduce_folder_is_locked_too(capsys, tmp_path):
+    out = tmp_path / "REP"
+    with sio.claim_run_folder(out):
+        msg = user_error(capsys, ["reproduce", "--dataset", "synthetic", "--epochs", "1",
+                                  "--variants", "set-relu", "--out", out, "--no-progress"])
+    assert "in use by another sparsetrain run" in msg

@@ -349,16 +349,19 @@ def _variants():
 
 
 def cmd_reproduce(args) -> int:
+    from .io import claim_run_folder
     from .reproduce import reproduce
 
     _set_threads(args.threads)
     _check_data_dir(args)
     out = Path(args.out or f"reproduce-{args.dataset}")
     variants = args.variants.split(",") if args.variants else None
-    reproduce(args.dataset, out, data_dir=args.data_dir, epochs=args.epochs, seeds=args.seeds,
-              ip_start=args.ip_start, ip_step=args.ip_step, ip_percentile=args.ip_percentile,
-              variants=variants, progress=False if args.no_progress else None,
-              download=not args.no_download)
+    # One reproduce per folder at a time (it continues interrupted runs by design).
+    with claim_run_folder(out, resume=True):
+        reproduce(args.dataset, out, data_dir=args.data_dir, epochs=args.epochs,
+                  seeds=args.seeds, ip_start=args.ip_start, ip_step=args.ip_step,
+                  ip_percentile=args.ip_percentile, variants=variants,
+                  progress=False if args.no_progress else None, download=not args.no_download)
     print((out / "table.md").read_text())
     return 0
 
