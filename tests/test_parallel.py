@@ -259,3 +259,27 @@ def test_phase2_epoch_is_the_sequential_epoch_without_pruning(rng):
     pruned, _ = model_from_state(full_state(worker.model))
     topology_step(pruned, cfg, 1, np.random.default_rng([cfg.seed, 1, 1, 1]))
     assert sum(pruned.sizes[1:-1]) < sum(model.sizes[1:-1])
+
+
+@pytest.mark.parametrize("parallel", [{"mode": "wasap", "workers": "two"},
+                                      {"mode": "wasap", "nonsense": 1},
+                                      {"mode": "wasap", "max_restarts": -1}, "wasap"])
+def test_resume_with_damaged_parallel_settings_is_one_line(tmp_path, parallel):
+    import json
+
+    from sparsetrain.io import write_arrays
+    from sparsetrain.parallel import ParallelTrainer
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 2, 40)
+    cfg = make_config(None, hidden=(8,), epsilon=2.0, epochs=1, seed=0)
+    Trainer(cfg, tmp_path, progress=False, verbose=False).fit(build_model(cfg, X, 2), X, y)
+    with np.load(tmp_path / "model.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["run"]["parallel"] = parallel
+    arrays["meta"] = np.array(json.dumps(meta))
+    write_arrays(tmp_path / "model.npz", arrays)
+    with pytest.raises(SparsetrainError) as info:
+        ParallelTrainer.from_checkpoint(tmp_path)
+    assert "damaged parallel settings" in str(info.value) and "\n" not in str(info.value)

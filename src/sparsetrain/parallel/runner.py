@@ -130,6 +130,10 @@ class ParallelConfig:
         if self.transport == "shared" and self.mode != "wasap":
             raise SparsetrainError("transport='shared' serves asynchronous pushes (WASAP); "
                                    f"use 'shm' or 'ray' with {self.mode!r}")
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or (
+                self.max_restarts < 0):
+            raise SparsetrainError(f"The 'max_restarts' option must be an integer >= 0. Got "
+                                   f"{self.max_restarts!r} instead.")
         if not isinstance(self.worker_threads, int) or self.worker_threads < 1:
             raise SparsetrainError(f"The 'worker_threads' option must be an integer >= 1. Got "
                                    f"{self.worker_threads!r} instead.")
@@ -182,8 +186,14 @@ class ParallelTrainer(Trainer):
         if epochs is not None and epochs != trainer.config.epochs:
             raise SparsetrainError(f"a parallel run cannot change its epochs on --resume "
                                    f"(saved {trainer.config.epochs}, got {epochs})")
-        par = ParallelConfig(**trainer.run_info["parallel"])
-        new = cls(trainer.config, par, out_dir, progress=progress, run_info=trainer.run_info)
+        saved = trainer.run_info["parallel"]
+        try:  # a checkpoint is a boundary: its parallel settings pass validate (in __init__)
+            par = ParallelConfig(**saved)
+            new = cls(trainer.config, par, out_dir, progress=progress, run_info=trainer.run_info)
+        except (TypeError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, SparsetrainError) else f"{exc!r}"
+            raise SparsetrainError(f"{out_dir}/model.npz has damaged parallel settings "
+                                   f"({reason}); it was altered") from None
         new.epoch = trainer.epoch
         new.history = trainer.history
         if new.epoch > par.phase1_epochs and new.epoch < new.config.epochs:
