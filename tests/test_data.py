@@ -559,3 +559,25 @@ def test_presets_matched_case_insensitively(name):
     assert all(getattr(cfg, k) == (tuple(v) if k == "hidden" else v)
                for k, v in PRESETS["madelon"].items())
     assert data._get_spec(name).name == dataset_key(name)
+
+
+def test_user_npz_zip_bomb_refused_before_expanding(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    arrays = dict(y_train=np.arange(8) % 2, X_test=rng.standard_normal((4, 2)),
+                  y_test=np.arange(4) % 2)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for key, arr in arrays.items():
+            with z.open(key + ".npy", "w") as f:
+                np.lib.format.write_array(f, arr)
+        with z.open("X_train.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f8", "fortran_order": False, "shape": (8_000_000, 4)})
+            zeros = bytes(1 << 24)
+            for _ in range(16):  # 256 MB of zeros in about 0.25 MB
+                f.write(zeros)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(SparsetrainError, match="array X_train would expand"):
+        data.load_dataset(str(bomb), standardize=False)

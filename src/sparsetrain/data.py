@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import urllib.request
@@ -70,6 +71,10 @@ DOWNLOAD_TIMEOUT = 20.0
 # per temporary, so 10000 x 65536 synthetic data never needs a float64 copy.
 _CHUNK_VALUES = 1 << 22
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: A compressed dataset file may expand at most this much: real data compresses 2-10x,
+#: deflated zeros about 1000x, so a 1 MB file cannot become 1 GB in memory ("zip bomb").
+#: A legitimately more compressible file can be saved uncompressed (np.savez) instead.
+_MAX_EXPANSION = 200
 
 
 # ---------------------------------------------------------------------------
@@ -822,33 +827,43 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     then ``prod(sizes)`` bytes in C order.
     """
     fix = "Delete it and copy or download the official file again."
+    header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            head = f.read(header)
+            if len(head) < header:
+                raise SparsetrainError(
+                    f"IDX file {path} is {len(head)} bytes long after decompression, shorter "
+                    f"than its {header}-byte header; it is truncated. {fix}"
+                )
+            magic = head[:4]
+            if magic[:2] != b"\x00\x00" or magic[2] != _IDX_UBYTE or magic[3] != ndim:
+                raise SparsetrainError(
+                    f"IDX file {path} has magic number 0x{magic.hex()}, expected "
+                    f"0x0000{_IDX_UBYTE:02x}{ndim:02x} (unsigned bytes, {ndim} dimensions); it "
+                    f"is not the expected IDX file. {fix}"
+                )
+            dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+            expected = math.prod(dims)
+            # Read only what the header promises, and no more than a gzip of such data
+            # could hold (a "gzip bomb" is refused before it is expanded).
+            limit = _MAX_EXPANSION * path.stat().st_size + (1 << 20)
+            if expected > limit:
+                raise SparsetrainError(
+                    f"IDX file {path} promises {expected} data bytes (shape {dims}), more than "
+                    f"{_MAX_EXPANSION}x its compressed size; it is corrupt. {fix}"
+                )
+            raw = head + f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise SparsetrainError(
             f"IDX file {path} could not be decompressed ({type(exc).__name__}: {exc}); it is "
             f"corrupt or truncated. {fix}"
         ) from exc
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise SparsetrainError(
-            f"IDX file {path} is {len(raw)} bytes long after decompression, shorter than its "
-            f"{header}-byte header; it is truncated. {fix}"
-        )
-    magic = raw[:4]
-    if magic[:2] != b"\x00\x00" or magic[2] != _IDX_UBYTE or magic[3] != ndim:
-        raise SparsetrainError(
-            f"IDX file {path} has magic number 0x{magic.hex()}, expected "
-            f"0x0000{_IDX_UBYTE:02x}{ndim:02x} (unsigned bytes, {ndim} dimensions); it is "
-            f"not the expected IDX file. {fix}"
-        )
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
     if len(raw) - header != expected:
         raise SparsetrainError(
-            f"IDX file {path} holds {len(raw) - header} data bytes but its header promises "
-            f"{expected} (shape {dims}); it is truncated or corrupt. {fix}"
+            f"IDX file {path} holds {'more' if len(raw) - header > expected else len(raw) - header}"
+            f" data bytes but its header promises {expected} (shape {dims}); it is truncated or "
+            f"corrupt. {fix}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -1141,6 +1156,28 @@ def _load_leukemia(folder: Path, *, seed: int, test_fraction: float) -> RawSplit
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
 
 
+def _check_expansion(path: Path) -> None:
+    """Refuse an npz whose arrays would expand beyond :data:`_MAX_EXPANSION` times their
+    compressed size (a "zip bomb"), before any is read. Only the four arrays are read, so
+    other members do not matter; zipfile stops at each member's declared size."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # np.load's own error names what the file is
+    with zipfile.ZipFile(path) as z:
+        for key in _NPZ_KEYS:
+            try:
+                info = z.getinfo(key + ".npy")
+            except KeyError:
+                continue
+            if info.file_size > _MAX_EXPANSION * info.compress_size + (1 << 20):
+                raise SparsetrainError(
+                    f"The .npz file {path}: array {key} would expand from {info.compress_size} "
+                    f"to {info.file_size} bytes, more than {_MAX_EXPANSION}x; it is damaged or "
+                    "hostile. Save it again with np.savez or np.savez_compressed."
+                )
+
+
 def _load_npz(path: Path, n_classes: int | None = None) -> RawSplits:
     if not path.is_file():
         raise DataNotFoundError(
@@ -1148,6 +1185,7 @@ def _load_npz(path: Path, n_classes: int | None = None) -> RawSplits:
             "of an existing file with arrays X_train, y_train, X_test, y_test."
         )
     try:
+        _check_expansion(path)
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in _NPZ_KEYS if k not in npz.files]
             if missing:
