@@ -156,3 +156,12 @@ def test_inference_fills_the_training_room_with_more_rows_and_gives_back_the_mem
     assert "ping" not in model._buffers
     for a, b in zip(model.layers, other.layers, strict=True):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_evaluate_refuses_labels_outside_the_outputs(bad):
+    model, _, X, y = _pair("all-relu", 0.0, 16)
+    y = y.copy()
+    y[3] = bad
+    with pytest.raises(SparsetrainError, match="label"):
+        model.evaluate(X, y)

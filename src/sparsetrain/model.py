@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _kernels
 from .activations import get_activation
+from .data import check_y
 from .errors import SparsetrainError, param_error
 from .layers import SparseLinear, check_er_density
 from .memory import activation_bytes
@@ -574,7 +575,10 @@ class SparseMLP:
             t = self._batch_targets(np.asarray(y, np.float32), slice(None))  # (C, N) standardised
             z = (z - self.target_mean) / self.target_std  # back to standardised units
             return self._loss_delta(np.ascontiguousarray(z.T), t, None), float("nan")
-        loss = self._loss_delta(np.ascontiguousarray(z.T), np.asarray(y, np.int64), None)
+        # Labels checked like training's (-1 would otherwise score as the last class, and
+        # one beyond the outputs read past the logits).
+        y = check_y(y, "y", task=self.task, n_rows=z.shape[0], n_outputs=self.n_outputs)
+        loss = self._loss_delta(np.ascontiguousarray(z.T), y, None)
         acc = float(np.mean(np.argmax(z, axis=1) == y))
         return loss, acc
 
