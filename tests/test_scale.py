@@ -151,6 +151,7 @@ def test_inference_fills_the_training_room_with_more_rows_and_gives_back_the_mem
     held = [k for k in model._buffers if isinstance(k, str)]
     assert not any(k.startswith(("delta", "dfac")) for k in held) and "ping" in held
     np.testing.assert_array_equal(z, model.decision_function(X, batch_size=16))
+    assert model.eval_batch_size() == rows  # the inference pools hold the same room
     for m in (model, other):
         m.train_step(X, y, idx + 64, seed=1, **kw)
     assert "ping" not in model._buffers

@@ -506,10 +506,11 @@ class SparseMLP:
     def eval_batch_size(self) -> int:
         """Rows per inference chunk: keeps one activation buffer near 32 MB at most, or
         fills the room of the training work arrays (the memory plan's activations of one
-        micro-batch, or the pools a training pass allocated), whichever is more; those are
+        micro-batch, or the pools a training or inference pass allocated: a second call
+        keeps the first one's chunks), whichever is more; those are
         released while inference runs (:meth:`_release`). Inference holds the input, two
         alternating hidden buffers and the output per row, so a deep wide network runs
-        many more rows per chunk than it trains on (at 10 layers of 5 M neurons: 320
+        many more rows per chunk than it trains on (at 10 layers of 5 M neurons: 304
         rows where training passes hold 32), and each connection's row is fetched once
         for all of them."""
         sizes = self.sizes
@@ -520,7 +521,7 @@ class SparseMLP:
         if self.micro_batch is not None:
             room = activation_bytes(sizes, self.micro_batch)
         pooled = [v for k, v in self._buffers.items() if isinstance(k, str)
-                  and k.startswith(("acts", "delta", "dfac", "z"))]
+                  and k.startswith(("acts", "delta", "dfac", "z", "ping", "pong"))]
         room = max(room, 4 * sum(p.size for p in pooled))
         if room > 4 * rows * widest:  # the training room holds more: whole SIMD groups of it
             rows = max(rows, room // per_row // _SIMD_COLUMNS * _SIMD_COLUMNS)
