@@ -108,26 +108,37 @@ def test_dropout_bits_look_uniform():
     assert ((hist - expect) ** 2 / expect).sum() < 120  # chi2(63): p ~ 1e-5 at 120
 
 
-def test_dropout_is_inverted_and_reproducible(rng):
+# Batches with whole vector blocks only, and with a scalar tail; a first column col0 > 0
+# (a micro-batch) draws the bits of samples col0 + b.
+@pytest.mark.parametrize("batch,col0", [(64, 0), (151, 0), (48, 37)])
+def test_dropout_is_inverted_and_reproducible(rng, batch, col0):
     layer = random_layer(rng, 50, 400, 4000)
-    a = rng.standard_normal((50, 64)).astype(np.float32)
-    rate, seed = 0.3, 987654321
+    a = rng.standard_normal((50, batch)).astype(np.float32)
+    rate, seed, slope = 0.3, 987654321, -0.4
 
     def make():
         return (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias,
-                K.ACT_PIECEWISE, np.float32(0.0), np.float32(rate), np.uint64(seed),
-                np.empty((400, 64), np.float32), np.empty((400, 64), np.float32))
+                K.ACT_PIECEWISE, np.float32(slope), np.float32(rate), np.uint64(seed),
+                np.empty((400, batch), np.float32), np.empty((400, batch), np.float32),
+                np.int64(col0))
 
     one, many = threads_agree(K.sparse_forward, make)
     np.testing.assert_array_equal(one[10], many[10])
     z = layer.to_dense().T @ a + layer.bias[:, None]
-    keep = dropout_mask(seed, 400, 64, rate)
-    expect = np.where(keep, np.maximum(z, 0) / (1 - rate), 0.0)
+    keep = dropout_mask(seed, 400, col0 + batch, rate)[:, col0:]
+    expect = np.where(keep, np.where(z > 0, z, slope * z) / (1 - rate), 0.0)
     np.testing.assert_allclose(one[10], expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(one[11], np.where(keep, (z > 0) / (1 - rate), 0.0), rtol=1e-6)
-    assert abs(keep.mean() - (1 - rate)) < 0.01  # 25600 draws: 5 sigma is about 0.0145
+    np.testing.assert_allclose(one[11], np.where(keep, np.where(z > 0, 1.0, slope) / (1 - rate),
+                                                 0.0), rtol=1e-6)
+    assert abs(keep.mean() - (1 - rate)) < 0.017  # >= 19200 draws: 5 sigma about 0.0165
     # A different seed gives a different mask.
-    assert (dropout_mask(seed + 1, 400, 64, rate) != keep).mean() > 0.3
+    assert (dropout_mask(seed + 1, 400, batch, rate) != dropout_mask(seed, 400, batch,
+                                                                      rate)).mean() > 0.3
+    # Without the factor buffer, the same activations.
+    args = list(make())
+    args[11] = np.zeros((0, 0), np.float32)
+    K.sparse_forward(*args)
+    np.testing.assert_array_equal(args[10], one[10])
 
 
 @pytest.mark.parametrize("batch", [19, 128, 151])

@@ -434,25 +434,89 @@ def _ahead(builder, k, n):
     return builder.select(builder.icmp_signed("<", kp, last), kp, last)
 
 
+#: ``mode`` bits of the forward blocks' store: apply the piecewise activation, draw
+#: dropout, write the factor buffer (0: store the sums as they are).
+EPI_PIECEWISE = 1
+EPI_DROP = 2
+EPI_FACTOR = 4
+
+
+def _store_activated(context, builder, z, optr, dptr, mode, slope, keep_scale, thr, key32,
+                     first):
+    """Stores one vector of sums ``z`` (columns ``first .. first + 15`` of the step) at
+    ``optr``: as they are (``mode`` 0), or (``EPI_PIECEWISE``) ``(z if z > 0 else slope
+    * z) * keep`` and (``EPI_FACTOR``) ``(1 if z > 0 else slope) * keep`` at ``dptr``,
+    ``keep`` being ``keep_scale`` or 0 by the dropout draw ``_sample_bits(key, c) >=
+    thr`` (``EPI_DROP``), else 1: the scalar epilogue's arithmetic lane by lane (same
+    bits), the hash in 32-bit vector integers. ``mode`` is a run-time value: the
+    branches are the same for a whole row, so they predict."""
+    ivec = ir.VectorType(_I32, _VW)
+    one = _splat(builder, ir.Constant(_F32, 1.0))
+    zero = ir.Constant(_VEC, [0.0] * _VW)
+
+    def bit(flag):
+        return builder.icmp_unsigned("!=", builder.and_(mode, ir.Constant(_I64, flag)),
+                                     ir.Constant(_I64, 0))
+
+    with builder.if_else(bit(EPI_PIECEWISE), likely=True) as (act, raw):
+        with raw:
+            builder.store(z, optr, align=4)
+        with act:
+            keep_slot = cgutils.alloca_once_value(builder, one)
+            with builder.if_then(bit(EPI_DROP)):
+                def isplat(x):
+                    v = builder.insert_element(ir.Constant(ivec, ir.Undefined), x,
+                                               ir.Constant(_I32, 0))
+                    return builder.shuffle_vector(v, ir.Constant(ivec, ir.Undefined),
+                                                  ir.Constant(ivec, [0] * _VW))
+
+                def const(c):
+                    return ir.Constant(ivec, [c] * _VW)
+
+                cols = builder.add(isplat(builder.trunc(first, _I32)),
+                                   ir.Constant(ivec, list(range(_VW))))
+                x = builder.add(isplat(key32), builder.mul(cols, const(0x9E3779B9)))
+                x = builder.xor(x, builder.lshr(x, const(16)))
+                x = builder.mul(x, const(0x7FEB352D))
+                x = builder.xor(x, builder.lshr(x, const(15)))
+                x = builder.mul(x, const(0x846CA68B))
+                x = builder.xor(x, builder.lshr(x, const(16)))
+                kept = builder.icmp_unsigned(">=", x, isplat(thr))
+                builder.store(builder.select(kept, _splat(builder, keep_scale), zero),
+                              keep_slot)
+            keep = builder.load(keep_slot)
+            pos = builder.fcmp_ordered(">", z, zero)
+            f = builder.select(pos, z, builder.fmul(slope, z))
+            builder.store(builder.fmul(f, keep), optr, align=4)
+            with builder.if_then(bit(EPI_FACTOR)):
+                builder.store(builder.fmul(builder.select(pos, one, slope), keep), dptr,
+                              align=4)
+
+
 def _make_forward_block(nv, far=False):
     @intrinsic
-    def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1):
-        """``out[j, b0:b0+16nv] += sum_{k0 <= k < k1} data[col_pos[k]] * a_prev[col_rows[k], ...]``."""
+    def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1, bias_j, dfac,
+              mode, slope, keep_scale, thr, key, col0):
+        """``z = bias_j + sum_{k0 <= k < k1} data[col_pos[k]] * a_prev[col_rows[k], ...]``
+        on columns ``b0:b0+16nv`` of row ``j``, added up in connection order from
+        ``bias_j``, stored to ``out`` (and ``dfac``) by :func:`_store_activated` with
+        ``mode``, the dropout bits of samples ``col0 + b0 + ...``."""
         if not (_c_array(out, types.float32, 2) and _c_array(a_prev, types.float32, 2)
                 and _c_array(col_rows, types.int32, 1)
                 and (_c_array(col_pos, types.int32, 1) or _c_array(col_pos, types.int64, 1))
-                and _c_array(data, types.float32, 1)):
+                and _c_array(data, types.float32, 1) and _c_array(dfac, types.float32, 2)):
             return None
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            o, a, rows, pos, w = (context.make_array(tys[n])(context, builder, args[n])
-                                  for n in (0, 3, 4, 5, 6))
+            o, a, rows, pos, w, df = (context.make_array(tys[n])(context, builder, args[n])
+                                      for n in (0, 3, 4, 5, 6, 10))
             j, b0, k0, k1 = (_index(context, builder, signature, args, n) for n in (1, 2, 7, 8))
             optr = _row_address(builder, o, j, b0)
             accs = [cgutils.alloca_once(builder, _VEC) for _ in range(nv)]
+            start = _splat(builder, context.cast(builder, args[9], tys[9], types.float32))
             for v in range(nv):
-                builder.store(builder.load(_vector_at(builder, optr, v), align=4), accs[v])
+                builder.store(start, accs[v])
             n_conn = builder.extract_value(rows.shape, 0)
             with _loop(builder, k0, k1) as (k, _):
                 if far:  # the value and activation row of a connection a few ahead
@@ -470,10 +534,25 @@ def _make_forward_block(nv, far=False):
                 for v in range(nv):
                     x = builder.load(_vector_at(builder, aptr, v), align=4)
                     builder.store(_vfma(builder, wk, x, builder.load(accs[v])), accs[v])
+            mode, first = (_index(context, builder, signature, args, n) for n in (11, 16))
+            first = builder.add(first, b0)
+            slope = _splat(builder, context.cast(builder, args[12], tys[12], types.float32))
+            scale = context.cast(builder, args[13], tys[13], types.float32)
+            thr = builder.trunc(context.cast(builder, args[14], tys[14], types.uint32), _I32)
+            key32 = builder.trunc(context.cast(builder, args[15], tys[15], types.uint64), _I32)
+            # dfac may have no columns (not written then): never form its address.
+            dbase = builder.select(builder.icmp_unsigned(
+                "!=", builder.and_(mode, ir.Constant(_I64, EPI_FACTOR)), ir.Constant(_I64, 0)),
+                j, ir.Constant(_I64, 0))
+            dptr = _row_address(builder, df, dbase, b0)
             for v in range(nv):
-                builder.store(builder.load(accs[v]), _vector_at(builder, optr, v), align=4)
+                _store_activated(context, builder, builder.load(accs[v]),
+                                 _vector_at(builder, optr, v), _vector_at(builder, dptr, v),
+                                 mode, slope, scale, thr, key32,
+                                 builder.add(first, ir.Constant(_I64, v * _VW)))
             return context.get_dummy_value()
-        return types.void(out, j, b0, a_prev, col_rows, col_pos, data, k0, k1), codegen
+        return (types.void(out, j, b0, a_prev, col_rows, col_pos, data, k0, k1, bias_j, dfac,
+                           mode, slope, keep_scale, thr, key, col0), codegen)
     return block
 
 
@@ -711,77 +790,120 @@ def gather_standardize(X, idx, mean, inv_std, out):
 @numba.njit(inline="always")
 def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
                   drop_rate, seed, out, dfac, col0):
-    """Output rows ``j0:j1`` of :func:`sparse_forward`."""
+    """Output rows ``j0:j1`` of :func:`sparse_forward`.
+
+    The SIMD blocks apply a piecewise activation, its factor and dropout as they store
+    (in registers: a second pass over the row cost as much as its connections at
+    epsilon 1); the scalar tail and the other activations get :func:`_epilogue`.
+    """
     batch = a_prev.shape[1]
-    want_d = dfac.shape[1] > 0
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
-    keep_scale = one / (one - np.float32(drop_rate))
-    thr = _drop_threshold(drop_rate)
     far = _far(a_prev)
+    want_d = dfac.shape[1] > 0
+    drop = drop_rate > 0.0
+    keep_scale = np.float32(1.0) / (np.float32(1.0) - np.float32(drop_rate))
+    thr = _drop_threshold(drop_rate)
+    mode = 0
+    if act == ACT_PIECEWISE:
+        mode = EPI_PIECEWISE + (EPI_DROP if drop else 0) + (EPI_FACTOR if want_d else 0)
     for j in range(j0, j1):
         bj = bias[j]
-        for b in range(batch):
-            out[j, b] = bj
+        key = _row_key(seed, j)
         k0 = col_ptr[j]
         k1 = col_ptr[j + 1]
         b = 0
         if far:
             while b + 128 <= batch:
-                _far_forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _far_forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 128
             if b + 64 <= batch:
-                _far_forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _far_forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 64
             if b + 32 <= batch:
-                _far_forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _far_forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 32
             if b + 16 <= batch:
-                _far_forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _far_forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 16
         else:
             while b + 128 <= batch:
-                _forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _forward_block8(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 128
             if b + 64 <= batch:
-                _forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _forward_block4(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 64
             if b + 32 <= batch:
-                _forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _forward_block2(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 32
             if b + 16 <= batch:
-                _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
+                _forward_block1(out, j, b, a_prev, col_rows, col_pos, data, k0, k1, bj,
+                                    dfac, mode, slope, keep_scale, thr, key, col0)
                 b += 16
         if b < batch:
+            for c in range(b, batch):
+                out[j, c] = bj
             _forward_tail(out, j, b, a_prev, col_rows, col_pos, data, k0, k1)
-        # Epilogue, one pass over the row: activation, its derivative, dropout (inner
-        # loops branch-free, so they vectorise).
-        drop = drop_rate > 0.0
-        key = _row_key(seed, j)
-        if act == ACT_PIECEWISE:
-            for b in range(batch):
-                z = out[j, b]
-                pos = z > 0
-                keep = one
-                if drop:
-                    keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
-                out[j, b] = (z if pos else slope * z) * keep
-                if want_d:
-                    dfac[j, b] = (one if pos else slope) * keep
-        elif act != ACT_LINEAR or drop or want_d:
-            for b in range(batch):
-                z = out[j, b]
-                f = z
-                d = one
-                if act == ACT_SIGMOID:
-                    f = one / (one + np.exp(-z))
-                    d = f * (one - f)
-                keep = one
-                if drop:
-                    keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
-                out[j, b] = f * keep
-                if want_d:
-                    dfac[j, b] = d * keep
+        _epilogue(out, dfac, j, b if mode else 0, batch, act, slope, drop, want_d, keep_scale,
+                  thr, key, col0)
+
+
+@numba.njit(inline="always")
+def _piecewise_cols(out, dfac, j, b0, b1, slope, drop, want_d, keep_scale, thr, key, col0):
+    """Columns ``b0:b1`` of :func:`_epilogue` for ``ACT_PIECEWISE``: a loop per case,
+    each without branches in its body."""
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if drop and want_d:
+        for b in range(b0, b1):
+            z = out[j, b]
+            keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
+            out[j, b] = (z if z > zero else slope * z) * keep
+            dfac[j, b] = (one if z > zero else slope) * keep
+    elif drop:
+        for b in range(b0, b1):
+            z = out[j, b]
+            keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
+            out[j, b] = (z if z > zero else slope * z) * keep
+    elif want_d:
+        for b in range(b0, b1):
+            z = out[j, b]
+            out[j, b] = (z if z > zero else slope * z) * one
+            dfac[j, b] = (one if z > zero else slope) * one
+    else:
+        for b in range(b0, b1):
+            z = out[j, b]
+            out[j, b] = (z if z > zero else slope * z) * one
+
+
+@numba.njit(inline="always")
+def _epilogue(out, dfac, j, b0, b1, act, slope, drop, want_d, keep_scale, thr, key, col0):
+    """Activation, its derivative and inverted dropout of columns ``b0:b1`` of row ``j``
+    (what the SIMD blocks did not apply), in one pass; the piecewise case is a loop
+    without branches in its body (with a sign test per element it mispredicted)."""
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if act == ACT_PIECEWISE:
+        _piecewise_cols(out, dfac, j, b0, b1, slope, drop, want_d, keep_scale, thr, key, col0)
+    elif act != ACT_LINEAR or drop or want_d:
+        for b in range(b0, b1):
+            z = out[j, b]
+            f = z
+            d = one
+            if act == ACT_SIGMOID:
+                f = one / (one + np.exp(-z))
+                d = f * (one - f)
+            keep = one
+            if drop:
+                keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
+            out[j, b] = f * keep
+            if want_d:
+                dfac[j, b] = d * keep
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
