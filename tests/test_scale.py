@@ -5,11 +5,12 @@ import copy
 import numpy as np
 import pytest
 
+from sparsetrain.activations import apply_reference, get_activation
 from sparsetrain.config import NONE, make_config
 from sparsetrain.data import load_dataset
 from sparsetrain.errors import SparsetrainError
 from sparsetrain.memory import activation_bytes, er_connections, model_bytes, plan_micro_batch
-from sparsetrain.model import SparseMLP
+from sparsetrain.model import SparseMLP, second_moment_gains
 from sparsetrain.optim import fan_in_lr_scales
 from sparsetrain.trainer import Trainer, build_model
 
@@ -131,6 +132,44 @@ def test_width_aware_parametrisation_keeps_a_wide_output_layer_from_diverging():
             assert max(tenths) < 2 * tenths[0] and tenths[-1] < tenths[0]
     assert losses["default"][0] < 2 * np.log(2) and max(losses["default"][1:]) < np.log(2)
     assert min(losses["none"]) > 5 * max(losses["default"])
+
+
+@pytest.mark.parametrize("activation,alpha,dropout", [("all-relu", 0.6, 0.4),
+                                                      ("leaky-relu", 0.3, 0.0), ("relu", 0, 0.2)])
+def test_second_moment_gains_match_sampling(activation, alpha, dropout):
+    """E[a^2] / Var(z) of a layer's inputs, against Monte Carlo through the activation
+    reference and an inverted dropout mask."""
+    rng = np.random.default_rng(1)
+    gains = second_moment_gains(get_activation(activation), alpha, dropout, 4)
+    assert gains[0] == 1.0
+    z = rng.standard_normal((200_000, 1))
+    for l in (1, 2, 3):
+        keep = (rng.random(z.shape) >= dropout) / (1 - dropout)
+        a = apply_reference(activation, z, l, alpha) * keep
+        assert gains[l] == pytest.approx(np.mean(a * a), rel=0.02)
+
+
+def test_deep_networks_start_with_the_same_activation_scale_in_every_layer():
+    # Ten All-ReLU layers of fan-in 2 at dropout 0.4 (the 50 M-neuron network's shape):
+    # He's initialiser grows the rms about 1.5x per layer (60x at the last); the
+    # width-aware parametrisation keeps it near 1. The paper's presets keep He's values.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 256)).astype(np.float32)
+    rms = {}
+    for ref in (100.0, None):
+        model = SparseMLP.create([256] + [20000] * 10 + [2], epsilon=1.0,
+                                 rng=np.random.default_rng(3), dropout=0.4, fan_in_ref=ref)
+        acts = model._forward(X, np.arange(64), training=True, seed=1)["acts"]
+        rms[ref] = [float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) for a in acts]
+    assert all(0.8 < r < 1.3 for r in rms[100.0][1:-1]), rms[100.0]
+    assert rms[None][10] > 20 * rms[None][1]
+    plain = SparseMLP.create([256, 300, 2], epsilon=5.0, rng=np.random.default_rng(3))
+    he = SparseMLP.create([256, 300, 2], epsilon=5.0, rng=np.random.default_rng(3),
+                          fan_in_ref=100.0)
+    assert not np.allclose(plain.layers[0].data, he.layers[0].data)
+    limit = np.sqrt(6.0 / plain.layers[0].fan_in)  # He-uniform, unchanged without it
+    assert np.abs(plain.layers[0].data).max() <= limit and \
+        np.abs(plain.layers[0].data).max() > 0.9 * limit
 
 
 def test_inference_fills_the_training_room_with_more_rows_and_gives_back_the_memory():
