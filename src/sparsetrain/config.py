@@ -240,6 +240,9 @@ class TrainConfig:
         as far as a layer of fan-in ``fan_in_ref`` would, whatever its width. Default 100
         (chosen on the paper's 1 M-neuron network, see docs/benchmarks/extreme-scale.md);
         every paper preset sets None (one rate and the plain initialiser, as the paper).
+        With it, He-uniform initial values are also scaled for the activation's slope and
+        the dropout rate so that ``Var(z)`` stays 1 through depth
+        (:func:`sparsetrain.model.second_moment_gains`).
     micro_batch : int or None
         Samples per forward/backward pass; a larger batch runs as micro-batches whose
         gradients add up to the batch's (the same step, to float rounding). None: the

@@ -175,8 +175,10 @@ class SparseMLP:
         ``F`` exceeds it gets its initial values multiplied by ``sqrt(fan_in_ref / F)``, so
         its outputs start with the spread of a layer of fan-in ``fan_in_ref`` (µP's
         smaller output layer); the trainer lowers its learning rate by the same factor
-        squared (:func:`sparsetrain.optim.fan_in_lr_scales`). Regrown connections
-        (``regrow="init"``) draw from the plain initialiser.
+        squared (:func:`sparsetrain.optim.fan_in_lr_scales`). With ``fan_in_ref`` and
+        ``init="he-uniform"`` every layer's values are also scaled by
+        ``sqrt(1 / (2 gain))`` (:func:`second_moment_gains`), so ``Var(z)`` stays 1 through
+        depth. Regrown connections (``regrow="init"``) draw from the plain initialiser.
 
         Hidden layers must be sparse (density <= 1, else an error that gives the largest
         valid ``epsilon``) unless ``cap_density``, which caps every layer at density 1
