@@ -854,48 +854,21 @@ def _forward_rows(j0, j1, a_prev, col_ptr, col_rows, col_pos, data, bias, act, s
 
 
 @numba.njit(inline="always")
-def _piecewise_cols(out, dfac, j, b0, b1, slope, drop, want_d, keep_scale, thr, key, col0):
-    """Columns ``b0:b1`` of :func:`_epilogue` for ``ACT_PIECEWISE``: a loop per case,
-    each without branches in its body."""
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
-    if drop and want_d:
-        for b in range(b0, b1):
-            z = out[j, b]
-            keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
-            out[j, b] = (z if z > zero else slope * z) * keep
-            dfac[j, b] = (one if z > zero else slope) * keep
-    elif drop:
-        for b in range(b0, b1):
-            z = out[j, b]
-            keep = keep_scale if _sample_bits(key, b + col0) >= thr else zero
-            out[j, b] = (z if z > zero else slope * z) * keep
-    elif want_d:
-        for b in range(b0, b1):
-            z = out[j, b]
-            out[j, b] = (z if z > zero else slope * z) * one
-            dfac[j, b] = (one if z > zero else slope) * one
-    else:
-        for b in range(b0, b1):
-            z = out[j, b]
-            out[j, b] = (z if z > zero else slope * z) * one
-
-
-@numba.njit(inline="always")
 def _epilogue(out, dfac, j, b0, b1, act, slope, drop, want_d, keep_scale, thr, key, col0):
-    """Activation, its derivative and inverted dropout of columns ``b0:b1`` of row ``j``
-    (what the SIMD blocks did not apply), in one pass; the piecewise case is a loop
-    without branches in its body (with a sign test per element it mispredicted)."""
+    """Activation, its derivative and inverted dropout of columns ``b0:b1`` of row ``j``:
+    what the SIMD blocks did not apply (a piecewise row's scalar tail of fewer than 16
+    columns, or a whole row of another activation), with their arithmetic."""
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    if act == ACT_PIECEWISE:
-        _piecewise_cols(out, dfac, j, b0, b1, slope, drop, want_d, keep_scale, thr, key, col0)
-    elif act != ACT_LINEAR or drop or want_d:
+    if act != ACT_LINEAR or drop or want_d:
         for b in range(b0, b1):
             z = out[j, b]
             f = z
             d = one
-            if act == ACT_SIGMOID:
+            if act == ACT_PIECEWISE:
+                f = z if z > zero else slope * z
+                d = one if z > zero else slope
+            elif act == ACT_SIGMOID:
                 f = one / (one + np.exp(-z))
                 d = f * (one - f)
             keep = one

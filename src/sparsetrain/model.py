@@ -89,7 +89,7 @@ def second_moment_gains(act, alpha: float, dropout: float, n_layers: int) -> lis
     """
     gains = [1.0]
     for l in range(1, n_layers):
-        if act.code == _kernels.ACT_PIECEWISE and not act.n_params:
+        if act.code == _kernels.ACT_PIECEWISE:
             slope = act.slope(l, alpha)
             gains.append((1.0 + slope * slope) / 2.0 / (1.0 - dropout))
         else:
