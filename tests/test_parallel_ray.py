@@ -34,17 +34,20 @@ def _data(n=3000, d=30, seed=0):
     return X[:cut], y[:cut], X[cut:], y[cut:]
 
 
-@pytest.mark.parametrize("mode, transport", [("wasap", "auto"), ("wassp", "auto"),
-                                             ("wasap", "shm"), ("wasap", "ray"),
-                                             ("wassp", "ray")])
-def test_parallel_run_end_to_end(ray_session, tmp_path, mode, transport):
+@pytest.mark.parametrize("mode, transport, options", [
+    ("wasap", "auto", {}), ("wassp", "auto", {}), ("wasap", "shm", {}),
+    ("wasap", "ray", {}),  # a cluster's defaults: local steps, float16 on the wire
+    ("wasap", "ray", {"local_steps": 1, "compress": "none"}),  # the paper's per-step pushes
+    ("wasap", "ray", {"local_steps": 4, "compress": "none", "pipeline": True}),
+    ("wassp", "ray", {})])
+def test_parallel_run_end_to_end(ray_session, tmp_path, mode, transport, options):
     if transport == "shm" and not shm.available():
         pytest.skip("mailboxes need x86-64 Linux")
     Xtr, ytr, Xte, yte = _data()
     cfg = make_config(None, hidden=(64, 32), epsilon=5.0, epochs=4, batch_size=32, seed=1)
     model = build_model(cfg, Xtr, 3)
     targets = [la.nnz for la in model.layers]
-    par = ParallelConfig(mode=mode, workers=2, phase1_epochs=2, transport=transport)
+    par = ParallelConfig(mode=mode, workers=2, phase1_epochs=2, transport=transport, **options)
     trainer = ParallelTrainer(cfg, par, tmp_path, progress=False, verbose=False)
     history = trainer.fit(model, Xtr, ytr, Xte, yte)
     assert [r["phase"] for r in history] == ["sync" if mode == "wassp" else "async"] * 2 + [

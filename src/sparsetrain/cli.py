@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="last epoch of phase 1 (default: 70%% of the epochs)")
     par.add_argument("--worker-threads", dest="worker_threads", type=int, default=1,
                      help="compute threads per worker (default 1)")
+    par.add_argument("--local-steps", dest="local_steps", type=int,
+                     help="WASAP over Ray calls (a cluster): SGD steps per push (default 8; "
+                     "1 with --compress none is the paper's one gradient per push)")
+    par.add_argument("--compress", choices=["auto", "none", "float16"],
+                     help="WASAP over Ray calls: values on the wire as float16 with error "
+                     "feedback (auto, the default: float16 on a cluster)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test a saved model on a dataset")
@@ -195,13 +201,14 @@ def cmd_train(args) -> int:
         raise SparsetrainError("The '--resume' option needs '--out RUN', the run folder to continue")
     if args.overwrite and out is None:
         raise SparsetrainError("The '--overwrite' option needs '--out RUN', the run folder to replace")
-    parallel_opts = [o for o in ("workers", "ray_address", "phase1_epochs")
+    parallel_opts = [o for o in ("workers", "ray_address", "phase1_epochs", "local_steps",
+                                 "compress")
                      if getattr(args, o) is not None]
     if parallel_opts and not args.parallel:
         raise SparsetrainError(f"'--{parallel_opts[0].replace('_', '-')}' needs '--parallel "
                                "wasap' or '--parallel wassp'")
     if args.workers is not None:
-        _check_workers(args.workers)
+        _check_workers(args.workers, cluster=args.ray_address is not None)
     if out is None:
         return _train(args, out, budget, progress)
     from .io import claim_run_folder
@@ -241,14 +248,14 @@ def _json_value(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _check_workers(workers: int) -> None:
+def _check_workers(workers: int, cluster: bool = False) -> None:
     import os
 
     if workers < 1:
         raise SparsetrainError(f"The '--workers' option must be an integer >= 1. Got {workers} "
                                "instead. Leave it out to use one worker per core.")
     cores = os.cpu_count() or 1
-    if workers > cores:
+    if workers > cores and not cluster:  # a cluster's cores are on its nodes
         print(f"sparsetrain: warning: --workers {workers} starts more worker processes than "
               f"the {cores} cores; they will share them and each step will be slower",
               file=sys.stderr)
@@ -302,7 +309,8 @@ def _train(args, out, budget, progress) -> int:
             par = ParallelConfig(mode=args.parallel, workers=args.workers or os.cpu_count() or 1,
                                  phase1_epochs=args.phase1_epochs,
                                  worker_threads=args.worker_threads,
-                                 ray_address=args.ray_address)
+                                 ray_address=args.ray_address, local_steps=args.local_steps,
+                                 compress=args.compress or "auto")
             trainer = ParallelTrainer(cfg, par, out, progress=progress, run_info=run_info)
         else:
             trainer = Trainer(cfg, out, progress=progress, run_info=run_info)

@@ -58,6 +58,10 @@ class ServerActor:
         with self.lock:
             return self.s.push(version, grad, loss, n, step)
 
+    async def push_delta(self, rank, version, delta, loss_sum, n, steps, step):
+        with self.lock:
+            return self.s.push_delta(rank, version, delta, loss_sum, n, steps, step)
+
     async def push_sync(self, rank, version, grad, loss, n):
         """Barrier: the K-th push of a step applies the mean; everyone gets the result.
         A restarted worker's repeated push replaces its earlier one."""
@@ -73,9 +77,9 @@ class ServerActor:
         with self.lock:
             return self.s.reply(version)
 
-    async def full(self):
+    async def full(self, rank=None):
         with self.lock:
-            return self.s.full()
+            return self.s.full(rank)
 
     async def status(self):
         with self.lock:
@@ -100,9 +104,13 @@ class ServerActor:
         with self.lock:
             self.s.note_restart(rank)
 
-    async def note_start(self, rank, pid):
+    async def note_lost(self, rank):
         with self.lock:
-            self.s.note_start(rank, pid)
+            self.s.note_lost(rank)
+
+    async def note_start(self, rank, pid, node=None):
+        with self.lock:
+            self.s.note_start(rank, pid, node)
 
 
 class WorkerActor:
@@ -125,6 +133,11 @@ class WorkerActor:
     def pid(self):
         return os.getpid()
 
+    def node(self):
+        """``(Ray node id, node IP address)`` of this worker's node."""
+        ray = import_ray()
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+
     def run_phase1(self, server, transport: Transport, sync: bool, pipeline: bool):
         """Push gradients until the server says phase 1 is over; returns counters."""
         ray = import_ray()
@@ -132,8 +145,13 @@ class WorkerActor:
             ray.get(server.note_restart.remote(self.w.rank))
             self.restarted = False
         w = self.w
-        ray.get(server.note_start.remote(w.rank, os.getpid()))
-        w.receive(ray.get(server.full.remote()))
+        ray.get(server.note_start.remote(w.rank, os.getpid(), self.node()))
+        reply = ray.get(server.full.remote(w.rank))
+        if transport.deltas:  # a new server (or a first start): a new copy of its values
+            w.copy = w._sent = None
+            w.receive_delta(reply)
+        else:
+            w.receive(reply)
         t0 = time.perf_counter()
         transport.run(w, server, sync, pipeline)
         return {"rank": w.rank, "steps": w.steps, "compute_seconds": w.compute_seconds,

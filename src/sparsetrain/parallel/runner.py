@@ -56,6 +56,11 @@ from .transports import TRANSPORT_CLASSES
 
 MODES = ("wasap", "wassp")
 TRANSPORTS = ("auto", "shared", "shm", "ray")
+COMPRESS = ("auto", "none", "float16")
+#: Local steps per push when pushes are Ray calls (``local_steps=None``), chosen by
+#: ``benchmarks/cluster_scaling.py`` (docs/benchmarks/cluster.md): throughput against
+#: accuracy over the two-namespace cluster.
+DEFAULT_LOCAL_STEPS = 16
 PARALLEL_COLUMNS = [*METRIC_COLUMNS, "phase", "workers", "samples_per_second", "bytes_moved",
                     "stale_updates", "mean_staleness", "dropped_updates", "dropped_entries",
                     "replica_test_accuracy", "events"]
@@ -83,10 +88,13 @@ class ParallelConfig:
         None starts an embedded Ray on this machine.
     max_restarts : int
         How often Ray restarts a dead worker.
-    pipeline : bool
-        WASAP over mailboxes or Ray calls: compute the next gradient while the previous
-        push travels (hides the transfer; the copy is about ``K`` updates staler than with
-        blocking pushes). Pushes to a shared model are applied at once, not pipelined.
+    pipeline : bool or None
+        WASAP over mailboxes or Ray calls: compute the next gradient (or local steps)
+        while the previous push travels (hides the transfer; the copy is one push staler
+        than with blocking pushes). Pushes to a shared model are applied at once, not
+        pipelined. None: pipelined per-step pushes, blocking local-steps pushes (with
+        their doubled staleness, pipelined local steps started training at 3x the loss in
+        docs/benchmarks/cluster.md, and ``local_steps`` already amortises the wait).
     transport : {"auto", "shared", "shm", "ray"}
         How phase-1 pushes travel (see :mod:`sparsetrain.parallel.shm`): ``shared``, the
         server's model in shared memory, each worker applying its own pushes under a lock
@@ -94,6 +102,17 @@ class ParallelConfig:
         server's thread (same node); ``ray``, Ray actor calls. ``auto``: ``shared``
         (WASAP) or ``shm`` (WASSP) with the embedded Ray on x86-64 Linux, ``ray`` on a
         cluster.
+    local_steps : int or None
+        WASAP over Ray calls: momentum-SGD steps a worker runs on its replica between two
+        pushes, each push carrying their summed progress (the asynchronous local-SGD
+        family; :meth:`~.server.ParameterServer.push_delta`). 1 with ``compress="none"``
+        is the paper's per-step semantics (one gradient per push). None:
+        :data:`DEFAULT_LOCAL_STEPS` over Ray calls, 1 for the same-node transports (whose
+        pushes cost microseconds).
+    compress : {"auto", "none", "float16"}
+        WASAP over Ray calls: the pushed progress and the answered change as float16,
+        with error feedback (what rounding leaves out goes with the next message).
+        ``auto``: float16 over Ray calls, none otherwise.
     """
 
     mode: str = "wasap"
@@ -103,8 +122,10 @@ class ParallelConfig:
     worker_threads: int = 1
     ray_address: str | None = None
     max_restarts: int = 3
-    pipeline: bool = True
+    pipeline: bool | None = None
     transport: str = "auto"
+    local_steps: int | None = None
+    compress: str = "auto"
 
     def validate(self, epochs: int) -> ParallelConfig:
         if self.mode not in MODES:
@@ -137,6 +158,19 @@ class ParallelConfig:
         if not isinstance(self.worker_threads, int) or self.worker_threads < 1:
             raise SparsetrainError(f"The 'worker_threads' option must be an integer >= 1. Got "
                                    f"{self.worker_threads!r} instead.")
+        if self.local_steps is not None and (isinstance(self.local_steps, bool) or not isinstance(
+                self.local_steps, int) or not 1 <= self.local_steps <= 10_000):
+            raise SparsetrainError(f"The 'local_steps' option must be an integer in [1, 10000] "
+                                   f"or None. Got {self.local_steps!r} instead.")
+        if self.compress not in COMPRESS:
+            raise SparsetrainError(f"The 'compress' option must be one of {list(COMPRESS)}. "
+                                   f"Got {self.compress!r} instead.")
+        deltas = (self.local_steps or 1) > 1 or self.compress == "float16"
+        if deltas and (self.mode != "wasap" or self.resolved_transport() != "ray"):
+            raise SparsetrainError(
+                "local_steps > 1 and compress='float16' are for WASAP pushes over Ray calls "
+                f"(a cluster, or transport='ray'); got mode {self.mode!r} with transport "
+                f"{self.resolved_transport()!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -149,6 +183,26 @@ class ParallelConfig:
         if self.ray_address is not None or not shm.available():
             return "ray"
         return "shared" if self.mode == "wasap" else "shm"
+
+    def resolved_pipeline(self) -> bool:
+        """Whether pushes are pipelined (``pipeline=None``: per-step pushes only)."""
+        if self.pipeline is not None:
+            return bool(self.pipeline)
+        return self.resolved_local_steps() == 1 and self.resolved_wire() == "float32"
+
+    def resolved_local_steps(self) -> int:
+        """The local steps per push ``local_steps=None`` stands for here."""
+        if self.local_steps is not None:
+            return self.local_steps
+        ray_calls = self.mode == "wasap" and self.resolved_transport() == "ray"
+        return DEFAULT_LOCAL_STEPS if ray_calls else 1
+
+    def resolved_wire(self) -> str:
+        """The dtype of pushed values ``compress`` stands for here."""
+        if self.compress == "auto":
+            ray_calls = self.mode == "wasap" and self.resolved_transport() == "ray"
+            return "float16" if ray_calls else "float32"
+        return "float16" if self.compress == "float16" else "float32"
 
 
 # ---------------------------------------------------------------------- the driver
@@ -235,11 +289,20 @@ class ParallelTrainer(Trainer):
             test_ref = (ray.put(X_test), ray.put(y_test)) if X_test is not None else (None, None)
             # The driver keeps the shard references: a restarted worker reads them again.
             self._shards = [(ray.put(X_train[s]), ray.put(y_train[s])) for s in shards]
+            self._server_options, worker_options = self._placement(ray)
             workers = [WorkerActor.options(max_restarts=par.max_restarts,
-                                           max_task_retries=par.max_restarts).remote(
+                                           max_task_retries=par.max_restarts,
+                                           **worker_options).remote(
                 r, xr, yr, cfg.to_dict(), par.worker_threads, *test_ref)
                 for r, (xr, yr) in enumerate(self._shards)]
             self.workers = workers
+            # rank -> (node id, address): where each worker runs, to notice a lost node
+            self.worker_nodes = dict(enumerate(ray.get([w.node.remote() for w in workers])))
+            if par.ray_address is not None:
+                self._events.append("placement: " + ", ".join(
+                    f"worker {r} on {ip}" for r, (_, ip) in sorted(self.worker_nodes.items())))
+            self._lost: dict[int, str] = {}  # rank -> the dead node it was lost with
+            self._nodes_checked = 0.0
             bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{par.mode} x{k}",
                        unit="epoch",
                        disable=(None if self.progress is None else not self.progress))
@@ -248,7 +311,8 @@ class ParallelTrainer(Trainer):
                     model = self._phase1_restarting(model, workers, ServerActor, n, test_ref,
                                                     bar)
                 if self.epoch < cfg.epochs:
-                    model = self._phase2(model, workers, bar)
+                    model = self._phase2(model, [w for r, w in enumerate(workers)
+                                                 if r not in self._lost], bar)
                 if self._events and self.history:  # no row left to carry them
                     last = self.history[-1]
                     last["events"] = "; ".join([e for e in [last.get("events")] if e]
@@ -293,6 +357,47 @@ class ParallelTrainer(Trainer):
                                     f"from the state after epoch {self.epoch}")
         raise AssertionError("unreachable")
 
+    def _placement(self, ray) -> tuple[dict, dict]:
+        """Ray options of ``(the server, the workers)``: on a cluster, the parameter server
+        on the driver's node (the head, normally) and the workers spread over the nodes,
+        one per node while there are nodes enough; on one machine, Ray's defaults."""
+        if self.parallel.ray_address is None:
+            return {}, {}
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        return ({"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)},
+                {"scheduling_strategy": "SPREAD"})
+
+    def _check_nodes(self, nodes: dict[int, str], epoch: int, server=None) -> None:
+        """Note workers whose node died (``nodes``: rank -> node id, the latest known),
+        at most once a second: an event each, and ``self._lost`` (the run goes on
+        without them; Ray restarts such a worker when a node has room, and it reports
+        back). A lost worker seen on a live node again is taken back. ``server``: the
+        phase-1 parameter server, told of each loss (it averages over the others)."""
+        now = time.monotonic()
+        if now - self._nodes_checked < 1.0:
+            return
+        self._nodes_checked = now
+        ray = import_ray()
+        try:
+            alive = {n["NodeID"]: bool(n["Alive"]) for n in ray.nodes()}
+        except Exception:  # noqa: BLE001 - the GCS is busy: check again next time
+            return
+        k = self.parallel.workers
+        for rank, node in sorted(nodes.items()):
+            if not alive.get(node, False) and rank not in self._lost:
+                self._lost[rank] = node
+                if server is not None:
+                    server.note_lost.remote(rank)
+                where = self.worker_nodes.get(rank, (node, "?"))[1]
+                left = k - len(self._lost)
+                self._events.append(f"worker {rank} lost with its node {where} in epoch "
+                                    f"{epoch + 1}; continuing with {left} worker"
+                                    f"{'s' if left != 1 else ''}")
+            elif alive.get(node, False) and self._lost.get(rank) not in (None, node):
+                del self._lost[rank]  # restarted on a live node (its restart is an event)
+
     def _stop_workers(self, transport, workers, runs) -> None:
         """Workers of a lost server stop: the shared model's done flag is raised (they
         apply their own pushes and would wait for an epoch end); workers calling the server
@@ -311,17 +416,22 @@ class ParallelTrainer(Trainer):
     def _phase1(self, model, workers, ServerActor, n, test_ref, bar):
         ray = import_ray()
         cfg, par = self.config, self.parallel
-        transport = TRANSPORT_CLASSES[par.resolved_transport()](shm.new_run_id(),
-                                                                vector_size(model))
+        transport = TRANSPORT_CLASSES[par.resolved_transport()](
+            shm.new_run_id(), vector_size(model), local_steps=par.resolved_local_steps(),
+            wire=par.resolved_wire())
         self.mailbox_paths = transport.paths(par.workers)
-        server = ServerActor.remote(dict(
+        server = ServerActor.options(**self._server_options).remote(dict(
             state=full_state(model), config=cfg.to_dict(), n_train=n, workers=par.workers,
             mode="sync" if par.mode == "wassp" else "async", phase1_epochs=par.phase1_epochs,
             start_epoch=self.epoch, warmup_epochs=par.warmup_epochs), *test_ref, transport)
         self.server = server
         try:
-            runs = [w.run_phase1.remote(server, transport, par.mode == "wassp", par.pipeline)
-                    for w in workers]
+            def start(w):
+                return w.run_phase1.remote(server, transport, par.mode == "wassp",
+                                           par.resolved_pipeline())
+
+            runs = [start(w) for w in workers]  # by rank; a failed call is made again
+            stats, left_out = {}, set()
             pending = list(runs)
             while True:
                 done, pending = ray.wait(pending, timeout=0.25, num_returns=len(pending))
@@ -348,9 +458,32 @@ class ParallelTrainer(Trainer):
                                              f"lower learning rate (--lr, now {cfg.lr:g}).")
                 bar.set_postfix(update=f"{status['updates']}/{status['updates_per_epoch']}",
                                 refresh=False)
+                self.worker_nodes.update({r: tuple(n) for r, n in status["nodes"].items()})
+                self._check_nodes({r: n for r, (n, _) in self.worker_nodes.items()},
+                                  status["epoch"], server)
+                for ref in done:
+                    rank = runs.index(ref)
+                    try:
+                        stats[rank] = ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        # Its process or node died during the call (a killed node's calls
+                        # fail as unavailable instead of being retried): call it again;
+                        # Ray restarts the actor, on a node with room, and the call waits.
+                        if not status["done"]:
+                            runs[rank] = start(workers[rank])
+                            pending.append(runs[rank])
+                        else:
+                            left_out.add(rank)
                 if not pending:
                     break
-            self.worker_stats = ray.get(runs)
+                if status["done"] and all(runs.index(ref) in self._lost for ref in pending):
+                    left_out.update(runs.index(ref) for ref in pending)
+                    break
+            for rank in sorted(left_out):  # Ray would restart it for a phase that is over
+                ray.kill(workers[rank])
+                self._lost.setdefault(rank, "")
+                self._events.append(f"worker {rank} left out of phase 2 (lost in phase 1)")
+            self.worker_stats = [stats[r] for r in sorted(stats)]
             try:
                 _, state = ray.get(server.snapshot.remote())
             except ray.exceptions.RayActorError as exc:
@@ -420,16 +553,29 @@ class ParallelTrainer(Trainer):
         raised by a worker (a non-finite loss) stops the run as in sequential training.
         """
         ray = import_ray()
-        kept, results, lost = [], [], []
-        for w, ref in zip(alive, refs, strict=True):
-            try:
-                results.append(ray.get(ref))
-                kept.append(w)
-            except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, NonFiniteLossError):
-                    raise NonFiniteLossError(str(cause)) from None
-                lost.append(workers.index(w))  # died, or restarted without its replica
+        got, lost = {}, []
+        pending = dict(zip(refs, alive, strict=True))
+        while pending:
+            # A worker whose node died would be restarted by Ray when a node has room, its
+            # call retried: waiting for it could take forever, so lost nodes are checked.
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
+            for ref in done:
+                w = pending.pop(ref)
+                try:
+                    got[workers.index(w)] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, NonFiniteLossError):
+                        raise NonFiniteLossError(str(cause)) from None
+                    lost.append(workers.index(w))  # died, or restarted without its replica
+            if pending:
+                ranks = {workers.index(w): ref for ref, w in pending.items()}
+                self._check_nodes({r: self.worker_nodes[r][0] for r in ranks}, epoch - 1)
+                for r in [r for r in ranks if r in self._lost]:
+                    del pending[ranks[r]]
+                    ray.kill(workers[r])
+        kept = [w for w in alive if workers.index(w) in got]
+        results = [got[workers.index(w)] for w in kept]
         for rank in lost:
             self._events.append(f"worker {rank} lost in phase 2 at epoch {epoch}; continuing "
                                 f"with {len(kept)} replica{'s' if len(kept) != 1 else ''}")

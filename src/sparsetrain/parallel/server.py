@@ -8,6 +8,14 @@ state when the worker's topology is out of date. Every ``n_train / batch`` appli
 updates (``n_train / (K * batch)`` averaged ones) make an epoch: the server evaluates,
 runs Importance Pruning (when scheduled) and SET evolution, and bumps the version.
 
+Local-steps mode (:meth:`ParameterServer.push_delta`, the asynchronous local-SGD family
+sized for a network): a worker runs several momentum-SGD steps on its replica and pushes
+its progress, the difference between the replica and its copy of the server's values;
+the server adds it and answers with the change of its values since that worker's copy
+(:meth:`ParameterServer.delta_reply`), optionally as float16. The server keeps each
+worker's copy as it knows it (a *shadow*), so whatever rounding leaves out of one answer
+is in the next (error feedback), and the worker's copy stays bit for bit the shadow.
+
 A gradient computed on an older topology keeps only the entries of connections that
 still exist, mapped to their new positions (:func:`~sparsetrain.parallel.state.retain_valid`);
 one computed before a change of layer sizes (neurons removed) is dropped whole. The Ray
@@ -34,6 +42,7 @@ from .state import (
     model_from_state,
     topology_keys,
     value_layout,
+    vector_size,
 )
 
 #: Shared-model header words an epoch end adds to the server's epoch statistics (and zeroes).
@@ -87,11 +96,15 @@ class ParameterServer:
         self.failed: str | None = None  # why phase 1 stopped early (non-finite loss)
         self.restarts = 0
         self.pids: dict[int, int] = {}  # worker rank -> process id (diagnostics, tests)
+        self.live: set[int] = set()  # ranks pushing now (started, not lost)
+        self.nodes: dict[int, tuple] = {}  # rank -> (Ray node id, address): lost nodes
         self._reset_epoch_stats()
         self.shared = None  # the SharedModel the workers apply their pushes to, if any
         self._pid = os.getpid()
         self._snapshot = (self.epoch, self._copy_state())
         self._unsaved: dict[int, dict] = {}  # epoch -> state not yet taken by the driver
+        self._shadows: dict[int, np.ndarray] = {}  # rank -> its copy of the values (deltas)
+        self._flat, self._flat_version = None, -1  # see _flat_values
 
     # ------------------------------------------------------------------ bookkeeping
     def _topology(self):
@@ -126,12 +139,22 @@ class ParameterServer:
         self.events.append(f"worker {rank} restarted")
         self.restarts += 1
 
-    def note_start(self, rank: int, pid: int) -> None:
+    def note_start(self, rank: int, pid: int, node: tuple | None = None) -> None:
+        """Worker ``rank`` runs as process ``pid`` on ``node`` = (Ray node id, address)."""
         self.pids[int(rank)] = int(pid)
+        self.live.add(int(rank))
+        if node is not None:
+            self.nodes[int(rank)] = tuple(node)
+
+    def note_lost(self, rank: int) -> None:
+        """Worker ``rank`` stopped pushing (its node was lost): deltas are averaged over
+        the others until it starts again."""
+        self.live.discard(int(rank))
 
     def status(self) -> dict:
         return {"epoch": self.epoch, "updates": self.updates, "done": self.done,
                 "failed": self.failed, "restarts": self.restarts, "pids": dict(self.pids),
+                "nodes": dict(self.nodes),
                 "total_updates": self.total_updates,
                 "updates_per_epoch": self.updates_per_epoch, "version": self.version}
 
@@ -162,10 +185,13 @@ class ParameterServer:
             if shared is not None:
                 shared.unlock(self._pid)
 
-    def full(self) -> dict:
-        """Reply with the full current state (a new or restarted worker)."""
+    def full(self, rank: int | None = None) -> dict:
+        """Reply with the full current state (a new or restarted worker); with ``rank``,
+        that worker's copy for :meth:`delta_reply` becomes these values."""
         state = self._copy_state()
         self._bytes += sum(a.nbytes for a in state.values())
+        if rank is not None:
+            self._shadows[int(rank)] = get_values(self.model)
         return {"done": self.done, "version": self.version, "state": state, "values": None,
                 "step": self.total_updates}
 
@@ -222,17 +248,74 @@ class ParameterServer:
                 self._apply(self.version, np.mean(mapped, axis=0, dtype=np.float32))
         self._count(sum(p[2] * p[3] for p in pushes), sum(p[3] for p in pushes))
 
-    def _count(self, loss_sum: float, n: int) -> None:
+    def _count(self, loss_sum: float, n: int, steps: int = 1) -> None:
         if not math.isfinite(loss_sum):
             self.failed = (f"the loss became {loss_sum / max(n, 1)} at epoch {self.epoch + 1}, "
                            f"update {self.updates + 1}/{self.updates_per_epoch}")
             return
         self._loss += loss_sum
         self._samples += n
-        self.updates += 1
-        self.total_updates += 1
+        self.updates += steps
+        self.total_updates += steps
         if self.updates >= self.updates_per_epoch:
+            over = self.updates - self.updates_per_epoch  # a push of several local steps
             self._end_epoch()
+            self.updates = over
+
+    # ------------------------------------------------------------------ local steps
+    def push_delta(self, rank: int, version: int, delta: np.ndarray, loss_sum: float,
+                   n: int, steps: int, step: int = -1) -> dict:
+        """Local-steps mode: add worker ``rank``'s progress ``delta`` (its replica minus
+        its copy of the values, after ``steps`` momentum-SGD steps on ``n`` samples whose
+        losses sum to ``loss_sum``; float32 or float16) divided by the number of workers
+        pushing (asynchronous model averaging), count ``steps`` updates, answer
+        with :meth:`delta_reply` in ``delta``'s dtype. A delta computed on an older
+        topology is mapped like a stale gradient; one with a non-finite loss is not
+        applied and stops phase 1."""
+        if self.done:
+            return self.delta_reply(rank, version, delta.dtype)
+        if step >= 0:
+            self._staleness += self.total_updates - step
+            self._pushes += 1
+        self._bytes += delta.nbytes
+        if math.isfinite(loss_sum):
+            d = np.asarray(delta, np.float32)
+            if version != self.version:
+                d = self._map(version, d)
+            if d is not None:
+                # Averaged over the workers pushing: summed, K workers' local steps from
+                # about the same values move the model K times as far, and diverge.
+                live = max(1, len(self.live))
+                self._flat_values()[:] += d if live == 1 else d / np.float32(live)
+        self._count(loss_sum, n, steps)
+        return self.delta_reply(rank, version, delta.dtype)
+
+    def _flat_values(self) -> np.ndarray:
+        """The model's values as one vector its arrays are views of (bound again after a
+        topology change), so that a delta is one addition and an answer one subtraction."""
+        flat = self._flat
+        if flat is None or self._flat_version != self.version or (
+                flat.shape[0] != vector_size(self.model)):
+            flat = np.empty(vector_size(self.model), np.float32)
+            bind_values(self.model, flat)
+            self._flat, self._flat_version = flat, self.version
+        return flat
+
+    def delta_reply(self, rank: int, version: int, dtype=np.float32) -> dict:
+        """The change of the values since worker ``rank``'s copy, rounded to ``dtype``
+        (``delta``); its copy (the server's shadow of it) moves by exactly what is sent.
+        The full state when the worker's topology is out of date or its copy unknown."""
+        if self.done:
+            return {"done": True, "version": self.version, "state": None, "values": None,
+                    "step": self.total_updates}
+        shadow = self._shadows.get(int(rank))
+        if version != self.version or shadow is None or shadow.shape[0] != vector_size(self.model):
+            return self.full(rank)
+        delta = (self._flat_values() - shadow).astype(dtype)
+        shadow += delta  # float32 += float16 rounds as the worker's copy does
+        self._bytes += delta.nbytes
+        return {"done": False, "version": self.version, "state": None, "values": None,
+                "delta": delta, "step": self.total_updates}
 
     def _map(self, version: int, grad: np.ndarray) -> np.ndarray | None:
         """``grad`` (computed on topology ``version``) in the current layout, zeros where the

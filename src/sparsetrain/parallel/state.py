@@ -78,16 +78,28 @@ def get_values(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:
     return _gather(model, _VALUES, out)
 
 
+def _scatter(model: SparseMLP, names: tuple[str, str, str], vector: np.ndarray) -> None:
+    """Copy a vector of the value layout (same topology) into ``model``'s arrays ``names``."""
+    layout = value_layout(model)
+    if vector.shape != (layout[-1][3],):
+        raise ValueError(f"value vector has shape {vector.shape}, expected ({layout[-1][3]},)")
+    conn, bias, neuron = names
+    for (w, b, p, e), la in zip(layout, model.layers, strict=True):
+        getattr(la, conn)[:] = vector[w:w + la.nnz]
+        getattr(la, bias)[:] = vector[b:b + la.n_out]
+        if la.neuron_params is not None:
+            target = getattr(la, neuron)
+            target[...] = vector[p:e].reshape(target.shape)
+
+
 def set_values(model: SparseMLP, values: np.ndarray) -> None:
     """Copy a value vector (same topology) into ``model``'s arrays."""
-    layout = value_layout(model)
-    if values.shape != (layout[-1][3],):
-        raise ValueError(f"value vector has shape {values.shape}, expected ({layout[-1][3]},)")
-    for (w, b, p, e), la in zip(layout, model.layers, strict=True):
-        la.data[:] = values[w:w + la.nnz]
-        la.bias[:] = values[b:b + la.n_out]
-        if la.neuron_params is not None:
-            la.neuron_params[...] = values[p:e].reshape(la.neuron_params.shape)
+    _scatter(model, _VALUES, values)
+
+
+def set_velocities(model: SparseMLP, velocity: np.ndarray) -> None:
+    """Copy a momentum vector (same topology) into ``model``'s momentum arrays."""
+    _scatter(model, _VELOCITIES, velocity)
 
 
 def get_velocities(model: SparseMLP, out: np.ndarray | None = None) -> np.ndarray:

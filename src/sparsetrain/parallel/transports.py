@@ -1,8 +1,11 @@
 """How phase-1 pushes travel between the workers and the parameter server: one class per
 transport, each holding both ends of its protocol.
 
-* :class:`RayCalls` (``transport="ray"``): every push is a Ray actor call answered with
-  the current values; works across nodes.
+* :class:`RayCalls` (``transport="ray"``): every push is a Ray actor call; works across
+  nodes. Per-step pushes carry a gradient and are answered with the current values; in
+  local-steps mode (``local_steps > 1`` or float16 on the wire) a push carries the
+  progress of several local steps and is answered with the change since the worker's
+  copy (:meth:`~.server.ParameterServer.push_delta`), a fraction of the bytes per sample.
 * :class:`Mailboxes` (``"shm"``): each worker has a :class:`~.shm.Mailbox` in
   ``/dev/shm``; a server thread applies the pushes and writes the answers (same node).
 * :class:`SharedModelPushes` (``"shared"``, asynchronous mode only): the server's vectors
@@ -19,6 +22,7 @@ while the previous one travels); pushes to the shared model are applied at once.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -50,9 +54,17 @@ class Transport:
 
     name = ""
 
-    def __init__(self, run_id: str, capacity: int):
+    def __init__(self, run_id: str, capacity: int, *, local_steps: int = 1,
+                 wire: str = "float32"):
         self.run_id = run_id
         self.capacity = int(capacity)
+        self.local_steps = int(local_steps)
+        self.wire = wire  # dtype of the values on the wire (local-steps mode)
+
+    @property
+    def deltas(self) -> bool:
+        """Whether pushes carry local progress (local-steps mode) instead of gradients."""
+        return self.local_steps > 1 or self.wire != "float32"
 
     def paths(self, workers: int) -> list[Path]:
         """The run's files in ``/dev/shm`` (the driver removes them whatever happens)."""
@@ -80,6 +92,8 @@ class RayCalls(Transport):
     name = "ray"
 
     def run(self, w, server, sync, pipeline):
+        if self.deltas:
+            return self._run_deltas(w, server, pipeline)
         ray = import_ray()
         pending = None
         while True:
@@ -98,6 +112,30 @@ class RayCalls(Transport):
             if reply["done"]:
                 break
             w.receive(reply)
+
+    def _run_deltas(self, w, server, pipeline):
+        """Local-steps mode: ``local_steps`` momentum-SGD steps on the replica, then a push
+        of its progress; pipelined, the next steps run while the push travels and the
+        answer is merged after them (:meth:`~.worker.Worker.receive_delta`)."""
+        ray = import_ray()
+        dtype = np.dtype(self.wire)
+        pending = None
+        while True:
+            loss_sum, n, steps = w.train_local(self.local_steps)
+            if pending is not None:
+                reply, pending = ray.get(pending), None
+                if reply["done"]:
+                    break
+                w.receive_delta(reply)
+            push = server.push_delta.remote(w.rank, w.version, w.delta(dtype), loss_sum, n,
+                                            steps, w.step)
+            if pipeline and math.isfinite(loss_sum):
+                pending = push
+                continue
+            reply = ray.get(push)
+            if reply["done"]:
+                break
+            w.receive_delta(reply)
 
 
 class Mailboxes(Transport):

@@ -2,7 +2,10 @@
 
 Phase 1: :meth:`Worker.gradient` gives the loss and the gradient vector of the next
 mini-batch of the shard on the replica; :meth:`Worker.receive` takes the server's answer
-(current values, or a full state after a topology change). Phase 2:
+(current values, or a full state after a topology change). In local-steps mode
+(:meth:`~sparsetrain.parallel.server.ParameterServer.push_delta`) the worker trains its
+replica itself (:meth:`Worker.train_local`), pushes its progress (:meth:`Worker.delta`)
+and takes the server's change since its copy (:meth:`Worker.receive_delta`). Phase 2:
 :meth:`Worker.local_epoch` trains the replica on the shard for one pass with momentum
 SGD (the sequential trainer's epoch, :func:`~sparsetrain.schedule.run_epoch`), then
 evolves its topology with SET on its own randomness, without Importance Pruning (see
@@ -22,8 +25,19 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import NonFiniteLossError, SparsetrainError
+from ..optim import fan_in_lr_scales, hyperparameters
 from ..schedule import run_epoch, topology_step
-from .state import model_from_state, pack_gradients, set_values
+from .state import (
+    bind_values,
+    get_values,
+    get_velocities,
+    map_gradient,
+    model_from_state,
+    pack_gradients,
+    set_values,
+    set_velocities,
+    topology_keys,
+)
 
 
 class Worker:
@@ -44,6 +58,9 @@ class Worker:
         self._pos = 0
         self.steps = 0
         self.compute_seconds = 0.0
+        self.copy: np.ndarray | None = None  # local steps: the server's values as known here
+        self._sent: np.ndarray | None = None  # local steps: the pushed delta not yet answered
+        self._values: np.ndarray | None = None  # local steps: the replica's values, flat
 
     # ------------------------------------------------------------------ phase 1
     def receive(self, reply: dict) -> None:
@@ -79,6 +96,71 @@ class Worker:
         self.compute_seconds += time.perf_counter() - t
         self.steps += 1
         return loss, g, int(idx.size), self.version, self.step
+
+    # ------------------------------------------------------------------ local steps
+    def train_local(self, steps: int) -> tuple[float, int, int]:
+        """``steps`` momentum-SGD steps of the replica on the next mini-batches of the
+        shard (the asynchronous schedule: constant learning rate, width-aware per-layer
+        rates); returns ``(loss sum, samples, steps)``, stopping after a non-finite loss."""
+        if self.model is None:
+            raise SparsetrainError(f"worker {self.rank} has no model yet")
+        t = time.perf_counter()
+        lr, momentum, weight_decay = hyperparameters(self.config)
+        lr_scales = fan_in_lr_scales(self.model.layers, self.config.fan_in_ref)
+        loss_sum, n, done = 0.0, 0, 0
+        for _ in range(steps):
+            idx, seed = self._next_batch()
+            loss = self.model.train_step(self.X, self.y, idx, lr=lr, momentum=momentum,
+                                         weight_decay=weight_decay, seed=seed,
+                                         lr_scales=lr_scales)
+            loss_sum += loss * idx.size
+            n += int(idx.size)
+            done += 1
+            if not math.isfinite(loss):
+                break
+        self.compute_seconds += time.perf_counter() - t
+        self.steps += done
+        return loss_sum, n, done
+
+    def delta(self, dtype=np.float32) -> np.ndarray:
+        """The replica's progress since its copy of the server's values, rounded to
+        ``dtype``, to push; what rounding leaves out stays in the replica and goes with the
+        next push (error feedback)."""
+        self._sent = (self._values - self.copy).astype(dtype)
+        return self._sent
+
+    def receive_delta(self, reply: dict) -> None:
+        """Take the server's answer to a delta push: its change since this worker's copy
+        (``delta``), or a full state (first contact, new topology). The replica keeps
+        what it learned since the push (local steps run while the push travelled, and the
+        rounding residual), mapped onto a new topology like a stale gradient, and its own
+        momentum likewise (dropped when neurons were removed)."""
+        self.version = int(reply["version"])
+        self.step = int(reply.get("step", -1))
+        sent = 0.0 if self._sent is None else self._sent.astype(np.float32)
+        self._sent = None
+        if reply.get("state") is None:
+            progress = self._values - self.copy - sent
+            self.copy += reply["delta"]
+            np.add(self.copy, progress, out=self._values)
+            return
+        fresh = self.model is None or self.copy is None
+        if not fresh:
+            old = ([la.n_out for la in self.model.layers], topology_keys(self.model))
+            progress = self._values - self.copy - sent
+            velocity = get_velocities(self.model)
+        self.model, _ = model_from_state(reply["state"])
+        self.copy = get_values(self.model)
+        # The replica's values as one vector its arrays are views of: a delta is one pass.
+        self._values = np.empty_like(self.copy)
+        bind_values(self.model, self._values)
+        if fresh:
+            return
+        progress, _ = map_gradient(old, self.model, progress)
+        velocity, _ = map_gradient(old, self.model, velocity)
+        if progress is not None:
+            np.add(self.copy, progress, out=self._values)
+            set_velocities(self.model, velocity)
 
     # ------------------------------------------------------------------ phase 2
     def local_epoch(self, epoch: int) -> dict:
