@@ -107,8 +107,8 @@ def _plot(result, path: Path) -> None:
     ax1.set_ylabel("phase-1 training samples / s")
     ax1.legend()
     mb = [result["throughput"][n]["2 nodes"]["bytes_per_epoch"] / 1e6 for n in names]
-    ax2.bar(names, mb, color="gray")
-    ax2.set_yscale("log")
+    bars = ax2.bar(names, mb, color="gray")
+    ax2.bar_label(bars, fmt="%.1f MB")
     ax2.set_ylabel("MB moved per phase-1 epoch (2 nodes)")
     fig.suptitle("WASAP-SGD, Fashion-MNIST preset, two-namespace Ray cluster "
                  f"({result['link']})", fontsize=9)
