@@ -253,7 +253,7 @@ def test_phase2_epoch_is_the_sequential_epoch_without_pruning(rng):
 
     ref, _ = model_from_state(full_state(model))
     ref_row = run_epoch(ref, X, y, cfg, 1, shuffle_key=[cfg.seed, 1, 7, 0],
-                        topology=lambda: topology_step(
+                        topology=lambda signal: topology_step(
                             ref, cfg, 1, np.random.default_rng([cfg.seed, 1, 1, 1]), prune=False),
                         on_non_finite=lambda value, where: pytest.fail(where))
     assert row["train_loss"] == ref_row["train_loss"]

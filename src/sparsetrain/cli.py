@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=1, help="seeds per variant (default 1)")
     r.add_argument("--variants", help="comma-separated subset of: " + ", ".join(
         v.slug for v in _variants()))
+    r.add_argument("--rules", default="set", help="comma-separated evolution rules, each "
+                   "sparse variant run under each: set (the paper's), rigl, gradient, "
+                   "momentum (default: set)")
+    _add_option(r, PARAMS["val_fraction"], "held out for the test accuracy at the best "
+                "validation epoch (default 0: none)")
     _add_option(r, PARAMS["ip_start"], "default: 40%% of the epochs")
     _add_option(r, PARAMS["ip_step"], "default: 10 * epochs / 500")
     _add_option(r, PARAMS["ip_percentile"], "default: 20")
@@ -369,6 +374,7 @@ def cmd_reproduce(args) -> int:
         reproduce(args.dataset, out, data_dir=args.data_dir, epochs=args.epochs,
                   seeds=args.seeds, ip_start=args.ip_start, ip_step=args.ip_step,
                   ip_percentile=args.ip_percentile, variants=variants,
+                  rules=args.rules.split(","), val_fraction=args.val_fraction or 0.0,
                   progress=False if args.no_progress else None, download=not args.no_download)
     print((out / "table.md").read_text())
     return 0

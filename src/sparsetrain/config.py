@@ -30,7 +30,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .errors import SparsetrainError, param_error
-from .evolution import REGROW
+from .evolution import GROW, REGROW, ZETA_SCHEDULES
 from .layers import FAN_IN_MODES, INITIALIZERS
 from .model import LOSSES
 
@@ -224,6 +224,17 @@ class TrainConfig:
         Fraction of positive and of negative connections rewired by SET each epoch.
     regrow : {"zero", "init"}
         Value of regrown connections: zero (default) or a draw from the initialiser.
+    grow : {"random", "gradient", "momentum"}
+        Where SET regrows (:mod:`sparsetrain.evolution`): random empty positions (the
+        paper), or the best of ``grow_candidates`` times as many by gradient magnitude
+        (RigL-style) or gradient momentum, scored truly sparse.
+    grow_candidates : int
+        Candidates scored per regrown connection by the gradient rules.
+    zeta_schedule : {"constant", "cosine"}
+        The rewired fraction over the epochs: ``zeta`` (the paper) or cosine-decayed.
+    val_fraction : float
+        Fraction of the training set held out as a validation split (0: none), drawn
+        from ``seed``; evaluated every epoch for model selection without the test set.
     evolve_output : bool
         Whether the output layer evolves too (a fully connected layer never does).
     ip_start, ip_step, ip_percentile : int or None, int, float
@@ -284,6 +295,20 @@ class TrainConfig:
         0.3, Interval(float, 0, 1, "left"), "fraction rewired by SET each epoch")
     regrow: str = _param(
         "zero", Choice(REGROW), "value of regrown connections (default zero)",
+        estimator=None)
+    grow: str = _param(
+        "random", Choice(GROW), "where SET regrows: random empty positions (the paper), or "
+        "those of largest gradient ('gradient', RigL-style) or gradient momentum "
+        "('momentum') among grow_candidates times as many random ones", estimator=None)
+    grow_candidates: int = _param(
+        10, Interval(int, 1, None, "left"), "random empty positions scored per regrown "
+        "connection by the gradient rules (10)", estimator=None)
+    zeta_schedule: str = _param(
+        "constant", Choice(ZETA_SCHEDULES), "rewired fraction over the epochs: 'constant' "
+        "(the paper) or 'cosine' (decays to 0, RigL)", estimator=None)
+    val_fraction: float = _param(
+        0.0, Interval(float, 0, 1, "left"), "fraction of the training set held out for "
+        "model selection (val_loss, val_accuracy in metrics.csv; default 0)",
         estimator=None)
     evolve_output: bool = _param(
         True, Flag(), "keep the output layer's topology fixed", flag="--no-evolve-output")

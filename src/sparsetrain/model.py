@@ -307,6 +307,7 @@ class SparseMLP:
         ``col0``: the first row's position in its step (micro-batches draw the dropout
         masks of their place in the whole batch)."""
         bufs = self._bufs(idx.shape[0], training)
+        self._last_pass = bufs if training else None
         acts, dfac = bufs["acts"], bufs["dfac"]
         slopes = self.slopes()
         last = len(self.layers) - 1
@@ -531,6 +532,18 @@ class SparseMLP:
     def invalidate_buffers(self):
         """Drop cached work buffers (after a topology or size change)."""
         self._buffers.clear()
+        self._last_pass = None
+
+    def last_pass_signals(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, copies of the input activations ``(n_in, B)`` (after dropout) and
+        output deltas ``dL/dz`` ``(n_out, B)`` of the last training pass (its last
+        micro-batch): what gradient-guided growth scores absent connections with
+        (:class:`sparsetrain.evolution.GrowthSignal`)."""
+        bufs = getattr(self, "_last_pass", None)
+        if bufs is None:
+            raise SparsetrainError("no training pass has run since the last topology change")
+        acts, delta = bufs["acts"], bufs["delta"]
+        return [(acts[l].copy(), delta[l].copy()) for l in range(len(self.layers))]
 
     # ------------------------------------------------------------------ inference
     def eval_batch_size(self) -> int:

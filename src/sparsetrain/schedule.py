@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .evolution import evolve_layers
+from .evolution import (
+    GRADIENT_SAMPLES,
+    MOMENTUM_BATCHES,
+    GrowthSignal,
+    evolve_layers,
+    scheduled_zeta,
+)
 from .optim import fan_in_lr_scales, hyperparameters
 from .pruning import model_constants, original_widths, prune_neurons, regrowth_targets
 
@@ -39,7 +45,7 @@ def prunes_after(config, epoch: int) -> bool:
 
 
 def topology_step(model, config, epoch: int, rng: np.random.Generator, *,
-                  prune: bool = True) -> None:
+                  prune: bool = True, signal: GrowthSignal | None = None) -> None:
     """The topology step after ``epoch``, in place on ``model``.
 
     1. Importance Pruning when ``prune`` and :func:`prunes_after` (pruned neurons folded
@@ -47,18 +53,37 @@ def topology_step(model, config, epoch: int, rng: np.random.Generator, *,
        widths, so a run resumed from a checkpoint prunes as the uninterrupted one), see
        :mod:`sparsetrain.pruning`;
     2. SET evolution of every layer (the output layer if ``config.evolve_output``) from
-       ``rng``; after a pruning step it regrows fewer
-       (:func:`sparsetrain.pruning.regrowth_targets`).
+       ``rng``, rewiring ``config.zeta`` on its ``zeta_schedule``; after a pruning step it
+       regrows fewer (:func:`sparsetrain.pruning.regrowth_targets`). Where it regrows is
+       ``config.grow``; the gradient rules score candidates with ``signal`` (the epoch's
+       last batches, :func:`growth_signal`) and grow at random without one (a parameter
+       server, or the first step after a resume) or after a pruning step (the recorded
+       activations belong to the neurons before it).
     """
     targets = None
+    zeta = scheduled_zeta(config.zeta, config.zeta_schedule, epoch, config.epochs)
     if prune and prunes_after(config, epoch):
+        signal = None
         widths = original_widths(config.hidden, model.layers)
         prune_neurons(model.layers, config.ip_percentile, constants=model_constants(model),
                       original_widths=widths)
-        targets = regrowth_targets(model.layers, widths, config.zeta)
-    evolve_layers(model.layers, config.zeta, rng, evolve_output=config.evolve_output,
-                  targets=targets, regrow=config.regrow)
+        targets = regrowth_targets(model.layers, widths, zeta)
+    evolve_layers(model.layers, zeta, rng, evolve_output=config.evolve_output,
+                  targets=targets, regrow=config.regrow, grow=config.grow, signal=signal,
+                  candidates=config.grow_candidates)
     model.invalidate_buffers()
+
+
+def growth_signal(config) -> GrowthSignal | None:
+    """What the growth rule ``config.grow`` scores with, to fill during an epoch (None for
+    random growth): the last batches of :data:`GRADIENT_SAMPLES` samples, their gradients
+    summed (``gradient``), or the last :data:`MOMENTUM_BATCHES` weighted by
+    ``momentum^age`` (``momentum``)."""
+    if config.grow == "gradient":
+        return GrowthSignal(math.ceil(GRADIENT_SAMPLES / config.batch_size), 1.0)
+    if config.grow == "momentum":
+        return GrowthSignal(MOMENTUM_BATCHES, config.momentum)
+    return None
 
 
 def metrics_row(epoch: int, train_loss: float, test: dict, seconds: Sequence[float],
@@ -84,15 +109,19 @@ def marks_to_seconds(t0: float, t1: float, t2: float, t3: float) -> tuple[float,
 
 
 def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
-              topology: Callable[[], None], on_non_finite: Callable[[float, str], None],
-              X_test=None, y_test=None, progress: bool | None = False) -> dict:
+              topology: Callable[..., None], on_non_finite: Callable[[float, str], None],
+              X_test=None, y_test=None, progress: bool | None = False, X_val=None,
+              y_val=None) -> dict:
     """Train ``model`` for epoch ``epoch`` (1-based) of ``config`` on ``X, y``; returns its
     :func:`metrics_row`.
 
     The batch order and the batches' dropout seeds come from ``default_rng(shuffle_key)``;
-    ``topology()`` runs the topology step (normally :func:`topology_step` with the
-    caller's seed key) after every epoch but the last. A non-finite batch or test loss
-    calls ``on_non_finite(value, where)``, which is expected to raise. ``progress``: a
+    ``topology(signal)`` runs the topology step (normally :func:`topology_step` with the
+    caller's seed key) after every epoch but the last; ``signal`` holds what the growth
+    rule scores with (:func:`growth_signal`, None for random growth). ``X_val, y_val``:
+    a validation split, evaluated after the test set (``val_loss``, ``val_accuracy``).
+    A non-finite batch or test loss calls ``on_non_finite(value, where)``, which is
+    expected to raise. ``progress``: a
     tqdm bar over the batches (None: only on a terminal).
     """
     lr, momentum, weight_decay = hyperparameters(config)
@@ -100,6 +129,8 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     batch = config.batch_size
     n = X.shape[0]
     n_batches = math.ceil(n / batch)
+    signal = growth_signal(config)
+    record_from = n_batches - (signal.batches if signal is not None else 0)
     rng = np.random.default_rng(shuffle_key)
     perm = rng.permutation(n).astype(np.int64)
     seeds = rng.integers(0, 2**62, size=n_batches)
@@ -116,6 +147,8 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
                                 lr_scales=lr_scales)
         if not math.isfinite(loss):
             on_non_finite(loss, f"batch {b + 1}/{n_batches}")
+        if b >= record_from:
+            signal.record(model)
         losses[b] = loss * idx.shape[0]
         total += losses[b]
         bar.update(idx.shape[0])
@@ -128,9 +161,11 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
         test["test_loss"], test["test_accuracy"] = model.evaluate(X_test, y_test)
         if not math.isfinite(test["test_loss"]):
             on_non_finite(test["test_loss"], "evaluation")
+    if X_val is not None:
+        test["val_loss"], test["val_accuracy"] = model.evaluate(X_val, y_val)
     t2 = time.perf_counter()
     if epoch < config.epochs:  # the topology changes after every epoch but the last
-        topology()
+        topology(signal)
     t3 = time.perf_counter()
     return metrics_row(epoch, total / n, test, marks_to_seconds(t0, t1, t2, t3),
                        [la.nnz for la in model.layers], model.sizes,

@@ -150,7 +150,7 @@ class Trainer:
     def write_metrics(self) -> None:
         """``metrics.csv``: one row per epoch of :attr:`history`, columns :attr:`columns`."""
         if self.out_dir is not None:
-            write_csv(self.out_dir / "metrics.csv", self.history, self.columns)
+            write_csv(self.out_dir / "metrics.csv", self.history, self.metric_columns)
 
     def write_config(self, model: SparseMLP) -> None:
         if self.out_dir is None:
@@ -172,6 +172,7 @@ class Trainer:
         cfg = self.config
         _kernels.enable_flush_to_zero()  # subnormals would make some batches ~100x slower
         X_train, y_train, X_test, y_test = self.prepare_data(model, X_train, y_train, X_test, y_test)
+        X_train, y_train, self._val = self.split_validation(X_train, y_train)
         self.plan_memory(model)
         if not self.evolved and 0 < self.epoch < cfg.epochs:
             # The schedule was extended after its last epoch: apply the step it skipped.
@@ -201,6 +202,31 @@ class Trainer:
         self.memory_plan = plan
         return plan
 
+    def split_validation(self, X_train, y_train):
+        """``(X, y, (X_val, y_val) or None)``: the training set without the held-out
+        ``config.val_fraction`` (at least one sample each side), drawn from
+        ``(seed, 'validation')`` so that a resumed run holds out the same rows."""
+        frac = self.config.val_fraction
+        if not frac:
+            return X_train, y_train, None
+        n = X_train.shape[0]
+        n_val = min(max(1, round(frac * n)), n - 1)
+        if n < 2:
+            raise SparsetrainError(f"val_fraction {frac} needs at least 2 training samples; "
+                                   f"got {n}")
+        perm = np.random.default_rng([self.config.seed, 0x76616C]).permutation(n)
+        val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        return X_train[train], y_train[train], (X_train[val], y_train[val])
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """:attr:`columns`, with the validation columns after the test ones if held out."""
+        if not self.config.val_fraction:
+            return list(self.columns)
+        cols = list(self.columns)
+        at = cols.index("test_accuracy") + 1
+        return cols[:at] + ["val_loss", "val_accuracy"] + cols[at:]
+
     def prepare_data(self, model: SparseMLP, X_train, y_train, X_test=None, y_test=None):
         """Float32 features and int64 labels (or float32 targets) for :meth:`fit`, checked
         against ``model`` by :func:`~sparsetrain.data.check_X` and
@@ -222,14 +248,17 @@ class Trainer:
         """Epoch ``epoch``: shuffle and dropout from ``(seed, epoch)``, the topology step
         (Importance Pruning, then SET) from ``(seed, epoch, 1)``."""
         cfg = self.config
+        X_val, y_val = self._val or (None, None)
         row = run_epoch(model, X_train, y_train, cfg, epoch, shuffle_key=[cfg.seed, epoch],
-                        topology=lambda: self._topology_step(model, epoch),
+                        topology=lambda signal: self._topology_step(model, epoch, signal),
                         on_non_finite=lambda value, where: self._non_finite(value, epoch, where),
-                        X_test=X_test, y_test=y_test, progress=self.progress)
+                        X_test=X_test, y_test=y_test, progress=self.progress, X_val=X_val,
+                        y_val=y_val)
         if epoch == cfg.epochs:
             self.evolved = False  # the step after the last epoch waits for a longer schedule
         if self.verbose:
-            test = {k: row[k] for k in ("test_loss", "test_accuracy") if k in row}
+            test = {k: row[k] for k in ("test_loss", "test_accuracy", "val_accuracy")
+                    if k in row}
             scores = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in test.items())
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
                        f"{scores}, {row['epoch_seconds']:.2f} s")
@@ -240,11 +269,12 @@ class Trainer:
         :func:`sparsetrain.schedule.prunes_after`)."""
         return prunes_after(self.config, epoch)
 
-    def _topology_step(self, model, epoch):
+    def _topology_step(self, model, epoch, signal=None):
         """The topology step after ``epoch`` (:func:`sparsetrain.schedule.topology_step`:
-        Importance Pruning when scheduled, then SET from ``(seed, epoch, 1)``)."""
+        Importance Pruning when scheduled, then SET from ``(seed, epoch, 1)``; ``signal``:
+        what a gradient growth rule scores with)."""
         topology_step(model, self.config, epoch,
-                      np.random.default_rng([self.config.seed, epoch, 1]))
+                      np.random.default_rng([self.config.seed, epoch, 1]), signal=signal)
         self.evolved = True
 
     def _non_finite(self, value, epoch, where):

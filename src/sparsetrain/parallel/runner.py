@@ -226,6 +226,9 @@ class ParallelTrainer(Trainer):
                  progress=None, run_info=None, verbose=True):
         super().__init__(config, out_dir, progress=progress, run_info=run_info, verbose=verbose)
         self.parallel = parallel.validate(self.config.epochs)
+        if self.config.val_fraction:
+            raise SparsetrainError("val_fraction (a validation split) is for sequential "
+                                   "training; parallel runs train on the whole training set")
         self.run_info["parallel"] = self.parallel.to_dict()
         self.worker_stats: list[dict] = []
         self.mailbox_paths: list = []  # the run's /dev/shm files: mailboxes or shared model

@@ -172,13 +172,13 @@ class Worker:
                                    "restarted after phase 1 ended)")
         cfg, model = self.config, self.model
 
-        def topology():
+        def topology(signal):
             # No Importance Pruning in phase 2 (prune=False): each replica would remove the
             # neurons its own weights rank lowest, different ones on different workers, and
             # the final averaging (state.average_models) needs every replica to keep the
             # same neurons. The server prunes in phase 1, where there is one model.
             rng = np.random.default_rng([cfg.seed, epoch, 1, self.rank + 1])
-            topology_step(model, cfg, epoch, rng, prune=False)
+            topology_step(model, cfg, epoch, rng, prune=False, signal=signal)
 
         def fail(value, where):
             raise NonFiniteLossError(f"training stopped: the loss became {value} at epoch "
