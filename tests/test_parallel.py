@@ -405,3 +405,47 @@ def test_local_steps_defaults_follow_the_transport():
         here = ParallelConfig().validate(10)
         assert (here.resolved_transport(), here.resolved_local_steps(), here.resolved_wire()) == (
             "shared", 1, "float32")
+
+
+def test_a_dead_node_marks_its_workers_lost_once_and_a_live_one_takes_them_back(monkeypatch):
+    """The driver's node check (no cluster: Ray's node table is faked)."""
+    from sparsetrain.parallel import runner
+
+    alive = {"n1": True, "n2": True}
+
+    class FakeRay:
+        @staticmethod
+        def nodes():
+            return [{"NodeID": k, "Alive": v} for k, v in alive.items()]
+
+    class FakeServer:
+        lost = []
+
+        class note_lost:  # noqa: N801 - mimics an actor method handle
+            @staticmethod
+            def remote(rank):
+                FakeServer.lost.append(rank)
+
+    monkeypatch.setattr(runner, "import_ray", lambda: FakeRay)
+    cfg = make_config(None, hidden=(8,), epochs=3)
+    trainer = runner.ParallelTrainer(cfg, ParallelConfig(workers=2), progress=False,
+                                     verbose=False)
+    trainer.worker_nodes = {0: ("n1", "192.0.2.1"), 1: ("n2", "192.0.2.2")}
+    trainer._lost, trainer._nodes_checked = {}, 0.0
+    nodes = {0: "n1", 1: "n2"}
+    trainer._check_nodes(nodes, 0, FakeServer)
+    assert trainer._lost == {} and trainer._events == []
+    alive["n2"] = False
+    trainer._nodes_checked = 0.0
+    trainer._check_nodes(nodes, 1, FakeServer)
+    assert trainer._lost == {1: "n2"} and FakeServer.lost == [1]
+    assert trainer._events == ["worker 1 lost with its node 192.0.2.2 in epoch 2; continuing "
+                               "with 1 worker"]
+    trainer._check_nodes(nodes, 1, FakeServer)  # within a second: not checked again
+    trainer._nodes_checked = 0.0
+    trainer._check_nodes(nodes, 1, FakeServer)  # still dead: said once
+    assert len(trainer._events) == 1
+    alive["n3"] = True  # Ray restarted it on a new node
+    trainer._nodes_checked = 0.0
+    trainer._check_nodes({0: "n1", 1: "n3"}, 2, FakeServer)
+    assert trainer._lost == {}
