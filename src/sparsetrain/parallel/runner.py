@@ -104,7 +104,8 @@ class ParallelConfig:
         cluster.
     local_steps : int or None
         WASAP over Ray calls: momentum-SGD steps a worker runs on its replica between two
-        pushes, each push carrying their summed progress (the asynchronous local-SGD
+        pushes, each push carrying the replica's progress over them, which the server
+        averages over the workers pushing (asynchronous model averaging, the local-SGD
         family; :meth:`~.server.ParameterServer.push_delta`). 1 with ``compress="none"``
         is the paper's per-step semantics (one gradient per push). None:
         :data:`DEFAULT_LOCAL_STEPS` over Ray calls, 1 for the same-node transports (whose
@@ -162,6 +163,9 @@ class ParallelConfig:
                 self.local_steps, int) or not 1 <= self.local_steps <= 10_000):
             raise SparsetrainError(f"The 'local_steps' option must be an integer in [1, 10000] "
                                    f"or None. Got {self.local_steps!r} instead.")
+        if self.pipeline is not None and not isinstance(self.pipeline, bool):
+            raise SparsetrainError(f"The 'pipeline' option must be True, False or None. Got "
+                                   f"{self.pipeline!r} instead.")
         if self.compress not in COMPRESS:
             raise SparsetrainError(f"The 'compress' option must be one of {list(COMPRESS)}. "
                                    f"Got {self.compress!r} instead.")
