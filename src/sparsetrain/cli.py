@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--worker-threads", dest="worker_threads", type=int, default=1,
                      help="compute threads per worker (default 1)")
     par.add_argument("--local-steps", dest="local_steps", type=int,
-                     help="WASAP over Ray calls (a cluster): SGD steps per push (default 8; "
-                     "1 with --compress none is the paper's one gradient per push)")
+                     help="WASAP over Ray calls (a cluster): SGD steps per push, their "
+                     "progress averaged at the server (default 16; 1 with --compress none "
+                     "is the paper's one gradient per push)")
     par.add_argument("--compress", choices=["auto", "none", "float16"],
                      help="WASAP over Ray calls: values on the wire as float16 with error "
                      "feedback (auto, the default: float16 on a cluster)")
