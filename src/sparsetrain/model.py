@@ -306,8 +306,11 @@ class SparseMLP:
         """Run the layers on rows ``idx`` of ``X``; returns the buffers (output logits last).
         ``col0``: the first row's position in its step (micro-batches draw the dropout
         masks of their place in the whole batch)."""
+        if not training:  # before the inference buffers are made: they take its room
+            self._last_pass = None
         bufs = self._bufs(idx.shape[0], training)
-        self._last_pass = bufs if training else None
+        if training:
+            self._last_pass = bufs  # for GrowthSignal (last_pass_signals)
         acts, dfac = bufs["acts"], bufs["dfac"]
         slopes = self.slopes()
         last = len(self.layers) - 1
@@ -527,6 +530,7 @@ class SparseMLP:
         """Pickle without the work buffers (they are rebuilt on the next call)."""
         state = self.__dict__.copy()
         state["_buffers"] = {}
+        state["_last_pass"] = None
         return state
 
     def invalidate_buffers(self):
