@@ -210,10 +210,10 @@ class Trainer:
         if not frac:
             return X_train, y_train, None
         n = X_train.shape[0]
-        n_val = min(max(1, round(frac * n)), n - 1)
         if n < 2:
             raise SparsetrainError(f"val_fraction {frac} needs at least 2 training samples; "
                                    f"got {n}")
+        n_val = min(max(1, round(frac * n)), n - 1)
         perm = np.random.default_rng([self.config.seed, 0x76616C]).permutation(n)
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         return X_train[train], y_train[train], (X_train[val], y_train[val])

@@ -148,8 +148,7 @@ class WorkerActor:
         ray.get(server.note_start.remote(w.rank, os.getpid(), self.node()))
         reply = ray.get(server.full.remote(w.rank))
         if transport.deltas:  # a new server (or a first start): a new copy of its values
-            w.copy = w._sent = None
-            w.receive_delta(reply)
+            w.receive_delta(reply, fresh=True)
         else:
             w.receive(reply)
         t0 = time.perf_counter()

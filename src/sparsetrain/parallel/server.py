@@ -198,14 +198,18 @@ class ParameterServer:
     def reply(self, version: int) -> dict:
         """Current values for a worker whose copy has topology ``version``."""
         if self.done:
-            return {"done": True, "version": self.version, "state": None, "values": None,
-                    "step": self.total_updates}
+            return self._answer(done=True)
         if version != self.version:
             return self.full()
         values = get_values(self.model)
         self._bytes += values.nbytes
-        return {"done": False, "version": self.version, "state": None, "values": values,
-                "step": self.total_updates}
+        return self._answer(values=values)
+
+    def _answer(self, done: bool = False, **payload) -> dict:
+        """An answer to a push: whether phase 1 is over, the topology version, the update
+        count, and ``payload`` (``values`` or ``delta``; no full state)."""
+        return {"done": done, "version": self.version, "state": None, "values": None,
+                "step": self.total_updates, **payload}
 
     # ------------------------------------------------------------------ updates
     def push(self, version: int, grad: np.ndarray, loss: float, n: int, step: int = -1) -> dict:
@@ -306,16 +310,14 @@ class ParameterServer:
         (``delta``); its copy (the server's shadow of it) moves by exactly what is sent.
         The full state when the worker's topology is out of date or its copy unknown."""
         if self.done:
-            return {"done": True, "version": self.version, "state": None, "values": None,
-                    "step": self.total_updates}
+            return self._answer(done=True)
         shadow = self._shadows.get(int(rank))
         if version != self.version or shadow is None or shadow.shape[0] != vector_size(self.model):
             return self.full(rank)
         delta = (self._flat_values() - shadow).astype(dtype)
         shadow += delta  # float32 += float16 rounds as the worker's copy does
         self._bytes += delta.nbytes
-        return {"done": False, "version": self.version, "state": None, "values": None,
-                "delta": delta, "step": self.total_updates}
+        return self._answer(delta=delta)
 
     def _map(self, version: int, grad: np.ndarray) -> np.ndarray | None:
         """``grad`` (computed on topology ``version``) in the current layout, zeros where the

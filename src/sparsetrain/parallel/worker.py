@@ -129,12 +129,15 @@ class Worker:
         self._sent = (self._values - self.copy).astype(dtype)
         return self._sent
 
-    def receive_delta(self, reply: dict) -> None:
+    def receive_delta(self, reply: dict, fresh: bool = False) -> None:
         """Take the server's answer to a delta push: its change since this worker's copy
         (``delta``), or a full state (first contact, new topology). The replica keeps
         what it learned since the push (local steps run while the push travelled, and the
         rounding residual), mapped onto a new topology like a stale gradient, and its own
-        momentum likewise (dropped when neurons were removed)."""
+        momentum likewise (dropped when neurons were removed). ``fresh``: the state of a
+        new server (or a first start), taken as it is, with nothing of the replica kept."""
+        if fresh:
+            self.copy = self._sent = None
         self.version = int(reply["version"])
         self.step = int(reply.get("step", -1))
         sent = 0.0 if self._sent is None else self._sent.astype(np.float32)
