@@ -220,6 +220,7 @@ def test_mailbox_round_trip(tmp_path, monkeypatch):
     (dict(local_steps=0), "'local_steps' option"),
     (dict(local_steps=2.5), "'local_steps' option"),
     (dict(compress="gzip"), "'compress' option"),
+    (dict(pipeline="yes"), "'pipeline' option"),
     (dict(local_steps=4, transport="shm"), "WASAP pushes over Ray calls"),
     (dict(mode="wassp", transport="ray", compress="float16"), "WASAP pushes over Ray calls"),
 ])
@@ -449,3 +450,11 @@ def test_a_dead_node_marks_its_workers_lost_once_and_a_live_one_takes_them_back(
     trainer._nodes_checked = 0.0
     trainer._check_nodes({0: "n1", 1: "n3"}, 2, FakeServer)
     assert trainer._lost == {}
+
+
+def test_parallel_training_refuses_a_validation_split():
+    from sparsetrain.parallel import ParallelTrainer
+
+    cfg = make_config(None, hidden=(8,), epochs=3, val_fraction=0.1)
+    with pytest.raises(SparsetrainError, match="val_fraction"):
+        ParallelTrainer(cfg, ParallelConfig(workers=2), progress=False, verbose=False)

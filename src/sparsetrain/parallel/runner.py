@@ -231,8 +231,10 @@ class ParallelTrainer(Trainer):
         super().__init__(config, out_dir, progress=progress, run_info=run_info, verbose=verbose)
         self.parallel = parallel.validate(self.config.epochs)
         if self.config.val_fraction:
-            raise SparsetrainError("val_fraction (a validation split) is for sequential "
-                                   "training; parallel runs train on the whole training set")
+            raise SparsetrainError(f"val_fraction (a validation split) is for sequential "
+                                   f"training; got {self.config.val_fraction!r} with parallel "
+                                   "training, which trains on the whole training set: leave "
+                                   "--val-fraction out, or train without --parallel")
         self.run_info["parallel"] = self.parallel.to_dict()
         self.worker_stats: list[dict] = []
         self.mailbox_paths: list = []  # the run's /dev/shm files: mailboxes or shared model
