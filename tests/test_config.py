@@ -23,8 +23,9 @@ from sparsetrain.model import LOSSES, SparseMLP
 #: One value each rule refuses, per field.
 BAD = {"hidden": (8, 0), "epsilon": 0.0, "activation": "tanhh", "alpha": math.inf,
        "dropout": 1.0, "init": "zeros", "fan_in": "both", "loss": "hinge", "epochs": 0,
-       "batch_size": 0, "lr": math.nan, "momentum": 1.0, "weight_decay": -1e-4, "zeta": 1.0,
-       "regrow": "random", "grow": "rigl", "grow_candidates": 0, "zeta_schedule": "linear",
+       "batch_size": 0, "lr": math.nan, "momentum": 1.0, "weight_decay": -1e-4,
+       "lr_warmup": -1.0, "zeta": 1.0, "regrow": "random", "grow": "rigl",
+       "grow_candidates": 0, "zeta_schedule": "linear",
        "val_fraction": 1.0, "evolve_output": "yes", "ip_start": 0, "ip_step": 0,
        "ip_percentile": 100.5, "seed": -1, "fan_in_ref": -5.0, "micro_batch": 0}
 

@@ -71,6 +71,44 @@ def test_scheduled_lr_is_constant_except_the_wassp_warmup():
     assert all(isinstance(x, np.float32) for x in hp)
 
 
+def test_lr_warmup_ramps_linearly_then_holds():
+    ramp = [optim.scheduled_lr(0.8, updates=t, ramp_updates=4) for t in range(6)]
+    assert ramp == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+    # Under the WASSP ramp too: the two factors multiply.
+    assert optim.scheduled_lr(0.1, workers=4, sync=True, updates=1, warmup_updates=2,
+                              ramp_updates=4) == pytest.approx(0.1 * 0.5 * 2.5)
+    cfg = make_config(None, lr=0.8, lr_warmup=0.5)
+    assert optim.hyperparameters(cfg, updates=2, updates_per_epoch=10).lr == np.float32(0.48)
+    assert optim.hyperparameters(cfg, updates=7, updates_per_epoch=10).lr == np.float32(0.8)
+    with pytest.raises(ValueError, match="updates_per_epoch"):
+        optim.hyperparameters(cfg)
+
+
+def test_run_epoch_warms_up_batch_by_batch():
+    """An epoch with ``lr_warmup`` equals the steps taken by hand at ``lr * (t + 1) / T``."""
+    from sparsetrain.schedule import run_epoch
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 12)).astype(np.float32)
+    y = rng.integers(0, 2, 100)
+    cfg = make_config(None, hidden=(16,), epsilon=2.0, epochs=2, batch_size=32, lr=0.5,
+                      lr_warmup=1.5, seed=1)
+    model = build_model(cfg, X, 2)
+    ref, _ = model_from_state(full_state(model))
+    for epoch in (1, 2):
+        run_epoch(model, X, y, cfg, epoch, shuffle_key=[9, epoch],
+                  topology=lambda signal: None, on_non_finite=None)
+        order = np.random.default_rng([9, epoch])
+        perm = order.permutation(100).astype(np.int64)
+        seeds = order.integers(0, 2**62, size=4)
+        for b in range(4):
+            t = (epoch - 1) * 4 + b  # 6 ramp updates: 1.5 epochs of 4 batches
+            lr = np.float32(np.float32(0.5) * min(1.0, (t + 1) / 6))
+            ref.train_step(X, y, perm[b * 32:(b + 1) * 32], lr=lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, seed=int(seeds[b]))
+        np.testing.assert_allclose(get_values(model), get_values(ref), rtol=1e-6, atol=1e-7)
+
+
 def _problem(rng, activation, fan_in_ref=100.0):
     X = rng.normal(size=(256, 20)).astype(np.float32)
     y = rng.integers(0, 3, 256)

@@ -81,8 +81,11 @@ class Hyperparameters(NamedTuple):
 
 
 def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: int = 0,
-                 warmup_updates: float = 0.0) -> float:
+                 warmup_updates: float = 0.0, ramp_updates: float = 0.0) -> float:
     """Learning rate of update ``updates`` (0-based count of updates applied before it).
+
+    ``ramp_updates`` (the config's ``lr_warmup`` in updates): the rate first ramps
+    linearly, ``lr_t = lr * min(1, (t + 1) / T_ramp)``, then the schedule below applies.
 
     Constant ``lr`` for sequential training, asynchronous pushes (WASAP) and one worker.
     Synchronous mode (WASSP: each update is the mean of ``K = workers`` gradients) ramps
@@ -90,6 +93,8 @@ def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: in
 
         lr_t = lr * (1 + (K - 1) * min(1, t / T_warmup))        (T_warmup = 0: K lr at once)
     """
+    if ramp_updates:
+        lr = lr * min(1.0, (updates + 1) / ramp_updates)
     if not sync or workers == 1:
         return lr
     frac = min(1.0, updates / warmup_updates) if warmup_updates else 1.0
@@ -97,12 +102,18 @@ def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: in
 
 
 def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: int = 0,
-                    warmup_updates: float = 0.0) -> Hyperparameters:
+                    warmup_updates: float = 0.0,
+                    updates_per_epoch: int | None = None) -> Hyperparameters:
     """``(lr, momentum, weight_decay)`` of the next step of a run with ``config`` (a
     :class:`~sparsetrain.config.TrainConfig`), the learning rate from :func:`scheduled_lr`
-    (the keyword arguments are its schedule's)."""
+    (the keyword arguments are its schedule's). ``config.lr_warmup`` needs
+    ``updates_per_epoch`` (the ramp's length is counted in updates)."""
+    ramp = getattr(config, "lr_warmup", 0.0)
+    if ramp and updates_per_epoch is None:
+        raise ValueError("hyperparameters: lr_warmup needs updates_per_epoch")
     lr = scheduled_lr(config.lr, workers=workers, sync=sync, updates=updates,
-                      warmup_updates=warmup_updates)
+                      warmup_updates=warmup_updates,
+                      ramp_updates=ramp * updates_per_epoch if ramp else 0.0)
     return Hyperparameters(np.float32(lr), np.float32(config.momentum),
                            np.float32(config.weight_decay))
 

@@ -124,11 +124,14 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     expected to raise. ``progress``: a
     tqdm bar over the batches (None: only on a terminal).
     """
-    lr, momentum, weight_decay = hyperparameters(config)
     lr_scales = fan_in_lr_scales(model.layers, config.fan_in_ref)  # per layer, or None
     batch = config.batch_size
     n = X.shape[0]
     n_batches = math.ceil(n / batch)
+    done = (epoch - 1) * n_batches  # updates before this epoch
+    lr, momentum, weight_decay = hyperparameters(config, updates=done,
+                                                 updates_per_epoch=n_batches)
+    ramping = epoch - 1 < config.lr_warmup  # the learning rate changes batch by batch
     signal = growth_signal(config)
     record_from = n_batches - (signal.batches if signal is not None else 0)
     rng = np.random.default_rng(shuffle_key)
@@ -142,6 +145,8 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
                leave=False, disable=None if progress is None else not progress)
     for b in range(n_batches):
         idx = perm[b * batch:(b + 1) * batch]
+        if ramping:
+            lr = hyperparameters(config, updates=done + b, updates_per_epoch=n_batches).lr
         loss = model.train_step(X, y, idx, lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, seed=int(seeds[b]),
                                 lr_scales=lr_scales)

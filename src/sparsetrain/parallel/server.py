@@ -128,7 +128,7 @@ class ParameterServer:
     def _schedule(self) -> dict:
         """Where this server is in the learning-rate schedule (:func:`~sparsetrain.optim.scheduled_lr`)."""
         return dict(workers=self.workers, sync=self.mode == "sync", updates=self.total_updates,
-                    warmup_updates=self.warmup_updates)
+                    warmup_updates=self.warmup_updates, updates_per_epoch=self.updates_per_epoch)
 
     def lr(self) -> float:
         """Learning rate of the next update: ``lr`` (async) or ``lr * K`` reached by a

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..optim import hyperparameters, layer_lrs
+from ..optim import layer_lrs
 from . import _kernels as K
 from . import shm
 from .session import import_ray
@@ -271,14 +271,14 @@ class SharedModelPushes(Transport):
         seg = shm.SharedModel(shm.SharedModel.path_for(self.run_id), capacity)
         pid = os.getpid()
         # The shared model serves asynchronous pushes only (ParameterServer.share refuses
-        # synchronous mode), and the asynchronous schedule is the constant lr: the same
-        # hyperparameters the server's own asynchronous pushes use.
-        lr, mom, wd = hyperparameters(w.config)
+        # synchronous mode), and the asynchronous schedule is the constant lr, after the
+        # lr_warmup ramp over this worker's own first steps (Worker.hyperparameters).
         mine = np.empty(capacity, np.float32)  # the replica's values (its arrays view it)
         gbuf = np.empty(capacity, np.float32)
         bind_values(w.model, mine)
         try:
             while not seg[K.SH_DONE]:
+                lr, mom, wd = w.hyperparameters()
                 loss, g, n, version, step = w.gradient(out=gbuf)
                 # The width-aware rate of each layer's connections (its topology may have
                 # changed at the last epoch end).

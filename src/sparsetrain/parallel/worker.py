@@ -97,6 +97,13 @@ class Worker:
         self.steps += 1
         return loss, g, int(idx.size), self.version, self.step
 
+    def hyperparameters(self):
+        """``(lr, momentum, weight_decay)`` of this worker's next step: the asynchronous
+        schedule (constant ``lr``), after ``lr_warmup`` epochs of this worker's own steps
+        (its shard's batches make its epoch)."""
+        per_epoch = max(1, math.ceil(self.X.shape[0] / self.config.batch_size))
+        return hyperparameters(self.config, updates=self.steps, updates_per_epoch=per_epoch)
+
     # ------------------------------------------------------------------ local steps
     def train_local(self, steps: int) -> tuple[float, int, int]:
         """``steps`` momentum-SGD steps of the replica on the next mini-batches of the
@@ -105,10 +112,10 @@ class Worker:
         if self.model is None:
             raise SparsetrainError(f"worker {self.rank} has no model yet")
         t = time.perf_counter()
-        lr, momentum, weight_decay = hyperparameters(self.config)
         lr_scales = fan_in_lr_scales(self.model.layers, self.config.fan_in_ref)
         loss_sum, n, done = 0.0, 0, 0
         for _ in range(steps):
+            lr, momentum, weight_decay = self.hyperparameters()
             idx, seed = self._next_batch()
             loss = self.model.train_step(self.X, self.y, idx, lr=lr, momentum=momentum,
                                          weight_decay=weight_decay, seed=seed,
@@ -116,10 +123,10 @@ class Worker:
             loss_sum += loss * idx.size
             n += int(idx.size)
             done += 1
+            self.steps += 1
             if not math.isfinite(loss):
                 break
         self.compute_seconds += time.perf_counter() - t
-        self.steps += done
         return loss_sum, n, done
 
     def delta(self, dtype=np.float32) -> np.ndarray:
