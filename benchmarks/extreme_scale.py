@@ -12,7 +12,8 @@ each informative feature's within-cluster spread grows with their number; 1000 o
 put one in the reach of about 15% of the first layer's neurons at epsilon 10, where 20
 reach 0.3%), and the run fits that
 linear baseline on the same split), the preset ``synthetic`` (dropout
-0.4, batch 128, lr 0.01, momentum 0.9, width-aware learning rate) and sequential
+0.4, batch 128, momentum 0.9, leaky ReLU 0.6, lr 0.4 after a one-epoch warm-up,
+width-aware learning rate) and sequential
 training on every core. Per row it prints initialisation, training, inference and
 evolution minutes next to the paper's (96 cores, WASAP workers), the peak RSS, the bytes
 held per connection, the training loss of each tenth of every epoch, and the test
