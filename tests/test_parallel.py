@@ -458,3 +458,29 @@ def test_parallel_training_refuses_a_validation_split():
     cfg = make_config(None, hidden=(8,), epochs=3, val_fraction=0.1)
     with pytest.raises(SparsetrainError, match="val_fraction"):
         ParallelTrainer(cfg, ParallelConfig(workers=2), progress=False, verbose=False)
+
+
+def test_worker_warm_up_follows_the_server_not_its_own_restarts():
+    """``lr_warmup`` in phase 1: a worker ramps over its own steps from where the server's
+    last full state stood, so a worker joining (restarted, resumed) after the warm-up
+    trains at the full rate at once, and local steps ramp batch by batch."""
+    from sparsetrain.parallel.worker import Worker
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 10)).astype(np.float32)
+    y = rng.integers(0, 2, 256)
+    cfg = make_config(None, hidden=(12,), epsilon=2.0, batch_size=32, lr=0.4, lr_warmup=1.0,
+                      seed=0)
+    model = build_model(cfg, X, 2)
+    for start_epoch, first_lr in ((0, 0.4 / 4), (2, 0.4)):
+        server = ParameterServer(full_state(model), cfg, n_train=256, workers=2,
+                                 phase1_epochs=4, start_epoch=start_epoch)
+        # Per-step pushes: the server's ramp over its own updates (8 per epoch).
+        assert server.lr() == pytest.approx(0.4 / 8 if start_epoch == 0 else 0.4)
+        w = Worker(0, X[:128], y[:128], cfg)  # 4 batches make this worker's epoch
+        w.receive_delta(server.full(0), fresh=True)
+        assert w.hyperparameters().lr == np.float32(first_lr)
+        w.train_local(2)
+        assert w.hyperparameters().lr == np.float32(0.4 if start_epoch else 0.4 * 3 / 4)
+        w.train_local(2)
+        assert w.hyperparameters().lr == np.float32(0.4)

@@ -193,7 +193,8 @@ class ParameterServer:
         if rank is not None:
             self._shadows[int(rank)] = get_values(self.model)
         return {"done": self.done, "version": self.version, "state": state, "values": None,
-                "step": self.total_updates}
+                "step": self.total_updates,
+                "epochs": self.total_updates / self.updates_per_epoch}  # for lr_warmup
 
     def reply(self, version: int) -> dict:
         """Current values for a worker whose copy has topology ``version``."""

@@ -57,14 +57,23 @@ class Worker:
         self._seeds = np.empty(0, np.int64)
         self._pos = 0
         self.steps = 0
+        # Where the lr_warmup ramp stands: the server's epochs done at the last full state
+        # and this worker's step count then (so a restarted or resumed worker does not
+        # warm up again).
+        self._ramp_at = (0.0, 0)
         self.compute_seconds = 0.0
         self.copy: np.ndarray | None = None  # local steps: the server's values as known here
         self._sent: np.ndarray | None = None  # local steps: the pushed delta not yet answered
         self._values: np.ndarray | None = None  # local steps: the replica's values, flat
 
     # ------------------------------------------------------------------ phase 1
+    def _note_full(self, reply: dict) -> None:
+        if "epochs" in reply:
+            self._ramp_at = (float(reply["epochs"]), self.steps)
+
     def receive(self, reply: dict) -> None:
         if reply.get("state") is not None:
+            self._note_full(reply)
             self.model, _ = model_from_state(reply["state"])
         elif reply.get("values") is not None:
             set_values(self.model, reply["values"])
@@ -99,10 +108,13 @@ class Worker:
 
     def hyperparameters(self):
         """``(lr, momentum, weight_decay)`` of this worker's next step: the asynchronous
-        schedule (constant ``lr``), after ``lr_warmup`` epochs of this worker's own steps
-        (its shard's batches make its epoch)."""
+        schedule (constant ``lr``) after the ``lr_warmup`` ramp, whose position is the
+        server's epochs done at the last full state plus this worker's steps since (its
+        shard's batches make its epoch)."""
         per_epoch = max(1, math.ceil(self.X.shape[0] / self.config.batch_size))
-        return hyperparameters(self.config, updates=self.steps, updates_per_epoch=per_epoch)
+        epochs, steps = self._ramp_at
+        updates = round(epochs * per_epoch) + self.steps - steps
+        return hyperparameters(self.config, updates=updates, updates_per_epoch=per_epoch)
 
     # ------------------------------------------------------------------ local steps
     def train_local(self, steps: int) -> tuple[float, int, int]:
@@ -154,6 +166,7 @@ class Worker:
             self.copy += reply["delta"]
             np.add(self.copy, progress, out=self._values)
             return
+        self._note_full(reply)
         fresh = self.model is None or self.copy is None
         if not fresh:
             old = ([la.n_out for la in self.model.layers], topology_keys(self.model))
