@@ -108,7 +108,7 @@ def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: in
     :class:`~sparsetrain.config.TrainConfig`), the learning rate from :func:`scheduled_lr`
     (the keyword arguments are its schedule's). ``config.lr_warmup`` needs
     ``updates_per_epoch`` (the ramp's length is counted in updates)."""
-    ramp = getattr(config, "lr_warmup", 0.0)
+    ramp = config.lr_warmup
     if ramp and updates_per_epoch is None:
         raise ValueError("hyperparameters: lr_warmup needs updates_per_epoch")
     lr = scheduled_lr(config.lr, workers=workers, sync=sync, updates=updates,
