@@ -53,7 +53,8 @@ def test_sparse_forward_matches_dense(rng, batch):
         def make(act=act, slope=slope):
             return (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias, act,
                     np.float32(slope), np.float32(0.0), np.uint64(1),
-                    np.empty((23, batch), np.float32), np.empty((23, batch), np.float32))
+                    np.empty((23, batch), np.float32), np.empty((23, batch), np.float32),
+                    np.int64(0))
         one, many = threads_agree(K.sparse_forward, make)
         np.testing.assert_array_equal(one[10], many[10])
         np.testing.assert_array_equal(one[11], many[11])
@@ -154,7 +155,7 @@ def test_sparse_backward_matches_dense(rng, want_prev, batch):
         return (a, delta, layer.row_ptr, layer.row_cols, layer.data,
                 dfac if want_prev else EMPTY, np.float32(1 / batch),
                 np.empty(layer.nnz, np.float32), prev, np.empty(0, np.float32),
-                np.float32(0), np.float32(0), np.float32(0), False)
+                np.float32(0), np.float32(0), np.float32(0), K.GRAD_STORE)
 
     one, many = threads_agree(K.sparse_backward, make)
     np.testing.assert_array_equal(one[7], many[7])
@@ -180,12 +181,12 @@ def test_sparse_backward_fused_update(rng):
     plain = np.empty((41, batch), np.float32)
     K.sparse_backward(a, delta, layer.row_ptr, layer.row_cols, layer.data, dfac,
                       np.float32(1 / batch), grad, plain, np.empty(0, np.float32),
-                      np.float32(0), np.float32(0), np.float32(0), False)
+                      np.float32(0), np.float32(0), np.float32(0), K.GRAD_STORE)
 
     def make():
         return (a, delta, layer.row_ptr, layer.row_cols, layer.data.copy(), dfac,
                 np.float32(1 / batch), np.empty(0, np.float32), np.empty((41, batch), np.float32),
-                v0.copy(), np.float32(0.05), np.float32(0.9), np.float32(2e-4), True)
+                v0.copy(), np.float32(0.05), np.float32(0.9), np.float32(2e-4), K.GRAD_STEP)
 
     one, many = threads_agree(K.sparse_backward, make)
     for k in (4, 8, 9):
@@ -264,7 +265,7 @@ def test_srelu_forward_backward(rng, rate):
     z[1, 0] = params[0, 1]
     one, many = threads_agree(K.srelu_forward, lambda: (
         z.copy(), params, np.float32(rate), np.uint64(seed), np.empty((n, batch), np.float32),
-        np.empty((n, batch), np.float32)))
+        np.empty((n, batch), np.float32), np.int64(0)))
     for k in (0, 4, 5):
         np.testing.assert_array_equal(one[k], many[k])
     f, d, right, left = srelu_reference(z.astype(np.float64), params)
@@ -318,7 +319,8 @@ def forward_layer_by_layer(X, idx, mean, inv, layers, codes, slopes, rates, seed
         acts.append(np.empty((la.n_out, batch), np.float32))
         dfacs.append(np.empty((la.n_out, batch), np.float32) if l < len(layers) - 1 else EMPTY)
         K.sparse_forward(acts[l], la.col_ptr, la.col_rows, la.col_pos, la.data, la.bias,
-                         codes[l], slopes[l], rates[l], seeds[l], acts[l + 1], dfacs[l])
+                         codes[l], slopes[l], rates[l], seeds[l], acts[l + 1], dfacs[l],
+                         np.int64(0))
     return acts, dfacs
 
 
@@ -396,7 +398,7 @@ def test_mlp_backward_equals_layer_by_layer(rng, update, batch):
         K.sparse_backward(acts[l], ref["deltas"][l], la.row_ptr, la.row_cols, ref["data"][l],
                           dfacs[l], np.float32(1 / batch),
                           np.empty(0, np.float32) if update else ref["grad"][l], prev,
-                          ref["vel"][l], lr, mom, wd, update)
+                          ref["vel"][l], lr, mom, wd, int(update))
         if update:
             K.bias_step(ref["deltas"][l], ref["bias"][l], ref["bvel"][l], lr, mom)
         else:
@@ -447,7 +449,7 @@ def test_weight_gradient_sums_in_a_fixed_order(rng):
     grad = np.empty(layer.nnz, np.float32)
     K.sparse_backward(a, d, layer.row_ptr, layer.row_cols, layer.data, EMPTY, np.float32(1),
                       grad, EMPTY, np.empty(0, np.float32), np.float32(0), np.float32(0),
-                      np.float32(0), False)
+                      np.float32(0), K.GRAD_STORE)
 
     def tree(v):
         while v.size > 1:
@@ -510,7 +512,7 @@ def test_far_products_match_the_sparse_reference(batch):
     def forward():
         return (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias,
                 K.ACT_LINEAR, np.float32(0), np.float32(0), np.uint64(1),
-                np.empty((n, batch), np.float32), EMPTY)
+                np.empty((n, batch), np.float32), EMPTY, np.int64(0))
 
     one, many = threads_agree(K.sparse_forward, forward)
     np.testing.assert_array_equal(one[10], many[10])
@@ -521,7 +523,7 @@ def test_far_products_match_the_sparse_reference(batch):
         prev = dfac.copy()
         return (a, delta, layer.row_ptr, layer.row_cols, layer.data, prev,
                 np.float32(1 / batch), np.empty(layer.nnz, np.float32), prev,
-                np.empty(0, np.float32), np.float32(0), np.float32(0), np.float32(0), False)
+                np.empty(0, np.float32), np.float32(0), np.float32(0), np.float32(0), K.GRAD_STORE)
 
     one, many = threads_agree(K.sparse_backward, backward)
     np.testing.assert_array_equal(one[7], many[7])
@@ -547,7 +549,7 @@ def test_backward_reads_the_factors_before_writing_the_delta_over_them(rng, batc
         grad = np.empty(layer.nnz, np.float32)
         K.sparse_backward(a, delta, layer.row_ptr, layer.row_cols, layer.data, prev if shared
                           else dfac, np.float32(1 / batch), grad, prev, np.empty(0, np.float32),
-                          np.float32(0), np.float32(0), np.float32(0), False)
+                          np.float32(0), np.float32(0), np.float32(0), K.GRAD_STORE)
         outs.append((grad, prev))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])

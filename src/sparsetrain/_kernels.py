@@ -881,7 +881,7 @@ def _epilogue(out, dfac, j, b0, b1, act, slope, drop, want_d, keep_scale, thr, k
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
 def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
-                   drop_rate, seed, out, dfac, col0=0):
+                   drop_rate, seed, out, dfac, col0):
     """Fused sparse product, bias, activation and inverted dropout.
 
     ``z[j, b] = bias[j] + sum_{k in col j} data[col_pos[k]] * a_prev[col_rows[k], b]``
@@ -1080,18 +1080,10 @@ def bias_step(delta, bias, velocity, lr, momentum):
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
-def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
-                codes, slopes, rates, seeds, dfacs, n_threads, col0=0):
-    """Every layer's forward pass in one parallel region: :func:`gather_standardize`
-    into ``acts[0]``, then for each layer ``l`` :func:`sparse_forward` from ``acts[l]``
-    into ``acts[l + 1]`` with activation ``codes[l]``, slope ``slopes[l]``, dropout rate
-    ``rates[l]`` and seed ``seeds[l]``, writing ``dfacs[l]`` when it has columns
-    (``col0``: the first column's sample number in the step, as in :func:`sparse_forward`).
-
-    The per-layer arguments are tuples (one entry per layer); ``n_threads`` is
-    ``numba.get_num_threads()``. Same results as the separate kernels, bit for bit.
-    """
-    n_layers = len(datas)
+def _fused_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
+                   codes, slopes, rates, seeds, dfacs, n_layers, n_threads, col0):
+    """:func:`mlp_forward`'s compiled pass over the first ``n_layers`` entries of its
+    (padded) tuples."""
     n_feat = X.shape[1]
     n_phases = n_layers + 1
     sizes = np.empty(n_phases, np.int64)  # rows per phase: features, then each layer's outputs
@@ -1134,23 +1126,11 @@ def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, data
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)
-def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
-                 biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
-                 weight_decay, update, n_threads, lr_scales=None):
-    """Every layer's backward pass in one parallel region, last layer first: for layer
-    ``l``, :func:`sparse_backward` with ``a_prev = acts[l]``, ``delta = deltas[l]``,
-    ``dfac_prev = dfacs[l]`` and ``delta_prev = prev_deltas[l]`` (``deltas[l - 1]``, or
-    a ``(0, 0)`` array for the first layer), and the bias: :func:`bias_step` if
-    ``update``, else :func:`row_mean` into ``bias_grads[l]``. With ``update`` False the
-    weight gradients go to ``grads[l]`` (``GRAD_ADD``: are added to them, every mean
-    taken with ``inv_batch``). ``lr_scales`` (float32, one per layer; None: all 1)
-    multiplies the learning rate of layer ``l``'s connections (not of its bias).
-
-    Layer ``l - 1`` starts once every row of layer ``l`` is done (it reads the delta
-    layer ``l`` wrote). Tuples hold one entry per layer. Same results as the separate
-    kernels, bit for bit.
-    """
-    n_layers = len(datas)
+def _fused_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
+                    biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
+                    weight_decay, update, n_layers, n_threads, lr_scales):
+    """:func:`mlp_backward`'s compiled pass over the first ``n_layers`` entries of its
+    (padded) tuples."""
     # Phase q handles layer l = n_layers - 1 - q: its input rows, then its bias rows.
     n_rows = np.empty(n_layers, np.int64)
     n_out = np.empty(n_layers, np.int64)
@@ -1178,7 +1158,7 @@ def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, v
             row_ptr, row_cols, data, velocity = row_ptrs[l], row_colss[l], datas[l], velocities[l]
             bias, bias_velocity = biases[l], bias_velocities[l]
             grad, bias_grad = grads[l], bias_grads[l]
-            lr_l = lr if lr_scales is None else np.float32(lr * lr_scales[l])
+            lr_l = np.float32(lr * lr_scales[l])
             if q > 0:
                 _wait_phase(state, q - 1, n_layers, n_threads, n_chunks[q - 1])
             for v in range(n_threads):
@@ -1202,8 +1182,84 @@ def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, v
         _leave(state, w, n_layers, n_threads)
 
 
+#: Layers the tuples of the fused kernels hold. A network's tuples are padded with empty
+#: arrays to a multiple of this, so every network up to this depth runs ONE compiled
+#: version of each kernel (a new tuple length, or a read-only array where a writable one
+#: was, is a new type to Numba: 10-15 s of compilation each, 13 of them in a CI run).
+LAYER_SLOTS = 12
+
+
+def _slots(n_layers: int) -> int:
+    return -(-n_layers // LAYER_SLOTS) * LAYER_SLOTS
+
+
+def _padded(items, length: int, template: np.ndarray) -> tuple:
+    """``items`` as a tuple of ``length`` arrays, the missing ones empty like ``template``."""
+    items = tuple(items)
+    empty = np.empty((0,) * template.ndim, template.dtype)
+    return items + (empty,) * (length - len(items))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (the kernels only read it; see LAYER_SLOTS)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def mlp_forward(X, idx, mean, inv_std, acts, col_ptrs, col_rowss, col_poss, datas, biases,
+                codes, slopes, rates, seeds, dfacs, n_threads, col0=0):
+    """Every layer's forward pass in one parallel region: :func:`gather_standardize`
+    into ``acts[0]``, then for each layer ``l`` :func:`sparse_forward` from ``acts[l]``
+    into ``acts[l + 1]`` with activation ``codes[l]``, slope ``slopes[l]``, dropout rate
+    ``rates[l]`` and seed ``seeds[l]``, writing ``dfacs[l]`` when it has columns
+    (``col0``: the first column's sample number in the step, as in :func:`sparse_forward`).
+
+    The per-layer arguments are tuples (one entry per layer); ``n_threads`` is
+    ``numba.get_num_threads()``. Same results as the separate kernels, bit for bit.
+    """
+    n = len(datas)
+    s = _slots(n)
+    def model(arrays):  # read-only, padded
+        return tuple(map(_frozen, _padded(arrays, s, arrays[0])))
+
+    _fused_forward(_frozen(X), idx, _frozen(mean), _frozen(inv_std), _padded(acts, s + 1, acts[0]),
+                   model(col_ptrs), model(col_rowss), model(col_poss), model(datas), model(biases),
+                   codes, slopes, rates, seeds, _padded(dfacs, s, acts[0]), np.int64(n),
+                   np.int64(n_threads), np.int64(col0))
+
+
+def mlp_backward(acts, deltas, prev_deltas, dfacs, row_ptrs, row_colss, datas, velocities,
+                 biases, bias_velocities, grads, bias_grads, inv_batch, lr, momentum,
+                 weight_decay, update, n_threads, lr_scales=None):
+    """Every layer's backward pass in one parallel region, last layer first: for layer
+    ``l``, :func:`sparse_backward` with ``a_prev = acts[l]``, ``delta = deltas[l]``,
+    ``dfac_prev = dfacs[l]`` and ``delta_prev = prev_deltas[l]`` (``deltas[l - 1]``, or
+    a ``(0, 0)`` array for the first layer), and the bias: :func:`bias_step` if
+    ``update``, else :func:`row_mean` into ``bias_grads[l]``. With ``update`` False the
+    weight gradients go to ``grads[l]`` (``GRAD_ADD``: are added to them, every mean
+    taken with ``inv_batch``). ``lr_scales`` (float32, one per layer; None: all 1)
+    multiplies the learning rate of layer ``l``'s connections (not of its bias).
+
+    Layer ``l - 1`` starts once every row of layer ``l`` is done (it reads the delta
+    layer ``l`` wrote). Tuples hold one entry per layer. Same results as the separate
+    kernels, bit for bit.
+    """
+    n = len(datas)
+    s = _slots(n)
+    f2, i8, i4, f1 = acts[0], row_ptrs[0], row_colss[0], datas[0]
+    scales = np.ones(n, np.float32) if lr_scales is None else np.asarray(lr_scales, np.float32)
+    _fused_backward(_padded(acts, s, f2), _padded(deltas, s, f2), _padded(prev_deltas, s, f2),
+                    _padded(dfacs, s, f2), _padded(row_ptrs, s, i8), _padded(row_colss, s, i4),
+                    _padded(datas, s, f1), _padded(velocities, s, f1), _padded(biases, s, f1),
+                    _padded(bias_velocities, s, f1), _padded(grads, s, f1),
+                    _padded(bias_grads, s, f1), np.float32(inv_batch), np.float32(lr),
+                    np.float32(momentum), np.float32(weight_decay), np.int64(update), np.int64(n),
+                    np.int64(n_threads), scales)
+
+
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
-def srelu_forward(out, params, drop_rate, seed, zbuf, dfac, col0=0):
+def srelu_forward(out, params, drop_rate, seed, zbuf, dfac, col0):
     """SReLU with per-neuron parameters ``(t_l, a_l, t_r, a_r) = params[:, j]`` and dropout,
     in place on the pre-activations ``out`` (n, B)::
 
