@@ -78,10 +78,33 @@ def test_growth_with_more_candidates_than_free_positions_scores_them_all(rng):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
+def test_importance_growth_takes_the_candidates_of_the_strongest_inputs(rng):
+    layer = _layer(rng)
+    layer.data[layer.rows() == 3] = 0.0  # an input with connections, all of them zero
+    survivors = layer.keys()[::2]
+    got = grow_positions(np.random.default_rng(5), layer, 40, survivors, grow="importance",
+                         candidates=3)
+    cand = sample_free_positions(np.random.default_rng(5), layer.n_in * layer.n_out, 120,
+                                 survivors)
+    # Brute force: each input's outgoing magnitude from the dense matrix (before pruning).
+    W = np.zeros((layer.n_in, layer.n_out))
+    for k, key in enumerate(layer.keys()):
+        W[key // layer.n_out, key % layer.n_out] = layer.data[k]
+    importance = np.abs(W).sum(axis=1)
+    score = importance[cand // layer.n_out]
+    want = np.sort(cand[np.argsort(-score, kind="stable")[:40]])
+    np.testing.assert_array_equal(got, want)
+    assert not np.isin(got, survivors).any()
+    # No signal needed; none taken either.
+    again = grow_positions(np.random.default_rng(5), layer, 40, survivors, grow="importance",
+                           signal=_signal(rng, layer), candidates=3)
+    np.testing.assert_array_equal(again, got)
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum", "importance"])
 def test_every_rule_keeps_counts_exact_and_survivors_their_momentum(rng, grow):
     layer = _layer(rng)
-    signal = None if grow == "random" else _signal(rng, layer, 2, 0.9)
+    signal = None if grow in ("random", "importance") else _signal(rng, layer, 2, 0.9)
     before = dict(zip(layer.keys().tolist(), zip(layer.data.tolist(),
                                                   layer.velocity.tolist(), strict=True),
                       strict=True))
@@ -97,8 +120,9 @@ def test_every_rule_keeps_counts_exact_and_survivors_their_momentum(rng, grow):
             assert (v, m) == (0.0, 0.0)  # grown: zero value, zero momentum
 
 
-def test_gradient_growth_never_forms_a_dense_matrix():
-    """A 200,000 x 200,000 layer (a dense float32 gradient: 160 GB) evolves by gradient
+@pytest.mark.parametrize("grow", ["gradient", "importance"])
+def test_scored_growth_never_forms_a_dense_matrix(grow):
+    """A 200,000 x 200,000 layer (a dense float32 gradient: 160 GB) evolves by scored
     growth with a few MB of allocations beyond its own arrays."""
     rng = np.random.default_rng(0)
     n, nnz, B = 200_000, 400_000, 16
@@ -110,7 +134,7 @@ def test_gradient_growth_never_forms_a_dense_matrix():
                             rng.normal(size=(n, B)).astype(np.float32))])
     tracemalloc.start()
     try:
-        rewired = evolve_layer(layer, 0.3, rng, grow="gradient", signal=signal)
+        rewired = evolve_layer(layer, 0.3, rng, grow=grow, signal=signal)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -142,7 +166,8 @@ def _train(ds, **overrides):
 
 
 @pytest.mark.parametrize("rule", [dict(grow="gradient"), dict(grow="momentum"),
-                                  dict(grow="gradient", zeta_schedule="cosine")])
+                                  dict(grow="gradient", zeta_schedule="cosine"),
+                                  dict(grow="importance")])
 def test_training_with_a_rule_is_seeded_and_keeps_the_counts(small, rule):
     _, model, hist = _train(small, **rule)
     _, again, _ = _train(small, **rule)

@@ -228,12 +228,13 @@ class TrainConfig:
         Fraction of positive and of negative connections rewired by SET each epoch.
     regrow : {"zero", "init"}
         Value of regrown connections: zero (default) or a draw from the initialiser.
-    grow : {"random", "gradient", "momentum"}
+    grow : {"random", "gradient", "momentum", "importance"}
         Where SET regrows (:mod:`sparsetrain.evolution`): random empty positions (the
         paper), or the best of ``grow_candidates`` times as many by gradient magnitude
-        (RigL-style) or gradient momentum, scored truly sparse.
+        (RigL-style), gradient momentum, or the importance of their input neuron
+        (``sum_j |w_ij|``), scored truly sparse.
     grow_candidates : int
-        Candidates scored per regrown connection by the gradient rules.
+        Candidates scored per regrown connection by the scored rules.
     zeta_schedule : {"constant", "cosine"}
         The rewired fraction over the epochs: ``zeta`` (the paper) or cosine-decayed.
     val_fraction : float
@@ -306,11 +307,12 @@ class TrainConfig:
         estimator=None)
     grow: str = _param(
         "random", Choice(GROW), "where SET regrows: random empty positions (the paper), or "
-        "those of largest gradient ('gradient', RigL-style) or gradient momentum "
-        "('momentum') among grow_candidates times as many random ones", estimator=None)
+        "those of largest gradient ('gradient', RigL-style), gradient momentum "
+        "('momentum') or input-neuron importance sum_j |w_ij| ('importance') among "
+        "grow_candidates times as many random ones", estimator=None)
     grow_candidates: int = _param(
         10, Interval(int, 1, None, "left"), "random empty positions scored per regrown "
-        "connection by the gradient rules (10)", estimator=None)
+        "connection by the scored rules (10)", estimator=None)
     zeta_schedule: str = _param(
         "constant", Choice(ZETA_SCHEDULES), "rewired fraction over the epochs: 'constant' "
         "(the paper) or 'cosine' (decays to 0, RigL)", estimator=None)

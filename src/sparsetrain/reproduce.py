@@ -57,7 +57,8 @@ class Variant:
 RULES = {"set": dict(grow="random", zeta_schedule="constant"),
          "rigl": dict(grow="gradient", zeta_schedule="cosine"),
          "gradient": dict(grow="gradient", zeta_schedule="constant"),
-         "momentum": dict(grow="momentum", zeta_schedule="constant")}
+         "momentum": dict(grow="momentum", zeta_schedule="constant"),
+         "importance": dict(grow="importance", zeta_schedule="constant")}
 
 
 VARIANTS = (
