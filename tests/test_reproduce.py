@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,9 +54,23 @@ def test_reproduce_madelon_small(datasets_dir, tmp_path, capsys):
     (["--ip-step", "0"], "'ip_step'"),
     (["--variants", "nope"], "'variants'"),
     (["--seeds", "0"], "'seeds'"),
+    (["--zeta", "1.5"], "'zeta'"),
 ])
 def test_reproduce_bad_options(datasets_dir, tmp_path, capsys, extra, message):
     code = main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
                  "--epochs", "2", "--out", str(tmp_path / "r"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_reproduce_zeta_reaches_every_sparse_run(datasets_dir, tmp_path):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
+                 "--epochs", "2", "--variants", "set-allrelu", "--rules", "set,importance",
+                 "--zeta", "0.5", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert "zeta = 0.5" in (out / "table.md").read_text()
+    for slug in ("set-allrelu", "set-allrelu-importance"):
+        config = json.loads((out / slug / "seed0" / "config.json").read_text())
+        flat = json.dumps(config)
+        assert '"zeta": 0.5' in flat
+    assert '"grow": "importance"' in flat

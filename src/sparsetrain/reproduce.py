@@ -98,13 +98,15 @@ def with_rules(variants, rules) -> list[Variant]:
 
 
 def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs, ip, progress,
-            val_fraction: float = 0.0):
+            val_fraction: float = 0.0, zeta: float | None = None):
     """Train (or resume, or just read) one run; returns its metrics history."""
     if (folder / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(folder, epochs=epochs, progress=progress)
     else:
         overrides = {"activation": variant.activation, "seed": seed, "epochs": epochs,
                      "val_fraction": val_fraction, **RULES[variant.rule]}
+        if zeta is not None:
+            overrides["zeta"] = zeta
         if variant.dense:
             overrides["init"] = "xavier"
         if variant.ip:
@@ -121,9 +123,10 @@ def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs,
 
 def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_start=None,
               ip_step=None, ip_percentile=None, variants=None, progress=None,
-              download=True, rules=("set",), val_fraction=0.0) -> list[dict]:
+              download=True, rules=("set",), val_fraction=0.0, zeta=None) -> list[dict]:
     """Run the Table 2 variants of ``dataset`` (under each of ``rules``); write the table
-    and figures into ``out``."""
+    and figures into ``out``. ``zeta``: the rewired fraction of every sparse run (default:
+    the preset's)."""
     from .data import load_dataset
 
     if not isinstance(seeds, int) or seeds < 1:
@@ -141,7 +144,8 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     ip = (start if ip_start is None else ip_start, step if ip_step is None else ip_step,
           20.0 if ip_percentile is None else ip_percentile)
     make_config(dataset, "paper", epochs=epochs, ip_start=ip[0], ip_step=ip[1],
-                ip_percentile=ip[2], val_fraction=val_fraction)  # validated before any work
+                ip_percentile=ip[2], val_fraction=val_fraction,
+                **({} if zeta is None else {"zeta": zeta}))  # validated before any work
     chosen = with_rules(chosen, rules)
     ds = load_dataset(dataset, data_dir, standardize=False, download=download)
     out = Path(out)
@@ -149,7 +153,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     for variant in chosen:
         for seed in range(seeds):
             hist = run_one(variant, seed, ds, dataset, out / variant.slug / f"seed{seed}", epochs,
-                           ip, progress, val_fraction)
+                           ip, progress, val_fraction, zeta)
             acc = [r["test_accuracy"] for r in hist]
             val = [r.get("val_accuracy") for r in hist]
             chosen_epoch = int(np.argmax(val)) if None not in val else None  # first best
@@ -168,7 +172,8 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
                          "hidden_neurons_end": _hidden_neurons(hist[-1]),
                          "minutes": sum(r["epoch_seconds"] for r in hist) / 60, "history": hist})
     write_text(out / "runs.csv", _runs_csv(runs))
-    write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction))
+    write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction,
+                                          zeta))
     _plots(out, chosen, runs)
     return runs
 
@@ -198,7 +203,7 @@ def _runs_csv(runs) -> str:
     return buf.getvalue()
 
 
-def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0) -> str:
+def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None) -> str:
     paper = PAPER_TABLE2.get(dataset)
     base = {v.slug: i for i, v in enumerate(VARIANTS)}
     val = (f" Validation: {100 * val_fraction:g}% of the training set held out; \"test acc at "
@@ -206,7 +211,8 @@ def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0) -> str:
            "honest protocol; the paper's is the best test accuracy)." if val_fraction else "")
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
-             "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
+             + ("" if zeta is None else f"SET rewires zeta = {zeta:g} (not the preset's). ")
+             + "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
              "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution); evolution seconds per epoch." + val, "",
              "| variant | best test acc | test acc at best val | final test acc | connections "
