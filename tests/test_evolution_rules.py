@@ -21,6 +21,7 @@ from sparsetrain.evolution import (
     scheduled_zeta,
     weakest_mask,
 )
+from sparsetrain.io import load_model
 from sparsetrain.layers import SparseLinear, sample_free_positions
 from sparsetrain.trainer import Trainer, build_model
 
@@ -198,6 +199,40 @@ def test_validation_split_is_held_out_and_reported(small, tmp_path):
     assert header[header.index("test_accuracy") + 1:][:2] == ["val_loss", "val_accuracy"]
     with pytest.raises(SparsetrainError, match="'val_fraction'"):
         make_config("synthetic", val_fraction=1.0)
+
+
+def test_best_validation_epoch_is_kept_as_evaluated_and_survives_a_resume(small, tmp_path):
+    cfg = make_config("synthetic", hidden=(32,), epsilon=5.0, epochs=6, val_fraction=0.25,
+                      ip_start=2, ip_step=1, seed=0)
+    model = build_model(cfg, small.X_train, small.n_classes)
+    trainer = Trainer(cfg, tmp_path / "a", progress=False, verbose=False)
+    hist = trainer.fit(model, small.X_train, small.y_train, small.X_test, small.y_test)
+    val = [r["val_accuracy"] for r in hist]
+    best, meta = load_model(tmp_path / "a" / "best_model.npz")
+    assert meta["epoch"] == int(np.argmax(val)) + 1 and meta["val_accuracy"] == max(val)
+    assert meta["epoch"] < 6  # a topology step (pruning, then SET) followed that epoch
+    # The saved network is the one evaluated (before that epoch's pruning and SET step).
+    _, _, (Xv, yv) = trainer.split_validation(small.X_train.astype(np.float32), small.y_train)
+    assert best.evaluate(Xv, yv) == (hist[meta["epoch"] - 1]["val_loss"], max(val))
+    # Interrupted after epoch 3 and resumed: the same best file, bit for bit.
+    cfg3 = make_config("synthetic", hidden=(32,), epsilon=5.0, epochs=3, val_fraction=0.25,
+                       ip_start=2, ip_step=1, seed=0)
+    Trainer(cfg3, tmp_path / "b", progress=False, verbose=False).fit(
+        build_model(cfg3, small.X_train, small.n_classes), small.X_train, small.y_train,
+        small.X_test, small.y_test)
+    again, m2 = Trainer.from_checkpoint(tmp_path / "b", epochs=6, progress=False)
+    again.verbose = False
+    again.fit(m2, small.X_train, small.y_train, small.X_test, small.y_test)
+    resumed, meta_b = load_model(tmp_path / "b" / "best_model.npz")
+    assert meta_b["epoch"] == meta["epoch"]
+    for a, b in zip(best.layers, resumed.layers, strict=True):
+        np.testing.assert_array_equal(a.keys(), b.keys())
+        np.testing.assert_array_equal(a.data, b.data)
+    # No split, no file.
+    cfg0 = make_config("synthetic", hidden=(32,), epsilon=5.0, epochs=1)
+    Trainer(cfg0, tmp_path / "c", progress=False, verbose=False).fit(
+        build_model(cfg0, small.X_train, small.n_classes), small.X_train, small.y_train)
+    assert not (tmp_path / "c" / "best_model.npz").exists()
 
 
 def test_reproduce_with_rules_and_validation(datasets_dir, tmp_path, capsys):

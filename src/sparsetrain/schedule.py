@@ -111,7 +111,7 @@ def marks_to_seconds(t0: float, t1: float, t2: float, t3: float) -> tuple[float,
 def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
               topology: Callable[..., None], on_non_finite: Callable[[float, str], None],
               X_test=None, y_test=None, progress: bool | None = False, X_val=None,
-              y_val=None) -> dict:
+              y_val=None, evaluated: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` for epoch ``epoch`` (1-based) of ``config`` on ``X, y``; returns its
     :func:`metrics_row`.
 
@@ -120,9 +120,10 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
     caller's seed key) after every epoch but the last; ``signal`` holds what the growth
     rule scores with (:func:`growth_signal`, None for random growth). ``X_val, y_val``:
     a validation split, evaluated after the test set (``val_loss``, ``val_accuracy``).
-    A non-finite batch or test loss calls ``on_non_finite(value, where)``, which is
-    expected to raise. ``progress``: a
-    tqdm bar over the batches (None: only on a terminal).
+    ``evaluated(scores)``, if given, sees the test and validation scores while the model
+    is still the one they measured (before the topology step). A non-finite batch or
+    test loss calls ``on_non_finite(value, where)``, which is expected to raise.
+    ``progress``: a tqdm bar over the batches (None: only on a terminal).
     """
     lr_scales = fan_in_lr_scales(model.layers, config.fan_in_ref)  # per layer, or None
     batch = config.batch_size
@@ -168,6 +169,8 @@ def run_epoch(model, X, y, config, epoch: int, *, shuffle_key: Sequence[int],
             on_non_finite(test["test_loss"], "evaluation")
     if X_val is not None:
         test["val_loss"], test["val_accuracy"] = model.evaluate(X_val, y_val)
+    if evaluated is not None:
+        evaluated(test)
     t2 = time.perf_counter()
     if epoch < config.epochs:  # the topology changes after every epoch but the last
         topology(signal)

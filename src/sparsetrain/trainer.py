@@ -6,7 +6,9 @@ resumed after epoch ``e - 1`` continues exactly as the uninterrupted run would.
 
 With an output folder, every finished epoch writes (atomically, in this order)
 ``model.npz`` (weights, momentum, config, metrics history, epoch) and
-``metrics.csv``; the learning-curve PNG is drawn when training stops.
+``metrics.csv``; the learning-curve PNG is drawn when training stops. With a validation
+split, ``best_model.npz`` holds the network of the epoch of best validation accuracy
+(the first such epoch), as it was evaluated: before that epoch's topology step.
 """
 
 from __future__ import annotations
@@ -139,6 +141,24 @@ class Trainer:
         trainer.history = [r for r in meta.get("history", []) if r["epoch"] <= trainer.epoch]
         return trainer, model
 
+    @property
+    def best_model_path(self) -> Path | None:
+        """``best_model.npz``: the network of the best validation epoch (with a split)."""
+        return self.out_dir / "best_model.npz" if self.out_dir else None
+
+    def _keep_best(self, model: SparseMLP, epoch: int, scores: dict) -> None:
+        """Write ``best_model.npz`` when ``scores`` beat every earlier validation accuracy
+        of the run (the history holds them, also after a resume)."""
+        acc = scores.get("val_accuracy")
+        if self.out_dir is None or acc is None:
+            return
+        earlier = [r["val_accuracy"] for r in self.history if "val_accuracy" in r]
+        if earlier and not acc > max(earlier):
+            return
+        save_model(self.best_model_path, model, {"epoch": epoch, "val_accuracy": acc,
+                                                 "test_accuracy": scores.get("test_accuracy"),
+                                                 "run": self.run_info})
+
     def _save(self, model: SparseMLP) -> None:
         if self.out_dir is None:
             return
@@ -253,7 +273,7 @@ class Trainer:
                         topology=lambda signal: self._topology_step(model, epoch, signal),
                         on_non_finite=lambda value, where: self._non_finite(value, epoch, where),
                         X_test=X_test, y_test=y_test, progress=self.progress, X_val=X_val,
-                        y_val=y_val)
+                        y_val=y_val, evaluated=lambda scores: self._keep_best(model, epoch, scores))
         if epoch == cfg.epochs:
             self.evolved = False  # the step after the last epoch waits for a longer schedule
         if self.verbose:
