@@ -211,7 +211,7 @@ def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None
            "honest protocol; the paper's is the best test accuracy)." if val_fraction else "")
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
-             + ("" if zeta is None else f"SET rewires zeta = {zeta:g} (not the preset's). ")
+             + ("" if zeta is None else f"SET rewires zeta = {zeta:g} (--zeta). ")
              + "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
              "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution); evolution seconds per epoch." + val, "",
