@@ -34,7 +34,7 @@ Where to regrow is a rule of the table :data:`GROW` (``grow``):
 * ``importance``: the same candidates, scored by the importance of their *input* neuron
   as a source, ``sum_j |w_ij|`` over its connections at the end of the epoch (before
   the pruning; Importance Pruning's measure turned to the outgoing side, see
-  :func:`source_importance`). New connections go out of the inputs the layer already
+  :func:`sparsetrain.pruning.source_importance`). New connections go out of the inputs the layer already
   relies on, where random growth spends most of them on inputs that carry nothing
   (on Madelon 480 of the 500 features are noise). No gradient signal: ``O(nnz +
   candidates x regrown)``.
@@ -56,6 +56,7 @@ import numpy as np
 
 from .errors import SparsetrainError
 from .layers import SparseLinear, sample_free_positions
+from .pruning import source_importance
 
 #: Where SET regrows (see the module docstring).
 GROW = ("random", "gradient", "momentum", "importance")
@@ -117,24 +118,6 @@ def _add_products(A, D, rows, cols, weight, out):
         for b in range(B):
             acc += np.float64(a[b]) * np.float64(d[b])
         out[k] += weight * acc
-
-
-@numba.njit(parallel=True, cache=True)
-def _row_abs_sums(row_ptr, data, out):
-    """``out[i] = sum |data[k]|`` over ``k`` in row ``i`` (float64 sums)."""
-    for i in numba.prange(out.shape[0]):
-        acc = 0.0
-        for k in range(row_ptr[i], row_ptr[i + 1]):
-            acc += abs(np.float64(data[k]))
-        out[i] = acc
-
-
-def source_importance(layer: SparseLinear) -> np.ndarray:
-    """Per input neuron ``i`` of ``layer``, ``sum_j |w_ij|`` over its connections (float64,
-    ``(n_in,)``): how much the layer draws on it."""
-    out = np.empty(layer.n_in, np.float64)
-    _row_abs_sums(layer.row_ptr, layer.data, out)
-    return out
 
 
 def grow_positions(rng: np.random.Generator, layer: SparseLinear, n_new: int,

@@ -81,6 +81,13 @@ def neuron_importance(layer: SparseLinear) -> np.ndarray:
     return np.bincount(layer.row_cols, weights=np.abs(layer.data), minlength=layer.n_out)
 
 
+def source_importance(layer: SparseLinear) -> np.ndarray:
+    """The same measure on the outgoing side, ``sum_j |W_ij|`` for every input ``i`` of
+    ``layer`` (how much the layer draws on it; what importance growth scores with):
+    (n_in,) float64."""
+    return np.bincount(layer.rows(), weights=np.abs(layer.data), minlength=layer.n_in)
+
+
 def select_pruned(importance: np.ndarray, percentile: float, population: int | None = None
                   ) -> np.ndarray:
     """Boolean mask of neurons at or below the ``percentile``-th percentile (keeps >= 1).
