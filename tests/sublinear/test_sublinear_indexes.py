@@ -29,8 +29,15 @@ def fired_lists(idx, X):
     return [np.sort(indices[indptr[q] : indptr[q + 1]]) for q in range(X.shape[0])]
 
 
-def check_exact(name, W, X, shift):
-    idx = make_index(name, **SMALL[name]).build(W, shift, X)
+#: every index with its small parameters, and the correlation tree with float32 keys too
+CONFIGS = [(name, SMALL[name]) for name in INDEXES] + [
+    ("correlation-tree", {**SMALL["correlation-tree"], "keys": "float32"})
+]
+CONFIG_IDS = [name + ("-" + p["keys"] if "keys" in p else "") for name, p in CONFIGS]
+
+
+def check_exact(name, W, X, shift, params=None):
+    idx = make_index(name, **(SMALL[name] if params is None else params)).build(W, shift, X)
     got = fired_lists(idx, X)
     want = truth_sets(W, X, shift)
     for q in range(X.shape[0]):
@@ -86,22 +93,22 @@ def adversarial_cases():
 CASES = adversarial_cases()
 
 
-@pytest.mark.parametrize("name", list(INDEXES))
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_fired_sets_equal_brute_force(name, case):
+def test_fired_sets_equal_brute_force(name, params, case):
     _, W, X, shift = case
-    check_exact(name, np.ascontiguousarray(W), X, shift)
+    check_exact(name, np.ascontiguousarray(W), X, shift, params)
 
 
 @pytest.mark.parametrize("with_norms", [False, True], ids=["exact-drift", "step-norms"])
-@pytest.mark.parametrize("name", list(INDEXES))
-def test_updates_keep_answers_exact(name, with_norms):
+@pytest.mark.parametrize(("name", "params"), CONFIGS, ids=CONFIG_IDS)
+def test_updates_keep_answers_exact(name, params, with_norms):
     rng = np.random.default_rng(3)
     m, d = 800, 5
     W = rng.standard_normal((m, d))
     X = unit_rows(rng, 16, d)
     shift = 1.2
-    params = dict(SMALL[name])
+    params = dict(params)
     if name == "halfspace-tree":
         params["rebuild_factor"] = 0.3  # force a rebuild in between
     idx = make_index(name, **params).build(W, shift, X)
@@ -124,6 +131,43 @@ def test_updates_keep_answers_exact(name, with_norms):
         assert idx.stats["rebuilds"] >= 1
     if name == "correlation-tree":
         assert idx.stats["rebuilds"] >= 1  # re-anchored neurons
+
+
+@pytest.mark.parametrize("with_norms", [False, True], ids=["exact-drift", "step-norms"])
+def test_int16_keys_saturate_and_stay_exact(with_norms):
+    """Weights grown far past the build's largest norm: re-anchored keys saturate, answers stay exact."""
+    rng = np.random.default_rng(12)
+    m, d = 600, 4
+    W = rng.standard_normal((m, d))
+    X = unit_rows(rng, 10, d)
+    shift = 0.8
+    idx = make_index("correlation-tree", leaf_block=4, fanout=3, keys="int16").build(W, shift, X)
+    for scale in (8.0, -8.0, 0.05):  # grow both signs far past the key range, then shrink
+        rows = rng.choice(m, size=80, replace=False)
+        old = W[rows].copy()
+        W[rows] *= scale
+        idx.update(rows, np.linalg.norm(W[rows] - old, axis=1) * (1 + 1e-12) if with_norms else None)
+        if scale > 1:
+            assert (np.abs(idx._V) == K.KEY_MAX).any()  # some keys really are saturated
+        got = fired_lists(idx, X)
+        want = truth_sets(W, X, shift)
+        for q in range(X.shape[0]):
+            np.testing.assert_array_equal(got[q], want[q])
+    err, bound = stored_value_bound(idx, W, X)
+    sat = np.abs(idx._V) == K.KEY_MAX
+    assert (err[~sat] <= bound[~sat]).all()  # unsaturated keys are within their bound
+
+
+def test_index_bytes_per_pair():
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((4096, 4)), unit_rows(rng, 8, 4)
+    got = {
+        k: make_index("correlation-tree", keys=k).build(W, 1.0, X).bytes_per_pair
+        for k in ("int16", "float32")
+    }
+    # keys, plus the tree's 256 + 16 + 1 maxima per point padded to whole 64-byte lines (288)
+    assert got["int16"] == pytest.approx(2 * (4096 + 288) / 4096)
+    assert got["float32"] == pytest.approx(4 * (4096 + 288) / 4096)
 
 
 def test_exact_table_lists_the_exact_indexes():
@@ -189,24 +233,23 @@ def sgd_steps(idx, W, a, X, y, n_steps, seed, lr=3.0, batch=8, coefs=True):
     rng = np.random.default_rng(seed)
     m = W.shape[0]
     step = lr / (batch * np.sqrt(m))
-    stamp, acc = np.zeros(m + 1, np.int64), np.zeros(m)
     for _ in range(n_steps):
         ids = np.sort(rng.choice(X.shape[0], size=batch, replace=False))
         indptr, indices = idx.query(X[ids], ids)
         f = K.sparse_forward(W, a, idx.shift, X[ids], indptr, indices)
         res = f - y[ids]
-        rows, norms = K.sparse_sgd_update(W, a, step, X[ids], res, indptr, indices, stamp, acc)
+        rows, norms = K.sparse_sgd_update(W, a, step, X[ids], res, indptr, indices)
         idx.update(rows, norms, SpanUpdate(ids, indptr, indices, -(step * res), a) if coefs else None)
 
 
 def stored_value_bound(idx, W, X):
     """|V[i, r] - canonical <w_r, x_i>| and the bound the index relies on (same shapes)."""
     Z = K.canonical_dots(W, X)  # (n, m)
-    V = idx._V.astype(np.float64)
+    kscale, krel, kabs = idx._keys
+    V = idx._V.astype(np.float64) * kscale[:, None]  # the stored values the keys stand for
     err = np.abs(V - Z)
-    bound = (
-        K.F32_REL * np.abs(V) + idx._drift[None, :] * idx._xnorm[:, None] + idx._aerr[None, :] + idx._tol()
-    )
+    key_err = krel * np.abs(V) + kabs[:, None]
+    bound = key_err + idx._drift[None, :] * idx._xnorm[:, None] + idx._aerr[None, :] + idx._tol()
     return err, bound
 
 
@@ -219,9 +262,8 @@ def test_gram_updates_keep_values_and_fired_sets_exact(radius):
     X = unit_rows(rng, n, d)
     y = rng.standard_normal(n)
     shift = 1.0
-    idx = make_index("correlation-tree", radius=radius, leaf_block=4, fanout=3, span_slots=4).build(
-        W, shift, X
-    )
+    tree = {"radius": radius, "leaf_block": 4, "fanout": 3, "span_slots": 4, "keys": "float32"}
+    idx = make_index("correlation-tree", **tree).build(W, shift, X)
     sgd_steps(idx, W, a, X, y, n_steps=150, seed=5)
     st = idx.stats
     assert st["reanchored_gram"] > 0, st
@@ -230,7 +272,7 @@ def test_gram_updates_keep_values_and_fired_sets_exact(radius):
         assert idx._aerr.max() > 0  # Gram-derived anchors carry a (bounded) error
     err, bound = stored_value_bound(idx, W, X)
     assert (err <= bound).all(), float((err - bound).max())
-    assert idx._aerr.max() <= 128 * K.F32_REL * idx._wmax * idx._xmax
+    assert idx._aerr.max() <= idx.aerr_cap()
     got = fired_lists(idx, X)
     want = truth_sets(W, X, shift)
     for q in range(n):
@@ -246,8 +288,8 @@ def test_gram_anchor_values_match_direct_recompute():
     X = unit_rows(rng, n, d)
     y = rng.standard_normal(n)
     W1, W2 = W0.copy(), W0.copy()
-    gram = make_index("correlation-tree", radius=0.0, span_slots=2).build(W1, 0.8, X)
-    direct = make_index("correlation-tree", radius=0.0, span_slots=0).build(W2, 0.8, X)
+    gram = make_index("correlation-tree", radius=0.0, span_slots=2, keys="float32").build(W1, 0.8, X)
+    direct = make_index("correlation-tree", radius=0.0, span_slots=0, keys="float32").build(W2, 0.8, X)
     sgd_steps(gram, W1, a, X, y, n_steps=60, seed=1)
     sgd_steps(direct, W2, a, X, y, n_steps=60, seed=1)
     np.testing.assert_array_equal(W1, W2)  # same fired sets, so the same SGD trajectory
@@ -256,14 +298,14 @@ def test_gram_anchor_values_match_direct_recompute():
     bound = K.F32_REL * (np.abs(Vg) + np.abs(Vd)) + gram._aerr[None, :] + gram._tol() + direct._tol()
     assert (np.abs(Vg - Vd) <= bound).all()
     assert np.abs(Vg - Vd).max() > 0  # the Gram path really produced its own values
-    np.testing.assert_array_equal(gram._tmax, K_tmax_from(gram))
+    np.testing.assert_array_equal(gram._tmax[:, : gram._offsets[-1]], K_tmax_from(gram))
 
 
 def K_tmax_from(idx):
-    """Max trees rebuilt from scratch from the index's stored values."""
+    """Max trees rebuilt from scratch from the index's stored values (without the row padding)."""
     t = np.empty_like(idx._tmax)
     K.ct_build_maxima(idx._V, idx.leaf_block, idx.fanout, idx._offsets, t)
-    return t
+    return t[:, : idx._offsets[-1]]
 
 
 def test_wrong_or_missing_coefficients_fall_back_to_direct():

@@ -88,17 +88,22 @@ def test_tree_queries(problem, name):
         np.testing.assert_array_equal(np.sort(indices[indptr[q] : indptr[q + 1]]), truth[q])
 
 
-def test_ct_query_batch_counters_and_full_buffer(problem):
-    W, X, shift, _ = problem
-    idx = make_index("correlation-tree", leaf_block=4, fanout=3).build(W, shift, X)
+@pytest.mark.parametrize("keys", ["float32", "int16"])
+def test_ct_query_batch_counters_and_full_buffer(problem, keys):
+    W, X, shift, truth = problem
+    idx = make_index("correlation-tree", leaf_block=4, fanout=3, keys=keys).build(W, shift, X)
     ids = np.arange(X.shape[0])
-    trees = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets)
+    trees = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets, idx._keys)
     args = (*trees, W, idx._drift, idx._aerr, X, ids, idx._xnorm, shift, 0.01, 0.0, idx._tol())
 
     def run(cap):
         out = np.full((X.shape[0], cap), -1, np.int64)
-        counts, vis, ref = K.ct_query_batch(*args, out, cap)
+        counts, vis, ref = K.ct_query_batch(*args, out, cap, idx._front)
         return out, counts, np.array([vis, ref])
+
+    out, counts, _ = run(W.shape[0])
+    for q in range(X.shape[0]):  # exact, and already ascending (no sort here)
+        np.testing.assert_array_equal(out[q, : counts[q]], truth[q])
 
     assert_same(on_threads(lambda: run(W.shape[0])))
     assert all((r[1] < 0).any() for r in on_threads(lambda: run(1)))
@@ -132,12 +137,13 @@ def test_ct_build_maxima(problem):
         )
 
 
-def test_ct_refresh_columns(problem):
+@pytest.mark.parametrize("keys", ["int16", "float32"])
+def test_ct_refresh_columns(problem, keys):
     W0, X, shift, _ = problem
     rng = np.random.default_rng(9)
-    base = make_index("correlation-tree", leaf_block=4, fanout=3, radius=0.0, span_slots=3).build(
-        W0, shift, X
-    )
+    tree = {"leaf_block": 4, "fanout": 3, "radius": 0.0, "span_slots": 3, "keys": keys}
+    base = make_index("correlation-tree", **tree).build(W0, shift, X)
+    kscale, krel, kabs = base._keys
     m, n = W0.shape[0], X.shape[0]
     far = np.sort(rng.choice(m, 300, replace=False))
     use = rng.random(300) < 0.5  # half Gram, half direct
@@ -150,14 +156,14 @@ def test_ct_refresh_columns(problem):
 
     def run():
         V, T = base._V.copy(), base._tmax.copy()
-        K.ct_refresh_columns(W, far, use, cnt, sid, sc, base._G, X, V, T, 4, 3, base._offsets)
+        K.ct_refresh_columns(W, far, use, cnt, sid, sc, base._G, X, V, T, 4, 3, base._offsets, base._keys)
         return V, T
 
     res = on_threads(run)
     assert_same(res)
     V, T = res[0]
     # NumPy reference: Gram columns, direct columns, untouched columns, rebuilt maxima
-    ref = base._V.astype(np.float64)
+    ref = base._V.astype(np.float64) * kscale[:, None]  # the values the keys stand for
     for t, r in enumerate(far):
         if use[t]:
             col = ref[:, r].copy()
@@ -165,12 +171,48 @@ def test_ct_refresh_columns(problem):
                 col += sc[r, s] * base._G[:, sid[r, s]]
         else:
             col = X @ W[r]
-        np.testing.assert_allclose(V[:, r], col.astype(np.float32), rtol=1e-6, atol=1e-6)
+        got = V[:, r].astype(np.float64) * kscale
+        np.testing.assert_array_less(np.abs(got - col), krel * np.abs(col) + kabs + 1e-12)
     other = np.setdiff1d(np.arange(m), far)
     np.testing.assert_array_equal(V[:, other], base._V[:, other])
     T2 = np.empty_like(T)
     K.ct_build_maxima(V, 4, 3, base._offsets, T2)
-    np.testing.assert_array_equal(T, T2)
+    used = base._offsets[-1]  # the rows are padded to whole cache lines
+    np.testing.assert_array_equal(T[:, :used], T2[:, :used])
+
+
+def test_sparse_sgd_update(problem):
+    W0, X, shift, truth = problem
+    rng = np.random.default_rng(3)
+    a = rng.choice([-1.0, 1.0], W0.shape[0])
+    coef = rng.standard_normal(X.shape[0])
+    indptr = np.concatenate([[0], np.cumsum([t.size for t in truth])]).astype(np.int64)
+    indices = np.concatenate(truth).astype(np.int64)
+
+    def run():
+        W = W0.copy()
+        rows, norms = K.sparse_sgd_update(W, a, 0.25, X, coef, indptr, indices)
+        return W, rows, norms
+
+    res = on_threads(run)
+    assert_same(res)  # the same bits and row order on any thread count
+    W, rows, norms = res[0]
+    # serial reference: queries in order, each adding its step to its fired rows
+    Wr = W0.copy()
+    bound = np.zeros(W0.shape[0])
+    for q in range(X.shape[0]):
+        for r in truth[q]:
+            g = 0.25 * coef[q] * a[r]
+            Wr[r] -= g * X[q]
+            bound[r] += abs(g) * np.linalg.norm(X[q])
+    np.testing.assert_array_equal(W, Wr)
+    np.testing.assert_array_equal(rows, np.unique(indices))
+    np.testing.assert_allclose(norms, bound[rows], rtol=1e-14)
+    bad = indices.copy()
+    q = next(q for q in range(X.shape[0]) if truth[q].size > 1)
+    bad[indptr[q] : indptr[q + 1]] = bad[indptr[q] : indptr[q + 1]][::-1]
+    with pytest.raises(ValueError, match="ascending"):
+        K.sparse_sgd_update(W0.copy(), a, 0.25, X, coef, indptr, bad)
 
 
 def test_sparse_forward(problem):

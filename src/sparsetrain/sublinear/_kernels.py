@@ -31,9 +31,51 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.core.extending import intrinsic, overload
+
+from .._kernels import _prefetch
 
 TOL_REL = 1e-15  # > 4 * 2^-53: covers two dot-product rounding errors of gamma_d each
 F32_REL = 1.2e-7  # > 2^-24 (1 + tiny): relative error of rounding a float64 to float32
+
+
+#: Elements of a work list ahead of the one being processed whose memory the loops over
+#: scattered rows (tree frontiers, leaf blocks, fired rows of ``W``) prefetch: enough
+#: lines in flight to hide DRAM latency, few enough that they are still in cache.
+AHEAD = 12
+
+
+@intrinsic
+def prefetch(typingctx, arr, flat):
+    """Prefetch (read) the cache line of element ``flat`` of a C-contiguous array.
+
+    A hint only: it never faults and changes no result.  Numba has no prefetch of
+    its own, so this emits ``llvm.prefetch`` through the core kernels' helper.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(flat, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        _prefetch(builder, builder.gep(ary.data, [idx]), 1)
+        return context.get_dummy_value()
+
+    return types.void(arr, flat), codegen
+
+
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose first element starts a cache line.
+
+    Large NumPy buffers start 16 bytes into a page, so a 64-byte leaf block or a
+    128-byte weight row would straddle one more line than it needs to.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(n * dtype.itemsize + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 @numba.njit(cache=True)
@@ -382,50 +424,140 @@ def ct_build_maxima(V, leaf_block, fanout, offsets, tmax):
                 tmax[i, offsets[lev] + j] = mx
 
 
+#: Largest magnitude of an ``int16`` key; the scale of point ``i`` maps ``KEY_MAX`` to at least
+#: ``max(||x_i|| wmax, |b| + 1)``, so keys saturate only after a weight outgrows the build's norm.
+KEY_MAX = 32767
+
+
+def store_key(V, i, r, v, s):
+    """``V[i, r] <- key of v`` (float32 rounding, or int16 ``round(v / s)`` saturated)."""
+
+
+@overload(store_key)
+def _store_key_impl(V, i, r, v, s):
+    if isinstance(V, types.Array) and V.dtype == types.int16:
+
+        def impl(V, i, r, v, s):
+            t = np.rint(v / s)
+            if t > KEY_MAX:
+                t = KEY_MAX
+            elif t < -KEY_MAX:
+                t = -KEY_MAX
+            V[i, r] = np.int16(t)
+
+        return impl
+
+    def impl(V, i, r, v, s):
+        V[i, r] = np.float32(v)
+
+    return impl
+
+
+def key_saturated(V, i, r):
+    """Whether ``V[i, r]`` is a saturated int16 key (its value is only a bound); never for float32."""
+
+
+@overload(key_saturated)
+def _key_saturated_impl(V, i, r):
+    if isinstance(V, types.Array) and V.dtype == types.int16:
+        return lambda V, i, r: V[i, r] == KEY_MAX or V[i, r] == -KEY_MAX
+    return lambda V, i, r: False
+
+
+@numba.njit(parallel=True, cache=True)
+def ct_encode_block(Z, r0, kscale, V):
+    """``V[:, r0:r0+Z.shape[1]] <- keys of Z`` (n, blk) float64, per-point scale ``kscale`` (n,)."""
+    n, blk = Z.shape
+    for i in numba.prange(n):
+        s = kscale[i]
+        for c in range(blk):
+            store_key(V, i, r0 + c, Z[i, c], s)
+
+
 @numba.njit(cache=True)
 def _ct_query_one(
-    V, tmax, leaf_block, fanout, offsets, W, drift, aerr, x, i, xn, shift, band, amax, tol, out, q, cap, stack
+    V,
+    tmax,
+    leaf_block,
+    fanout,
+    offsets,
+    keys,
+    W,
+    drift,
+    aerr,
+    x,
+    i,
+    xn,
+    shift,
+    band,
+    amax,
+    tol,
+    out,
+    q,
+    cap,
+    fa,
+    fb,
 ):
-    """One query of :func:`ct_query_batch`: returns (count or -1 if full, visited, refreshed)."""
-    m = V.shape[1]
+    """One query of :func:`ct_query_batch`: returns (count or -1 if full, visited, refreshed).
+
+    Level-synchronous: the frontier of one level (ascending node numbers, in
+    ``fa``/``fb``) gives the next; each node's children are one contiguous run,
+    and the run ``AHEAD`` nodes on is prefetched, so many lines are in flight
+    at once instead of one dependent miss per node.  Leaf blocks are scanned the
+    same way, so the fired neurons come out ascending.
+    """
+    m = W.shape[0]
+    kscale, krel, kabs = keys
+    s = kscale[i]
+    ea = kabs[i]
     n_lev = offsets.shape[0] - 1
+    cut = shift - tol - band * xn - amax  # below: cannot fire whatever the neuron's own bounds
+    sure = shift + tol + band * xn + amax  # above: fires whatever the neuron's own bounds
+    root = np.float64(tmax[i, offsets[n_lev - 1]]) * s
+    if root + krel * abs(root) + ea < cut:
+        return 0, 0, 0
+    tbase = i * tmax.shape[1]
+    cur, nxt = fa, fb
+    cur[0] = 0
+    nc = 1
     visited = 0
+    for lev in range(n_lev - 1, 0, -1):
+        lo = offsets[lev - 1]
+        size_below = offsets[lev] - lo
+        nn = 0
+        for t in range(nc):
+            if t + AHEAD < nc:
+                prefetch(tmax, tbase + lo + cur[t + AHEAD] * fanout)
+            j = cur[t]
+            for ch in range(j * fanout, min(j * fanout + fanout, size_below)):
+                mx = np.float64(tmax[i, lo + ch]) * s
+                if mx + krel * abs(mx) + ea >= cut:
+                    nxt[nn] = ch
+                    nn += 1
+        visited += nc
+        cur, nxt = nxt, cur
+        nc = nn
+    visited += nc
+    vbase = i * V.shape[1]
     refreshed = 0
-    cut = shift - tol - band * xn - amax
     c = 0
-    sp = 0
-    root = offsets[n_lev - 1]
-    if tmax[i, root] + F32_REL * abs(tmax[i, root]) >= cut:
-        stack[0] = n_lev - 1
-        stack[1] = 0
-        sp = 2
-    while sp > 0:
-        sp -= 2
-        lev = stack[sp]
-        j = stack[sp + 1]
-        visited += 1
-        if lev > 0:
-            lo = offsets[lev - 1]
-            hi_c = min(j * fanout + fanout, offsets[lev] - lo)
-            for ch in range(hi_c - 1, j * fanout - 1, -1):  # pushed high to low
-                mx = tmax[i, lo + ch]
-                if mx + F32_REL * abs(mx) >= cut:
-                    stack[sp] = lev - 1
-                    stack[sp + 1] = ch
-                    sp += 2
-            continue
-        r0 = j * leaf_block
+    for t in range(nc):
+        if t + AHEAD < nc:
+            prefetch(V, vbase + cur[t + AHEAD] * leaf_block)
+        r0 = cur[t] * leaf_block
         for r in range(r0, min(r0 + leaf_block, m)):
-            v = np.float64(V[i, r])
-            if v + F32_REL * abs(v) < cut:  # below the band: skip without reading drift
+            v = np.float64(V[i, r]) * s
+            ek = krel * abs(v) + ea
+            if v + ek < cut:  # below the band: skip without reading drift
                 continue
-            e = F32_REL * abs(v) + drift[r] * xn + aerr[r]
-            if v + e < shift - tol:
-                continue
-            if v - e <= shift + tol:
-                refreshed += 1
-                if not (_dot(W, r, x) > shift):
+            if v - ek <= sure:  # near b: the neuron's own bounds decide, else a canonical dot
+                e = ek + drift[r] * xn + aerr[r]
+                if v + e < shift - tol:
                     continue
+                if v - e <= shift + tol:
+                    refreshed += 1
+                    if not (_dot(W, r, x) > shift):
+                        continue
             if c >= cap:
                 return -1, visited, refreshed
             out[q, c] = r
@@ -435,33 +567,55 @@ def _ct_query_one(
 
 @numba.njit(parallel=True, cache=True)
 def ct_query_batch(
-    V, tmax, leaf_block, fanout, offsets, W, drift, aerr, X, ids, xnorm, shift, band, amax, tol, out, cap
+    V,
+    tmax,
+    leaf_block,
+    fanout,
+    offsets,
+    keys,
+    W,
+    drift,
+    aerr,
+    X,
+    ids,
+    xnorm,
+    shift,
+    band,
+    amax,
+    tol,
+    out,
+    cap,
+    front,
 ):
     """Exact fired sets of training points ``ids`` from the per-point max trees.
 
-    ``V[i, r]`` approximates ``<w_r(ref), x_i>``: ``|V[i, r] - <w_r(ref), x_i>|
-    <= F32_REL |V[i, r]| + aerr[r]`` (+ the build's BLAS error, inside
-    ``tol``); ``drift[r] >= ||w_r - w_r(ref)||``.  By Cauchy-Schwarz
-    ``|<w_r, x_i> - <w_r(ref), x_i>| <= drift[r] ||x_i||``, so with ``e =
-    F32_REL |v| + drift[r] ||x_i|| + aerr[r]`` the pair (r, i):
+    ``V[i, r]`` is a key of ``<w_r(ref), x_i>``; with ``keys = (kscale (n,),
+    krel, kabs (n,))`` its value is ``v = V[i, r] kscale[i]`` and ``|v -
+    <w_r(ref), x_i>| <= krel |v| + kabs[i] + aerr[r]`` (+ the build's BLAS
+    error, inside ``tol``): float32 keys have ``kscale = 1``, ``krel =
+    F32_REL``, ``kabs = 0``; int16 keys a per-point scale and half a step of
+    it (saturated keys stay on the safe side, see :class:`CorrelationTreeIndex`).
+    ``drift[r] >= ||w_r - w_r(ref)||``.  By Cauchy-Schwarz ``|<w_r, x_i> -
+    <w_r(ref), x_i>| <= drift[r] ||x_i||``, so with ``e = krel |v| + kabs[i] +
+    drift[r] ||x_i|| + aerr[r]`` the pair (r, i):
 
     * fires for sure if ``v - e > b + tol``;
     * cannot fire if ``v + e < b - tol``;
     * otherwise (the band near the threshold) is refreshed with :func:`_dot`.
 
-    A subtree is entered only if ``max + F32_REL |max| >= b - tol - band
-    ||x_i|| - amax`` with ``band >= max_r drift[r]`` and ``amax >= max_r
-    aerr[r]``.  Parallel over queries, one (level, node) stack each; returns
-    (counts (B,), nodes visited, pairs refreshed), ``counts[q] = -1`` when
-    row ``q`` of ``out`` is full.
+    A subtree is entered only if ``max + krel |max| + kabs[i] >= b - tol -
+    band ||x_i|| - amax`` with ``band >= max_r drift[r]`` and ``amax >= max_r
+    aerr[r]``.  Parallel over queries; ``front`` (threads, 2, blocks) int64
+    holds each thread's two frontier buffers.  Returns (counts (B,), nodes
+    visited, pairs refreshed), ``counts[q] = -1`` when row ``q`` of ``out`` is
+    full.  Fired neurons are reported in ascending order.
     """
     B = ids.shape[0]
     counts = np.zeros(B, np.int64)
     visited = np.zeros(B, np.int64)
     refreshed = np.zeros(B, np.int64)
-    stack_len = 2 * fanout * offsets.shape[0] + 4
     for q in numba.prange(B):
-        stack = np.empty(stack_len, np.int64)
+        tid = numba.get_thread_id()
         i = ids[q]
         c, v, k = _ct_query_one(
             V,
@@ -469,6 +623,7 @@ def ct_query_batch(
             leaf_block,
             fanout,
             offsets,
+            keys,
             W,
             drift,
             aerr,
@@ -482,7 +637,8 @@ def ct_query_batch(
             out,
             q,
             cap,
-            stack,
+            front[tid, 0],
+            front[tid, 1],
         )
         counts[q] = c
         visited[q] = v
@@ -592,7 +748,7 @@ def ct_note_update(
 
 @numba.njit(cache=True)
 def ct_plan_reanchor(
-    W, Wref, drift, far, slot_cnt, slot_ids, slot_c, Xtrain, xnorm, xmax, aerr, cap, gram_on
+    W, Wref, drift, far, slot_cnt, slot_ids, slot_c, Xtrain, xnorm, xmax, aerr, cap, gram_on, krel, kabs_max
 ):
     """Maintenance phase 2 (serial, ``O(|far| S d)``): choose Gram or direct per neuron.
 
@@ -605,9 +761,10 @@ def ct_plan_reanchor(
     direct path); they never make an answer wrong.  New anchor error, for
     every training point (``VB >= |V[i, r]|``, ``CX = sum_s |c_s| ||x_s||``)::
 
-        aerr <- aerr + F32_REL VB + P xmax + TOL_REL (d + cnt + 2) (VB + 1.01 CX xmax)
+        aerr <- aerr + krel VB + kabs_max + P xmax + TOL_REL (d + cnt + 2) (VB + 1.01 CX xmax)
 
-    (old float32 rounding, unexplained residual, Gram and summation rounding;
+    (old key rounding (float32: ``krel = F32_REL``; int16: ``kabs_max``, half a
+    step), unexplained residual, Gram and summation rounding;
     ``TOL_REL >= 4u`` covers ``gamma_d + gamma_(cnt+1)``).  The direct path
     resets ``aerr`` to 0.  Then ``w_r(ref) <- w_r`` and ``drift[r] <- 0``.
     Returns (use_gram (|far|,) bool, max ||w_r|| over ``far``).
@@ -643,8 +800,10 @@ def ct_plan_reanchor(
             for j in range(d):
                 p2 += res[j] * res[j]
             P = np.sqrt(p2) * (1.0 + 1e-12) + TOL_REL * (cnt + 3) * (nw + nr + 1.01 * cx)
-            VB = nr * xmax * (1.0 + 3.0 * F32_REL) + aerr[r]
-            a_new = aerr[r] + F32_REL * VB + P * xmax + TOL_REL * (d + cnt + 2) * (VB + 1.01 * cx * xmax)
+            VB = nr * xmax * (1.0 + 3.0 * krel) + kabs_max + aerr[r]
+            a_new = (
+                aerr[r] + krel * VB + kabs_max + P * xmax + TOL_REL * (d + cnt + 2) * (VB + 1.01 * cx * xmax)
+            )
             if a_new <= cap:
                 use[t] = True
                 aerr[r] = a_new
@@ -658,15 +817,18 @@ def ct_plan_reanchor(
 
 @numba.njit(parallel=True, cache=True)
 def ct_refresh_columns(
-    W, far, use_gram, slot_cnt, slot_ids, slot_c, G, Xtrain, V, tmax, leaf_block, fanout, offsets
+    W, far, use_gram, slot_cnt, slot_ids, slot_c, G, Xtrain, V, tmax, leaf_block, fanout, offsets, keys
 ):
     """Maintenance phase 3: new anchor values of the neurons ``far`` (sorted) and their max-tree paths.
 
     For every training point ``i`` and re-anchored neuron ``r``:
 
-    * Gram path (SPEC 2.2 a): ``V[i, r] <- fl32(V[i, r] + sum_s c_s G[i, s_id])``,
+    * Gram path (SPEC 2.2 a): ``V[i, r] <- key(value(V[i, r]) + sum_s c_s G[i, s_id])``,
       ``O(cnt)`` per pair, no ``d``;
-    * direct path: ``V[i, r] <- fl32(_dot(w_r, x_i))``, ``O(d)`` per pair.
+    * direct path: ``V[i, r] <- key(_dot(w_r, x_i))``, ``O(d)`` per pair, also
+      for a Gram neuron's pairs whose old key is saturated (only a bound)
+
+    (``key``: :func:`store_key` with the per-point scale ``keys[0]``).
 
     Then the leaf blocks holding ``far`` are rescanned and changed maxima
     climb level by level (each node once, stopping where a max is unchanged).
@@ -677,6 +839,7 @@ def ct_refresh_columns(
     number of (point, neuron) values recomputed.
     """
     n, m = V.shape
+    kscale = keys[0]
     nf = far.shape[0]
     n_lev = offsets.shape[0] - 1
     blocks = np.empty(max(nf, 1), np.int64)  # distinct leaf blocks of far, ascending
@@ -697,13 +860,13 @@ def ct_refresh_columns(
             for i in range(i0, i1):
                 for t in range(t0, t1):
                     r = far[t]
-                    if use_gram[t]:
-                        v = np.float64(V[i, r])
+                    if use_gram[t] and not key_saturated(V, i, r):  # a saturated key is no anchor
+                        v = np.float64(V[i, r]) * kscale[i]
                         for s in range(slot_cnt[r]):
                             v += slot_c[r, s] * G[i, slot_ids[r, s]]
-                        V[i, r] = np.float32(v)
                     else:
-                        V[i, r] = np.float32(_dot(W, r, Xtrain[i]))
+                        v = _dot(W, r, Xtrain[i])
+                    store_key(V, i, r, v, kscale[i])
         changed = np.empty(max(nb, 1), np.int64)
         for i in range(i0, i1):
             nc = 0
@@ -848,13 +1011,21 @@ def sparse_forward(W, a, shift, X, indptr, indices):
     """``f(x_q) = m^(-1/2) sum_{r in S_q} a_r (<w_r, x_q> - b)`` over given fired sets.
 
     Parallel over queries; each ``f[q]`` is summed in CSR order by one thread.
+    The rows ``AHEAD`` positions on are prefetched (first and last element, so
+    both lines of a 128-byte row).
     """
     B = X.shape[0]
-    m = W.shape[0]
+    m, d = W.shape
     f = np.zeros(B)
     for q in numba.prange(B):
         s = 0.0
-        for p in range(indptr[q], indptr[q + 1]):
+        hi = indptr[q + 1]
+        for p in range(indptr[q], hi):
+            if p + AHEAD < hi:
+                rn = indices[p + AHEAD]
+                prefetch(W, rn * d)
+                prefetch(W, rn * d + d - 1)
+                prefetch(a, rn)
             r = indices[p]
             s += a[r] * (_dot(W, r, X[q]) - shift)
         f[q] = s / np.sqrt(m)
@@ -862,43 +1033,103 @@ def sparse_forward(W, a, shift, X, indptr, indices):
 
 
 @numba.njit(cache=True)
-def sparse_sgd_update(W, a, step, X, coef, indptr, indices, stamp, acc):
+def _lower_bound(v, lo, hi, key):
+    """First position in ``v[lo:hi]`` (ascending) holding a value ``>= key`` (``hi`` if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if v[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+#: Row ranges of the parallel SGD update: fixed (not the thread count), so the
+#: returned row order and every bit are the same on any number of threads.
+UPDATE_CHUNKS = 64
+
+
+@numba.njit(parallel=True, cache=True)
+def sparse_sgd_update(W, a, step, X, coef, indptr, indices):
     """``w_r -= step * a_r * sum_{q : r in S_q} coef_q x_q`` for fired neurons only.
 
-    ``stamp`` (m + 1,) marks touched rows (last slot: running tag); ``acc``
-    (m,) is zero on entry and exit.  Returns the updated rows (in order of
-    first touch) and, per row, the bound ``sum_q |step coef_q a_r| ||x_q||
-    >= ||w_r(new) - w_r(old)||`` (triangle inequality), which lets an index
-    track drift without re-reading the weights.
+    Every fired set must be ascending without repeats (the exact indexes
+    report them so; others are sorted first).  The row range is cut into
+    :data:`UPDATE_CHUNKS` parts processed in parallel; inside a part the ``B``
+    sorted lists are merged, so each fired row is read and written once, its
+    contributions added in query order (the bits of the serial loop over
+    queries), and the rows coming next are prefetched.  Returns the updated
+    rows (ascending, unique) and, per row, the bound ``sum_q |step coef_q a_r|
+    ||x_q|| >= ||w_r(new) - w_r(old)||`` (triangle inequality), which lets an
+    index track drift without re-reading the weights.
     """
     B, d = X.shape
-    tag = stamp[-1] + 1
-    stamp[-1] = tag
-    touched = np.empty(indices.shape[0], np.int64)
+    m = W.shape[0]
+    nnz = indices.shape[0]
     xn = np.empty(B)
     for q in range(B):
         s = 0.0
         for j in range(d):
             s += X[q, j] * X[q, j]
         xn[q] = np.sqrt(s)
-    k = 0
     for q in range(B):
-        cq = step * coef[q]
-        for p in range(indptr[q], indptr[q + 1]):
-            r = indices[p]
-            g = cq * a[r]
-            for j in range(d):
-                W[r, j] -= g * X[q, j]
-            acc[r] += abs(g) * xn[q]
-            if stamp[r] != tag:
-                stamp[r] = tag
-                touched[k] = r
-                k += 1
-    norms = np.empty(k)
-    for t in range(k):
-        norms[t] = acc[touched[t]]
-        acc[touched[t]] = 0.0
-    return touched[:k], norms
+        for p in range(indptr[q] + 1, indptr[q + 1]):
+            if indices[p] <= indices[p - 1]:
+                raise ValueError("sparse_sgd_update: every fired set must be ascending without repeats")
+    C = min(UPDATE_CHUNKS, m)
+    # starts[c, q]: first position of query q's list at or above the first row of part c
+    starts = np.empty((C + 1, B), np.int64)
+    for q in range(B):
+        for c in range(C + 1):
+            starts[c, q] = _lower_bound(indices, indptr[q], indptr[q + 1], (c * m) // C)
+    base = np.zeros(C + 1, np.int64)  # output offsets: a part writes at most its pairs
+    for c in range(C):
+        base[c + 1] = base[c] + (starts[c + 1] - starts[c]).sum()
+    rows = np.empty(nnz, np.int64)
+    norms = np.empty(nnz)
+    kept = np.zeros(C, np.int64)
+    for c in numba.prange(C):
+        h = starts[c].copy()
+        e = starts[c + 1]
+        head = np.empty(B, np.int64)  # current row of each list (m: exhausted)
+        for q in range(B):
+            head[q] = indices[h[q]] if h[q] < e[q] else m
+        k = base[c]
+        while True:
+            r = m
+            for q in range(B):
+                r = min(r, head[q])
+            if r == m:
+                break
+            ar = a[r]
+            acc = 0.0
+            for q in range(B):
+                if head[q] == r:
+                    g = step * coef[q] * ar
+                    for j in range(d):
+                        W[r, j] -= g * X[q, j]
+                    acc += abs(g) * xn[q]
+                    p = h[q] + 1
+                    h[q] = p
+                    head[q] = indices[p] if p < e[q] else m
+                    if p + AHEAD // 4 < e[q]:
+                        rn = indices[p + AHEAD // 4]
+                        prefetch(W, rn * d)
+                        prefetch(W, rn * d + d - 1)
+                        prefetch(a, rn)
+            rows[k] = r
+            norms[k] = acc
+            k += 1
+        kept[c] = k - base[c]
+    total = kept.sum()
+    out_rows = np.empty(total, np.int64)
+    out_norms = np.empty(total)
+    o = 0
+    for c in range(C):
+        out_rows[o : o + kept[c]] = rows[base[c] : base[c] + kept[c]]
+        out_norms[o : o + kept[c]] = norms[base[c] : base[c] + kept[c]]
+        o += kept[c]
+    return out_rows, out_norms
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..io import write_csv, write_text
 from ._checks import check_choice, invalid
+from ._kernels import aligned_empty
 from .data import synthetic
 from .indexes import INDEXES, make_index, recall
 from .network import ShiftedReLUNetwork, default_shift, gaussian_tail
@@ -95,7 +96,9 @@ def crossover(widths: np.ndarray, t_method: np.ndarray, t_dense: np.ndarray) -> 
 
 
 def _run_one(method: str, net0: ShiftedReLUNetwork, X, y, cfg: BenchConfig, seed: int):
-    net = ShiftedReLUNetwork(W=net0.W.copy(), a=net0.a, shift=net0.shift)
+    W = aligned_empty(net0.W.shape, np.float64)  # a copy whose rows start cache lines, like init's
+    W[:] = net0.W
+    net = ShiftedReLUNetwork(W=W, a=net0.a, shift=net0.shift)
     index = method_table()[method]
     res = train_sgd(
         net,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 
 from ..errors import SparsetrainError
@@ -103,6 +104,9 @@ class SpanUpdate(NamedTuple):
 class FiredIndex:
     """Base class: buffer management and counters shared by all indexes.
 
+    Every index reports each fired set in ascending neuron order (the sparse
+    SGD update merges them).
+
     Attributes
     ----------
     stats : dict
@@ -116,11 +120,14 @@ class FiredIndex:
 
     exact: bool = True
     needs_ids: bool = False
+    #: whether the kernel already reports each fired set ascending (else :meth:`_search` sorts)
+    ascending: bool = True
 
     def __init__(self) -> None:
         self.W: np.ndarray | None = None
         self.shift = 0.0
         self._cap = 64
+        self._out: np.ndarray | None = None  # (B, cap) result buffer of the last query
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -156,11 +163,16 @@ class FiredIndex:
         fits) and the kernel runs again.  Adds the counters to :attr:`stats`.
         """
         while True:
-            out = np.empty((B, self._cap), np.int64)
+            out = self._out
+            if out is None or out.shape != (B, self._cap):  # kept between calls: no fresh pages
+                out = self._out = np.empty((B, self._cap), np.int64)
             counts, visited, refreshed = kernel(out, self._cap)
             if (counts >= 0).all():
                 break
             self._cap = min(self.m, 4 * self._cap)
+        if not self.ascending:
+            for q in range(B):
+                out[q, : counts[q]].sort()
         indptr, indices = _to_csr(out, counts)
         self.stats["queries"] += B
         self.stats["fired"] += int(indptr[-1])
@@ -254,6 +266,8 @@ class HalfspaceTreeIndex(FiredIndex):
     stand-in and is exact all the same.
     """
 
+    ascending = False  # leaves in tree order
+
     def __init__(self, leaf_size: int = 32, rebuild_factor: float = 1.0) -> None:
         super().__init__()
         self.leaf_size = check_int("leaf_size", leaf_size)
@@ -307,11 +321,26 @@ class CorrelationTreeIndex(FiredIndex):
     """Exact threshold search over weight-data inner products (seed 002).
 
     For a fixed training set ``X_train`` (n, d) keep, per point ``i``, a max
-    tree over ``v[i, r] ~ <w_r(ref), x_i>``: float32 values in leaf blocks of
+    tree over ``v[i, r] ~ <w_r(ref), x_i>``: keys in leaf blocks of
     ``leaf_block`` neurons, and above them an F-ary tree of maxima (``fanout``
-    children per node, one contiguous array per level, so a visited node
-    scans its children in one cache line).  A query for training point ``i``
-    walks only subtrees whose max can exceed ``b``: ``O(k F log_F m)``.
+    children per node, one contiguous array per level, rows starting cache
+    lines, so a visited node scans its children in one line).  A query for
+    training point ``i`` walks only subtrees whose max can exceed ``b``:
+    ``O(k F log_F m)``, level by level, with the nodes a dozen places ahead
+    prefetched (many lines in flight instead of one dependent miss per node);
+    fired neurons come out ascending.
+
+    Keys (``keys``): ``"int16"`` (the default) stores ``round(v / s_i)`` with a
+    per-point scale ``s_i`` (``KEY_MAX`` steps span ``max(||x_i|| wmax, |b| +
+    1)``), error at most ``s_i / 2``: 2 bytes per (point, neuron) instead of 4,
+    at the same query speed.  A key that would overflow (a weight grown past
+    the build's largest norm) saturates at ``+-KEY_MAX``, which stays exact:
+    ``KEY_MAX s_i > |b|``, so a saturated positive key always enters its
+    subtree and is above ``b`` (fires for sure, or is re-checked), and a
+    saturated negative one is below ``b``, where it belongs; the Gram path
+    never starts from a saturated key.  ``"float32"`` keeps float32 values
+    (relative error ``F32_REL``).  Either way, every pair whose key leaves the
+    decision open is settled by the canonical dot.
 
     Drift bounds (SPEC 2.2 b): each neuron keeps a reference copy
     ``w_r(ref)`` and ``drift_r >= ||w_r - w_r(ref)||``.  A pair can change
@@ -331,7 +360,7 @@ class CorrelationTreeIndex(FiredIndex):
     inputs, or updated without coefficients, falls back to direct dot
     products.  Exactness does not rest on the coefficients: before use they
     are checked against ``W`` (residual norm), and the rounding they add is
-    bounded per neuron (``aerr_r``, capped at ``128 F32_REL wmax xmax``; past
+    bounded per neuron (``aerr_r``, capped at :meth:`aerr_cap`; past
     the cap the neuron is re-anchored directly, which resets it).  Pairs near
     ``b`` are decided by the canonical dot as before.
 
@@ -357,8 +386,13 @@ class CorrelationTreeIndex(FiredIndex):
         coefficients is bookkeeping without a return, hence off by default.
         Measurements: ``docs/sublinear/README_section.md``.
 
-    Memory: ``n m`` float32 plus about ``n m / leaf_block`` float32, plus
-    ``m (4 + 12 span_slots + 16)`` bytes and ``8 n^2`` for ``G``.
+    keys : {"int16", "float32"}
+        Representation of the stored products (above).
+
+    Memory: ``n m`` keys plus about ``n m / leaf_block`` keys (2 or 4 bytes
+    each; :attr:`bytes_per_pair`), plus ``m (8 d + 16 + 12 span_slots)``
+    bytes (anchors, drift and anchor-error bounds, slots), ``8 n^2`` for
+    ``G`` and ``16 threads m / leaf_block`` for the query frontiers.
     """
 
     needs_ids = True
@@ -370,8 +404,11 @@ class CorrelationTreeIndex(FiredIndex):
         fanout: int = 16,
         span_slots: int = 0,
         gram_max_n: int = 8192,
+        keys: str = "int16",
     ) -> None:
         super().__init__()
+        check_choice("keys", keys, ("float32", "int16"))
+        self.keys = keys
         self.fanout = check_int("fanout", fanout, minimum=2)
         self.radius = check_float("radius", radius, "[0, inf)")
         self.leaf_block = check_int("leaf_block", leaf_block)
@@ -410,17 +447,44 @@ class CorrelationTreeIndex(FiredIndex):
         self._slot_c = np.zeros((self.m, S))  # (m, S) w_r - w_r(ref) ~ sum_s c x_s
         self._mark = np.zeros(self.m, np.uint8)  # scratch, zero between calls
         self._ones = None  # lazily allocated row_coef = 1
-        # (n, m) float32 products <w_r(ref), x_i> (BLAS is fine: every pair
-        # within the float32/rounding band of b is refreshed canonically).
-        self._V = np.empty((self.n, self.m), np.float32)
+        # (n, m) keys of the products <w_r(ref), x_i> (BLAS is fine: every pair
+        # within the key/rounding band of b is refreshed canonically).
+        if self.keys == "int16":  # per point: KEY_MAX steps cover max(||x_i|| wmax, |b| + 1)
+            span = np.maximum(self._xnorm * self._wmax, abs(self.shift) + 1.0)
+            kscale = span * (1 + 1e-9) / K.KEY_MAX
+            self._keys = (kscale, 4 * K.TOL_REL, 0.5 * kscale * (1 + 1e-9))
+        else:
+            self._keys = (np.ones(self.n), K.F32_REL, np.zeros(self.n))
+        self._kabs_max = float(self._keys[2].max())
+        kdt = np.dtype(self.keys)
+        self._V = K.aligned_empty((self.n, self.m), kdt)
         for r0 in range(0, self.m, 65536):
-            self._V[:, r0 : r0 + 65536] = X_train @ W[r0 : r0 + 65536].T
+            K.ct_encode_block(X_train @ W[r0 : r0 + 65536].T, r0, self._keys[0], self._V)
         n_blocks = -(-self.m // self.leaf_block)
         self._offsets = K.ct_levels(n_blocks, self.fanout)  # (levels + 1,) level offsets
-        # (n, ~n_blocks F / (F - 1)) float32: per point, the F-ary max tree level by level
-        self._tmax = np.empty((self.n, int(self._offsets[-1])), np.float32)
+        # (n, ~n_blocks F / (F - 1)) keys: per point, the F-ary max tree level by level
+        # (rows padded to whole cache lines so every point's tree starts a line)
+        per_line = 64 // kdt.itemsize
+        self._tmax = K.aligned_empty((self.n, -(-int(self._offsets[-1]) // per_line) * per_line), kdt)
+        self._tmax[:, self._offsets[-1] :] = 0
         K.ct_build_maxima(self._V, self.leaf_block, self.fanout, self._offsets, self._tmax)
+        # per-thread frontier buffers of the level-synchronous query
+        self._front = np.empty((numba.config.NUMBA_NUM_THREADS, 2, n_blocks), np.int64)
         return self
+
+    def aerr_cap(self) -> float:
+        """Largest anchor error a Gram re-anchor may leave (past it: direct re-anchor, error 0).
+
+        ``128 F32_REL wmax xmax`` (the float32 rounding scale) plus 16 int16 half
+        steps: each Gram re-anchor adds the old key's rounding, so int16 keys allow
+        a few before the neuron's band would widen every query's.
+        """
+        return 128 * K.F32_REL * self._wmax * self._xmax + 16 * self._kabs_max
+
+    @property
+    def bytes_per_pair(self) -> float:
+        """Index bytes per (training point, neuron): keys, tree maxima (not ``W``, anchors or bounds)."""
+        return (self._V.nbytes + self._tmax.nbytes) / (self.n * self.m)
 
     def _trees(self) -> tuple:
         """The per-point max trees as kernel arguments: ``V`` (n, m), ``tmax``, block, fanout, offsets."""
@@ -444,7 +508,8 @@ class CorrelationTreeIndex(FiredIndex):
         band = (self.shift, self._band, self._amax, tol)
 
         def walk(out, cap):  # (counts, nodes visited, pairs refreshed)
-            return K.ct_query_batch(*self._trees(), *bounds, X, ids, self._xnorm, *band, out, cap)
+            args = (*self._trees(), self._keys, *bounds, X, ids, self._xnorm, *band)
+            return K.ct_query_batch(*args, out, cap, self._front)
 
         return self._search(B, walk)
 
@@ -521,12 +586,14 @@ class CorrelationTreeIndex(FiredIndex):
         else:  # ||w_r|| <= ||w_r(ref)|| + drift_r
             self._wmax = max(self._wmax, self._wref_max + max(self._band, dmax))
         if far.size:
-            cap = 128 * K.F32_REL * self._wmax * self._xmax
+            krel = self._keys[1]
+            cap = self.aerr_cap()
             data = (self._X, self._xnorm, self._xmax)  # training inputs, their norms, the largest
             use_gram, wn = K.ct_plan_reanchor(
-                self.W, *anchors, far, *slots, *data, self._aerr, cap, self.gram_
+                self.W, *anchors, far, *slots, *data, self._aerr, cap, self.gram_, krel, self._kabs_max
             )
-            K.ct_refresh_columns(self.W, far, use_gram, *slots, self._G, self._X, *self._trees())
+            refresh = (self._G, self._X, *self._trees(), self._keys)
+            K.ct_refresh_columns(self.W, far, use_gram, *slots, *refresh)
             if self.gram_:
                 self._slot_cnt[far] = 0
             self._wref_max = max(self._wref_max, wn)
@@ -556,6 +623,7 @@ class SimHashLSHIndex(FiredIndex):
     """
 
     exact = False
+    ascending = False  # buckets in table order
 
     def __init__(self, n_tables: int = 32, n_bits: int | None = None, seed: int = 0) -> None:
         super().__init__()

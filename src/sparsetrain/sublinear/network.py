@@ -144,7 +144,8 @@ class ShiftedReLUNetwork:
         elif not (isinstance(shift, int | float) and math.isfinite(shift)):
             raise invalid("shift", "a finite float or None", shift)
         rng = np.random.default_rng(seed)
-        W = rng.standard_normal((width, dim))
+        W = K.aligned_empty((width, dim), np.float64)  # rows start cache lines
+        W[:] = rng.standard_normal((width, dim))
         a = rng.choice(np.array([-1.0, 1.0]), size=width)
         return cls(W=W, a=a, shift=float(shift))
 

@@ -127,8 +127,6 @@ def train_sgd(
         idx = make_index(index, **(index_params or {})).build(W, b, X)
         result.t_build = time.perf_counter() - t0
         result.index = idx
-    stamp = np.zeros(m + 1, np.int64)  # touched-row marks for the sparse update
-    acc = np.zeros(m)  # per-row step-norm accumulator (zero between iterations)
     step = lr / (batch_size * math.sqrt(m))
     it = range(n_iter)
     if progress:
@@ -158,7 +156,7 @@ def train_sgd(
             t1 = time.perf_counter()
             f = K.sparse_forward(W, a, b, Xb, indptr, indices)
             res = f - yb
-            rows, step_norms = K.sparse_sgd_update(W, a, step, Xb, res, indptr, indices, stamp, acc)
+            rows, step_norms = K.sparse_sgd_update(W, a, step, Xb, res, indptr, indices)
             t2 = time.perf_counter()
             # the step as a combination of batch inputs: coefficient -(step res_q) a_r (Gram path)
             idx.update(rows, step_norms, SpanUpdate(ids, indptr, indices, -(step * res), a))
