@@ -207,6 +207,10 @@ def test_bad_parameters_raise():
         make_index("kd-forest")
     with pytest.raises(SparsetrainError, match="leaf_size"):
         make_index("halfspace-tree", leaf_size=0)
+    with pytest.raises(SparsetrainError, match=r"The 'leaf_block' parameter must be an integer in \[1, 64\]"):
+        make_index("correlation-tree", leaf_block=65)
+    with pytest.raises(SparsetrainError, match="The 'keys' parameter must be one of"):
+        make_index("correlation-tree", keys="float16")
     with pytest.raises(SparsetrainError, match="unknown parameter"):
         make_index("brute-force", leaf_size=3)
     W = np.zeros((4, 2))

@@ -215,6 +215,36 @@ def test_sparse_sgd_update(problem):
         K.sparse_sgd_update(W0.copy(), a, 0.25, X, coef, indptr, bad)
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["step-norms", "exact-drift"])
+def test_ct_note_update_parallel_drift_equals_serial(exact):
+    """Ascending rows take the parallel drift pass; the same rows shuffled take the serial loop."""
+    rng = np.random.default_rng(5)
+    m, d, k = 5000, 4, 1500
+    W = rng.standard_normal((m, d))
+    Wref = W.copy()
+    rows = np.sort(rng.choice(m, k, replace=False))
+    W[rows] += rng.standard_normal((k, d)) * rng.choice([1e-3, 0.2], k)[:, None]  # some pass the radius
+    norms = np.linalg.norm(W[rows] - Wref[rows], axis=1) * (1 + 1e-9)
+    drift0 = rng.random(m) * 0.01
+    e = np.zeros(0, np.int64)
+    no_span = (False, e, np.zeros(1, np.int64), e, np.zeros(0), np.zeros(1))
+    slots = (np.full(m, -1, np.int32), np.zeros((m, 0), np.int32), np.zeros((m, 0)))
+
+    def run(order):
+        drift = drift0.copy()
+        r = rows[order]
+        far, dmax = K.ct_note_update(
+            W, r, norms[order], exact, Wref, drift, 0.05, 3.0, *no_span, *slots, np.zeros(m, np.uint8)
+        )
+        return drift, far, np.array([dmax])
+
+    parallel = on_threads(lambda: run(np.arange(k)))
+    assert_same(parallel)
+    serial = run(rng.permutation(k))
+    assert_same([parallel[0], serial])
+    assert 0 < parallel[0][1].size < k  # both kinds of rows occur
+
+
 def test_sparse_forward(problem):
     W, X, shift, truth = problem
     a = np.random.default_rng(0).choice([-1.0, 1.0], W.shape[0])

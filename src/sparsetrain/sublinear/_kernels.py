@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import types
 from numba.core.extending import intrinsic, overload
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .._kernels import _prefetch
 
@@ -78,7 +79,7 @@ def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
     return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _dot(W, r, x):
     """Canonical float64 inner product ``<W[r], x>``, summed left to right."""
     s = 0.0
@@ -464,6 +465,31 @@ def _key_saturated_impl(V, i, r):
     return lambda V, i, r: False
 
 
+def key_floor(V, k):
+    """A key ``<= k`` in ``V``'s dtype (int16: floor, clamped; float32: rounded down).
+
+    So ``key < key_floor(V, k)`` implies ``key < k``: a bare key comparison may skip.
+    """
+
+
+@overload(key_floor)
+def _key_floor_impl(V, k):
+    if isinstance(V, types.Array) and V.dtype == types.int16:
+
+        def impl(V, k):
+            return np.int16(max(min(np.floor(k), KEY_MAX + 1.0), -KEY_MAX - 1.0))
+
+        return impl
+
+    def impl(V, k):
+        f = np.float32(k)
+        if np.float64(f) > k:
+            f = np.nextafter(f, np.float32(-np.inf))
+        return f
+
+    return impl
+
+
 @numba.njit(parallel=True, cache=True)
 def ct_encode_block(Z, r0, kscale, V):
     """``V[:, r0:r0+Z.shape[1]] <- keys of Z`` (n, blk) float64, per-point scale ``kscale`` (n,)."""
@@ -472,6 +498,21 @@ def ct_encode_block(Z, r0, kscale, V):
         s = kscale[i]
         for c in range(blk):
             store_key(V, i, r0 + c, Z[i, c], s)
+
+
+@numba.njit(cache=True, inline="always")
+def _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol):
+    """Whether pair (r, i), whose key is near b, fires (its own bounds, else the canonical
+    dot), and whether the canonical dot was needed."""
+    v = np.float64(V[i, r]) * s
+    e = krel * abs(v) + ea + drift[r] * xn
+    if amax > 0:  # amax bounds every aerr: all zero without Gram anchors
+        e += aerr[r]
+    if v + e < shift - tol:
+        return False, False
+    if v - e <= shift + tol:
+        return _dot(W, r, x) > shift, True
+    return True, False
 
 
 @numba.njit(cache=True)
@@ -516,6 +557,13 @@ def _ct_query_one(
     root = np.float64(tmax[i, offsets[n_lev - 1]]) * s
     if root + krel * abs(root) + ea < cut:
         return 0, 0, 0
+    # the same test as a bare key comparison: key < kth implies value + key error < cut
+    # (kth sits a little below the exact solution, so a key at or above it takes the full test)
+    t0 = cut - ea
+    vlo = t0 / (1.0 + krel) if t0 >= 0 else t0 / (1.0 - krel)
+    kth = (vlo - 1e-9 * (1.0 + abs(vlo))) / s
+    kth -= 1e-9 * (1.0 + abs(kth))
+    kkey = key_floor(V, kth)
     tbase = i * tmax.shape[1]
     cur, nxt = fa, fb
     cur[0] = 0
@@ -530,6 +578,8 @@ def _ct_query_one(
                 prefetch(tmax, tbase + lo + cur[t + AHEAD] * fanout)
             j = cur[t]
             for ch in range(j * fanout, min(j * fanout + fanout, size_below)):
+                if np.float64(tmax[i, lo + ch]) < kth:
+                    continue
                 mx = np.float64(tmax[i, lo + ch]) * s
                 if mx + krel * abs(mx) + ea >= cut:
                     nxt[nn] = ch
@@ -541,27 +591,59 @@ def _ct_query_one(
     vbase = i * V.shape[1]
     refreshed = 0
     c = 0
+    pend = nxt  # free during the leaf scan: positions in out of the pairs near b
+    plim = pend.shape[0]
+    npend = 0
     for t in range(nc):
         if t + AHEAD < nc:
             prefetch(V, vbase + cur[t + AHEAD] * leaf_block)
         r0 = cur[t] * leaf_block
-        for r in range(r0, min(r0 + leaf_block, m)):
+        nr = min(leaf_block, m - r0)
+        mask = 0  # the block's keys at or above the threshold, one bit each (a vector loop)
+        for k in range(nr):
+            mask |= np.int64(V[i, r0 + k] >= kkey) << k
+        while mask != 0:
+            r = r0 + trailing_zeros(mask)
+            mask &= mask - 1
             v = np.float64(V[i, r]) * s
             ek = krel * abs(v) + ea
             if v + ek < cut:  # below the band: skip without reading drift
                 continue
-            if v - ek <= sure:  # near b: the neuron's own bounds decide, else a canonical dot
-                e = ek + drift[r] * xn + aerr[r]
-                if v + e < shift - tol:
-                    continue
-                if v - e <= shift + tol:
-                    refreshed += 1
-                    if not (_dot(W, r, x) > shift):
-                        continue
             if c >= cap:
                 return -1, visited, refreshed
             out[q, c] = r
             c += 1
+            if v - ek <= sure:  # near b: the neuron's own bounds decide (second pass)
+                if npend < plim:
+                    pend[npend] = c - 1
+                    npend += 1
+                else:  # the buffer is full (a band as wide as the tree): decide now
+                    keep, dotted = _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol)
+                    refreshed += dotted
+                    if not keep:
+                        c -= 1
+    # second pass over the pairs near b: their bounds (and rows) prefetched ahead, so the
+    # scattered reads overlap; rejected ones are marked, then the row is compacted in order
+    for k in range(npend):
+        if k + AHEAD < npend:
+            rn = out[q, pend[k + AHEAD]]
+            prefetch(V, vbase + rn)
+            prefetch(drift, rn)
+            if amax > 0:
+                prefetch(aerr, rn)
+        pos = pend[k]
+        r = out[q, pos]
+        keep, dotted = _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol)
+        refreshed += dotted
+        if not keep:
+            out[q, pos] = -1
+    if npend > 0:
+        w = pend[0]
+        for p in range(pend[0], c):
+            if out[q, p] >= 0:
+                out[q, w] = out[q, p]
+                w += 1
+        c = w
     return c, visited, refreshed
 
 
@@ -690,7 +772,6 @@ def ct_note_update(
     """
     k = rows.shape[0]
     S = slot_ids.shape[1]
-    d = W.shape[1]
     n_sub = 1
     if has_coefs:
         n_sub = max(1, cids.shape[0])
@@ -717,21 +798,21 @@ def ct_note_update(
     elif S > 0:
         for t in range(k):
             slot_cnt[rows[t]] = -1
+    ascending = True
+    for t in range(1, k):
+        if rows[t] <= rows[t - 1]:
+            ascending = False
+            break
+    if ascending:  # unique rows: parallel over fixed parts, far rows come out ascending
+        bounds = (exact_drift, Wref, drift, radius, wref_max, has_coefs, n_sub)
+        return _ct_drift_chunks(W, rows, step_norms, *bounds)
     far = np.empty(k, np.int64)
     nf = 0
     dmax = 0.0
     for t in range(k):
         r = rows[t]
-        if exact_drift:
-            s2 = 0.0
-            for j in range(d):
-                df = W[r, j] - Wref[r, j]
-                s2 += df * df
-            dr = np.sqrt(s2) * (1.0 + 1e-12)
-        else:
-            dr = drift[r] + step_norms[t] * (1.0 + 1e-12)
-            if has_coefs:
-                dr += ROUND_W * n_sub * (wref_max + dr + step_norms[t])
+        sn = 0.0 if exact_drift else step_norms[t]
+        dr = _ct_new_drift(W, r, sn, exact_drift, Wref, drift, wref_max, has_coefs, n_sub)
         if dr <= radius:
             drift[r] = dr
             if dr > dmax:
@@ -744,6 +825,68 @@ def ct_note_update(
     for t in range(nf):
         mark[far[t]] = 0
     return far, dmax
+
+
+@numba.njit(cache=True, inline="always")
+def _ct_new_drift(W, r, step_norm, exact_drift, Wref, drift, wref_max, has_coefs, n_sub):
+    """Row ``r``'s new drift bound: exact from ``W`` and the anchor, or the old bound plus the step."""
+    if exact_drift:
+        s2 = 0.0
+        for j in range(W.shape[1]):
+            df = W[r, j] - Wref[r, j]
+            s2 += df * df
+        return np.sqrt(s2) * (1.0 + 1e-12)
+    dr = drift[r] + step_norm * (1.0 + 1e-12)
+    if has_coefs:
+        dr += ROUND_W * n_sub * (wref_max + dr + step_norm)
+    return dr
+
+
+@numba.njit(parallel=True, cache=True)
+def _ct_drift_chunks(W, rows, step_norms, exact_drift, Wref, drift, radius, wref_max, has_coefs, n_sub):
+    """The drift phase of :func:`ct_note_update` for strictly ascending ``rows``, in parallel.
+
+    Fixed parts of ``rows`` (:data:`UPDATE_CHUNKS`, not the thread count), each
+    prefetching the bounds a few rows ahead; the same bounds and far rows as the
+    serial loop.
+    """
+    k = rows.shape[0]
+    C = max(1, min(UPDATE_CHUNKS, k))
+    far = np.empty(k, np.int64)
+    nfar = np.zeros(C, np.int64)
+    dmaxs = np.zeros(C)
+    d = W.shape[1]
+    for c in numba.prange(C):
+        t0 = (c * k) // C
+        t1 = ((c + 1) * k) // C
+        nf = t0
+        dm = 0.0
+        for t in range(t0, t1):
+            if t + AHEAD < t1:
+                rn = rows[t + AHEAD]
+                prefetch(drift, rn)
+                if exact_drift:
+                    prefetch(W, rn * d)
+                    prefetch(Wref, rn * d)
+            r = rows[t]
+            sn = 0.0 if exact_drift else step_norms[t]
+            dr = _ct_new_drift(W, r, sn, exact_drift, Wref, drift, wref_max, has_coefs, n_sub)
+            if dr <= radius:
+                drift[r] = dr
+                if dr > dm:
+                    dm = dr
+            else:
+                far[nf] = r
+                nf += 1
+        nfar[c] = nf - t0
+        dmaxs[c] = dm
+    out = np.empty(nfar.sum(), np.int64)
+    o = 0
+    for c in range(C):
+        t0 = (c * k) // C
+        out[o : o + nfar[c]] = far[t0 : t0 + nfar[c]]
+        o += nfar[c]
+    return out, dmaxs.max()
 
 
 @numba.njit(cache=True)

@@ -376,7 +376,7 @@ class CorrelationTreeIndex(FiredIndex):
     radius : float
         Re-anchor a neuron once its drift bound exceeds this.
     leaf_block, fanout : int
-        Neurons per leaf block; children per inner node.
+        Neurons per leaf block (at most 64); children per inner node.
     span_slots : int
         Coefficients kept per neuron for Gram re-anchoring (0, the default:
         never use the Gram matrix).  The Gram matrix is only built when
@@ -412,6 +412,8 @@ class CorrelationTreeIndex(FiredIndex):
         self.fanout = check_int("fanout", fanout, minimum=2)
         self.radius = check_float("radius", radius, "[0, inf)")
         self.leaf_block = check_int("leaf_block", leaf_block)
+        if self.leaf_block > 64:  # a leaf block is scanned as one 64-bit mask
+            raise invalid("leaf_block", "an integer in [1, 64]", leaf_block)
         self.span_slots = check_int("span_slots", span_slots, minimum=0)
         self.gram_max_n = check_int("gram_max_n", gram_max_n, minimum=0)
 
