@@ -42,3 +42,10 @@ def test_report_smoke(tmp_path):
         assert (tmp_path / fig).stat().st_size > 1000 and f"({fig})" in md
     assert "Cost per iteration" in md and "Shift sweep" in md and "NTK ridge regression" in md
     assert "gn-sublinear" in (tmp_path / "cost.csv").read_text()
+    assert "Numba thread(s)" in md  # the thread settings the timings ran with, as measured
+    assert "--log2-widths 8,9,10" in md  # the command that regenerates this sweep
+
+
+def test_report_bad_widths_is_one_line_error(capsys):
+    assert main(["report", "--log2-widths", "0,3", "--out", "unused"]) == 2
+    assert "The 'log2_widths' option must be a non-empty list of integers >= 1" in capsys.readouterr().err

@@ -477,7 +477,7 @@ def _key_floor_impl(V, k):
     if isinstance(V, types.Array) and V.dtype == types.int16:
 
         def impl(V, k):
-            return np.int16(max(min(np.floor(k), KEY_MAX + 1.0), -KEY_MAX - 1.0))
+            return np.int16(max(min(np.floor(k), KEY_MAX), -KEY_MAX - 1.0))
 
         return impl
 

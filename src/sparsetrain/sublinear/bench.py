@@ -44,7 +44,7 @@ BENCH_COLUMNS = (
     ("method", "width", "log2_width", "dim", "n", "batch", "seed", "shift")
     + ("t_total", "t_identify", "t_maintain", "t_gradient", "t_build")
     + ("fired_per_input", "fired_fraction", "bound_m_pow", "gaussian_tail")
-    + ("neurons_updated", "nodes_visited", "pairs_refreshed", "recall")
+    + ("neurons_updated", "nodes_visited", "pairs_refreshed", "recall", "index_bytes_per_pair")
 )
 
 
@@ -122,6 +122,7 @@ def _run_one(method: str, net0: ShiftedReLUNetwork, X, y, cfg: BenchConfig, seed
         "nodes_visited": float(np.mean(h["nodes_visited"])),
         "pairs_refreshed": float(np.mean(h["pairs_refreshed"])),
         "recall": math.nan,
+        "index_bytes_per_pair": float(getattr(res.index, "bytes_per_pair", math.nan)),
     }
     if res.index is not None and not res.index.exact:
         q = X[: cfg.recall_queries]
@@ -235,7 +236,20 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
         # slope of t_method / t_dense (same width and seed): < 0 means the gap grows with m
         dense_of = {(r["width"], r["seed"]): r["t_total"] for r in rows if r["method"] == DENSE}
         sr = fit_slope(m_, t_ / np.array([dense_of[(r["width"], r["seed"])] for r in rs]))
+        upper = m_ >= widths[len(widths) // 2]  # the top half of the widths: the asymptotic trend
+        su = fit_slope(m_[upper], t_[upper])
+        top = [r for r in rs if r["width"] == widths[-1]]
+        visited = float(np.mean([r["nodes_visited"] for r in top]))
+        bpp = [r.get("index_bytes_per_pair", math.nan) for r in top]
         by[meth] = dict(
+            index_bytes_per_pair=None if np.isnan(bpp).all() else float(np.nanmean(bpp)),
+            slope_upper=su[0],
+            slope_upper_lo=su[1],
+            slope_upper_hi=su[2],
+            mean_t_identify=[float(np.mean(ti[m_ == w])) for w in widths],
+            ns_per_node_at_max=(
+                1e9 * float(np.mean([r["t_identify"] for r in top])) / visited if visited > 0 else None
+            ),
             slope=s,
             slope_lo=lo,
             slope_hi=hi,
@@ -255,6 +269,10 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
         x = crossover(widths, np.array(by[meth]["mean_t_total"]), dense_t)
         by[meth]["crossover_width"] = x
         by[meth]["speedup_at_max"] = float(dense_t[-1] / by[meth]["mean_t_total"][-1])
+        if ORACLE in by:
+            by[meth]["speedup_vs_oracle_at_max"] = float(
+                by[ORACLE]["mean_t_total"][-1] / by[meth]["mean_t_total"][-1]
+            )
     fired = []
     for w in widths:
         rs = [r for r in rows if r["width"] == w and r["method"] == DENSE]
@@ -280,9 +298,12 @@ def _summarise(rows, d_rows, cfg: BenchConfig) -> dict[str, Any]:
             a / b for a, b in zip(out["halfspace-tree"]["t"], out["brute-force"]["t"], strict=True)
         ]
         d_trend[int(d)] = out
+    dense_rows = [r for r in rows if r["method"] == DENSE]
+    fired_slope = fit_slope([r["width"] for r in dense_rows], [r["fired_per_input"] for r in dense_rows])
     return dict(
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         widths=widths.tolist(),
+        fired_slope=fired_slope[0],
         methods=by,
         fired=fired,
         d_trend=d_trend,
@@ -316,6 +337,43 @@ def _summary_md(s: dict[str, Any]) -> str:
             )
             + f" | {v['slope_identify']:.3f} | {cross} | {sp} | {rec} |"
         )
+    top = _fmt_w(s["widths"][-1])
+    lines += [
+        "",
+        f"Fired neurons per input grow with slope {s['fired_slope']:.3f} over these widths (the work "
+        "any exact sparse method has to do).",
+        "",
+        f"| method | slope over the top half of the widths (95% CI) | vs oracle-sparse at {top} "
+        f"| identification ns per visited node at {top} | index bytes per (point, neuron) |",
+        "|---|---|---|---|---|",
+    ]
+    for meth, v in s["methods"].items():
+        vs = v.get("speedup_vs_oracle_at_max")
+        ns = v.get("ns_per_node_at_max")
+        lines.append(
+            f"| {meth} | {v['slope_upper']:.3f} [{v['slope_upper_lo']:.3f}, {v['slope_upper_hi']:.3f}] | "
+            + ("" if vs is None or meth == ORACLE else f"{vs:.2f}x")
+            + " | "
+            + ("" if ns is None or meth in (DENSE, ORACLE) else f"{ns:.1f}")
+            + " | "
+            + ("" if v["index_bytes_per_pair"] is None else f"{v['index_bytes_per_pair']:.2f}")
+            + " |"
+        )
+    meths = list(s["methods"])
+    lines += [
+        "",
+        "Mean seconds per iteration (identification in brackets):",
+        "",
+        "| m | " + " | ".join(meths) + " |",
+        "|---|" + "---|" * len(meths),
+    ]
+    for k, w in enumerate(s["widths"]):
+        cells = []
+        for meth in meths:
+            v = s["methods"][meth]
+            ident = "" if meth == DENSE else f" ({v['mean_t_identify'][k]:.3g})"
+            cells.append(f"{v['mean_t_total'][k]:.3g}{ident}")
+        lines.append(f"| {_fmt_w(w)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| m | b | measured fired fraction | m^-0.2 bound | P[N(0,1) > b] |",

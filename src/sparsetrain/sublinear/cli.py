@@ -116,6 +116,9 @@ def add_subcommand(subparsers) -> None:
 
     r = sub.add_parser("report", help="regenerate report.md and its PNGs (SGD, Gauss-Newton, NTK)")
     r.add_argument("--quick", action="store_true", help="small sizes for CI smoke tests (< 5 min)")
+    r.add_argument(
+        "--log2-widths", type=_ints, default=None, help="cost sweep widths (default: the full or quick set)"
+    )
     r.add_argument("--out", default="docs/sublinear/report")
     r.add_argument(
         "--data-dir", default=None, help="folder with fashion_mnist/ (else $SPARSETRAIN_DATA, then the cache)"
@@ -305,9 +308,16 @@ def _train_second_order(args: argparse.Namespace, net, X, y, index_params: dict)
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Regenerate ``report.md`` and its PNGs (see :mod:`.report`)."""
-    from .report import run_report
+    import dataclasses
 
-    info = run_report(args.out, quick=args.quick, data_dir=args.data_dir, progress=not args.quiet)
+    from .report import FULL, QUICK, run_report
+
+    cfg = QUICK if args.quick else FULL
+    if args.log2_widths is not None:
+        if not args.log2_widths or min(args.log2_widths) < 1:
+            raise invalid("log2_widths", "a non-empty list of integers >= 1", args.log2_widths, kind="option")
+        cfg = dataclasses.replace(cfg, log2_widths=tuple(sorted(set(args.log2_widths))))
+    info = run_report(args.out, quick=args.quick, config=cfg, data_dir=args.data_dir, progress=not args.quiet)
     print(f"wrote {args.out}/report.md and {len(info['figures'])} figures in {info['wall_s']:.0f}s")
     return 0
 

@@ -74,7 +74,7 @@ class ReportConfig:
 
     n: int = 256
     dim: int = 32
-    log2_widths: tuple[int, ...] = (12, 13, 14, 15, 16, 17, 18)
+    log2_widths: tuple[int, ...] = (12, 13, 14, 15, 16, 17, 18, 19, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
     warmup: int = 1
     iters: int = 4  # timed iterations per (method, m, seed)
@@ -427,13 +427,26 @@ def _conv_table(conv, cfg) -> list[str]:
     return lines
 
 
+def _threads() -> str:
+    """The thread settings the timings ran with (Numba's pool, the BLAS and OpenMP variables)."""
+    import os
+
+    import numba
+
+    env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    return f"{numba.get_num_threads()} Numba thread(s) (`{env}`)"
+
+
 def _markdown(cfg, quick, wall, rows, slopes, by, med, conv, shift_rows, fm, m_conv) -> str:
-    cmd = "sparsetrain sublinear report" + (" --quick" if quick else "") + " --out <folder>"
+    base = QUICK if quick else FULL
+    widths = ""
+    if cfg.log2_widths != base.log2_widths:
+        widths = " --log2-widths " + ",".join(map(str, cfg.log2_widths))
+    cmd = "sparsetrain sublinear report" + (" --quick" if quick else "") + widths + " --out <folder>"
     L = [
         f"# Sublinear training II: Gauss-Newton, sketching, NTK regression ({'quick' if quick else 'full'})",
         "",
-        f"Regenerate with `{cmd}`; this run took **{wall:.0f} s** (single thread, "
-        "`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`).",
+        f"Regenerate with `{cmd}`; this run took **{wall:.0f} s** with {_threads()}.",
         "",
         f"Configuration: `{asdict(replace(cfg, extra={}))}`.",
         "",
