@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 #: Bytes held per connection while training: value and momentum (float32), CSR output
 #: index (int32), CSC input index (int32) and CSC position of the value (int32).
 BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 4
@@ -174,3 +176,17 @@ def refusal(plan_16: MemoryPlan, what: str) -> str:
             f"{plan_16.micro_batch} samples (with the SET step {fmt_bytes(plan_16.total)}), "
             f"but {fmt_bytes(plan_16.budget)} are available. Lower --hidden or --epsilon, "
             "or free memory (--memory-budget sets what may be used).")
+
+
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose first element starts a cache line (``align`` bytes).
+
+    NumPy puts large buffers 16 bytes into a page, so a 64-byte vector load or block
+    would straddle one more line than it needs to (the kernels' batch pools, the
+    sublinear index keys and weight rows). A view into a slightly larger buffer.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(n * dtype.itemsize + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)

@@ -93,8 +93,8 @@ def test_ct_query_batch_counters_and_full_buffer(problem, keys):
     W, X, shift, truth = problem
     idx = make_index("correlation-tree", leaf_block=4, fanout=3, keys=keys).build(W, shift, X)
     ids = np.arange(X.shape[0])
-    trees = (idx._V, idx._tmax, idx.leaf_block, idx.fanout, idx._offsets, idx._keys)
-    args = (*trees, W, idx._drift, idx._aerr, X, ids, idx._xnorm, shift, 0.01, 0.0, idx._tol())
+    bounds = (W, idx._drift, idx._aerr)
+    args = (idx._trees(), idx._keys, bounds, X, ids, idx._xnorm, (shift, 0.01, 0.0, idx._tol()))
 
     def run(cap):
         out = np.full((X.shape[0], cap), -1, np.int64)

@@ -66,19 +66,6 @@ def prefetch(typingctx, arr, flat):
     return types.void(arr, flat), codegen
 
 
-def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
-    """``np.empty(shape, dtype)`` whose first element starts a cache line.
-
-    Large NumPy buffers start 16 bytes into a page, so a 64-byte leaf block or a
-    128-byte weight row would straddle one more line than it needs to.
-    """
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(n * dtype.itemsize + align, np.uint8)
-    off = (-raw.ctypes.data) % align
-    return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)
-
-
 @numba.njit(cache=True, inline="always")
 def _dot(W, r, x):
     """Canonical float64 inner product ``<W[r], x>``, summed left to right."""
@@ -501,9 +488,10 @@ def ct_encode_block(Z, r0, kscale, V):
 
 
 @numba.njit(cache=True, inline="always")
-def _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol):
+def _ct_keep(V, i, r, s, krel, ea, bounds, x, xn, shift, tol, amax):
     """Whether pair (r, i), whose key is near b, fires (its own bounds, else the canonical
-    dot), and whether the canonical dot was needed."""
+    dot), and whether the canonical dot was needed.  ``bounds = (W, drift, aerr)``."""
+    W, drift, aerr = bounds
     v = np.float64(V[i, r]) * s
     e = krel * abs(v) + ea + drift[r] * xn
     if amax > 0:  # amax bounds every aerr: all zero without Gram anchors
@@ -516,37 +504,19 @@ def _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol):
 
 
 @numba.njit(cache=True)
-def _ct_query_one(
-    V,
-    tmax,
-    leaf_block,
-    fanout,
-    offsets,
-    keys,
-    W,
-    drift,
-    aerr,
-    x,
-    i,
-    xn,
-    shift,
-    band,
-    amax,
-    tol,
-    out,
-    q,
-    cap,
-    fa,
-    fb,
-):
+def _ct_query_one(trees, keys, bounds, x, i, xn, band_args, out, q, cap, fa, fb):
     """One query of :func:`ct_query_batch`: returns (count or -1 if full, visited, refreshed).
 
     Level-synchronous: the frontier of one level (ascending node numbers, in
     ``fa``/``fb``) gives the next; each node's children are one contiguous run,
     and the run ``AHEAD`` nodes on is prefetched, so many lines are in flight
     at once instead of one dependent miss per node.  Leaf blocks are scanned the
-    same way, so the fired neurons come out ascending.
+    same way, so the fired neurons come out ascending.  Arguments grouped as in
+    :func:`ct_query_batch`.
     """
+    V, tmax, leaf_block, fanout, offsets = trees
+    W, drift, aerr = bounds
+    shift, band, amax, tol = band_args
     m = W.shape[0]
     kscale, krel, kabs = keys
     s = kscale[i]
@@ -618,7 +588,7 @@ def _ct_query_one(
                     pend[npend] = c - 1
                     npend += 1
                 else:  # the buffer is full (a band as wide as the tree): decide now
-                    keep, dotted = _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol)
+                    keep, dotted = _ct_keep(V, i, r, s, krel, ea, bounds, x, xn, shift, tol, amax)
                     refreshed += dotted
                     if not keep:
                         c -= 1
@@ -633,7 +603,7 @@ def _ct_query_one(
                 prefetch(aerr, rn)
         pos = pend[k]
         r = out[q, pos]
-        keep, dotted = _ct_keep(V, i, r, s, krel, ea, drift, aerr, amax, W, x, xn, shift, tol)
+        keep, dotted = _ct_keep(V, i, r, s, krel, ea, bounds, x, xn, shift, tol, amax)
         refreshed += dotted
         if not keep:
             out[q, pos] = -1
@@ -648,28 +618,14 @@ def _ct_query_one(
 
 
 @numba.njit(parallel=True, cache=True)
-def ct_query_batch(
-    V,
-    tmax,
-    leaf_block,
-    fanout,
-    offsets,
-    keys,
-    W,
-    drift,
-    aerr,
-    X,
-    ids,
-    xnorm,
-    shift,
-    band,
-    amax,
-    tol,
-    out,
-    cap,
-    front,
-):
+def ct_query_batch(trees, keys, bounds, X, ids, xnorm, band_args, out, cap, front):
     """Exact fired sets of training points ``ids`` from the per-point max trees.
+
+    Arguments by what they are: ``trees = (V, tmax, leaf_block, fanout,
+    offsets)``, the per-point keys and max trees; ``keys = (kscale, krel,
+    kabs)``; ``bounds = (W, drift, aerr)``, the current weights and the
+    per-neuron drift and anchor-error bounds; ``band_args = (shift, band, amax,
+    tol)``, the threshold and the global bounds.
 
     ``V[i, r]`` is a key of ``<w_r(ref), x_i>``; with ``keys = (kscale (n,),
     krel, kabs (n,))`` its value is ``v = V[i, r] kscale[i]`` and ``|v -
@@ -699,29 +655,8 @@ def ct_query_batch(
     for q in numba.prange(B):
         tid = numba.get_thread_id()
         i = ids[q]
-        c, v, k = _ct_query_one(
-            V,
-            tmax,
-            leaf_block,
-            fanout,
-            offsets,
-            keys,
-            W,
-            drift,
-            aerr,
-            X[q],
-            i,
-            xnorm[i],
-            shift,
-            band,
-            amax,
-            tol,
-            out,
-            q,
-            cap,
-            front[tid, 0],
-            front[tid, 1],
-        )
+        fa, fb = front[tid, 0], front[tid, 1]
+        c, v, k = _ct_query_one(trees, keys, bounds, X[q], i, xnorm[i], band_args, out, q, cap, fa, fb)
         counts[q] = c
         visited[q] = v
         refreshed[q] = k

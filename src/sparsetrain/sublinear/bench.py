@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..io import write_csv, write_text
+from ..memory import aligned_empty
 from ._checks import check_choice, invalid
-from ._kernels import aligned_empty
 from .data import synthetic
 from .indexes import INDEXES, make_index, recall
 from .network import ShiftedReLUNetwork, default_shift, gaussian_tail

@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from ..errors import SparsetrainError
+from ..memory import aligned_empty
 from . import _kernels as K
 from ._checks import check_choice, check_float, check_int, invalid
 
@@ -459,7 +460,7 @@ class CorrelationTreeIndex(FiredIndex):
             self._keys = (np.ones(self.n), K.F32_REL, np.zeros(self.n))
         self._kabs_max = float(self._keys[2].max())
         kdt = np.dtype(self.keys)
-        self._V = K.aligned_empty((self.n, self.m), kdt)
+        self._V = aligned_empty((self.n, self.m), kdt)
         for r0 in range(0, self.m, 65536):
             K.ct_encode_block(X_train @ W[r0 : r0 + 65536].T, r0, self._keys[0], self._V)
         n_blocks = -(-self.m // self.leaf_block)
@@ -467,7 +468,7 @@ class CorrelationTreeIndex(FiredIndex):
         # (n, ~n_blocks F / (F - 1)) keys: per point, the F-ary max tree level by level
         # (rows padded to whole cache lines so every point's tree starts a line)
         per_line = 64 // kdt.itemsize
-        self._tmax = K.aligned_empty((self.n, -(-int(self._offsets[-1]) // per_line) * per_line), kdt)
+        self._tmax = aligned_empty((self.n, -(-int(self._offsets[-1]) // per_line) * per_line), kdt)
         self._tmax[:, self._offsets[-1] :] = 0
         K.ct_build_maxima(self._V, self.leaf_block, self.fanout, self._offsets, self._tmax)
         # per-thread frontier buffers of the level-synchronous query
@@ -510,7 +511,7 @@ class CorrelationTreeIndex(FiredIndex):
         band = (self.shift, self._band, self._amax, tol)
 
         def walk(out, cap):  # (counts, nodes visited, pairs refreshed)
-            args = (*self._trees(), self._keys, *bounds, X, ids, self._xnorm, *band)
+            args = (self._trees(), self._keys, bounds, X, ids, self._xnorm, band)
             return K.ct_query_batch(*args, out, cap, self._front)
 
         return self._search(B, walk)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..memory import aligned_empty
 from . import _kernels as K
 from ._checks import check_int, invalid
 
@@ -144,7 +145,7 @@ class ShiftedReLUNetwork:
         elif not (isinstance(shift, int | float) and math.isfinite(shift)):
             raise invalid("shift", "a finite float or None", shift)
         rng = np.random.default_rng(seed)
-        W = K.aligned_empty((width, dim), np.float64)  # rows start cache lines
+        W = aligned_empty((width, dim), np.float64)  # rows start cache lines
         W[:] = rng.standard_normal((width, dim))
         a = rng.choice(np.array([-1.0, 1.0]), size=width)
         return cls(W=W, a=a, shift=float(shift))
