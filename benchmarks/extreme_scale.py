@@ -82,7 +82,7 @@ def child_network(args) -> dict:
     topology_step(model, cfg, args.epochs, np.random.default_rng([cfg.seed, args.epochs, 1]))
     evolution_s = time.perf_counter() - t
     nnz = model.n_connections
-    held = trainer.memory_plan.model + trainer.memory_plan.gradients  # fixed for the run
+    held = trainer.memory_plan.model  # fixed for the run (a micro-batched step adds no buffer)
     return {
         "row": args.row, "task": args.task, "n_informative": args.informative,
         "class_sep": args.class_sep,

@@ -209,6 +209,32 @@ def test_bias_step(rng):
     np.testing.assert_allclose(one[1], b0 + v, rtol=1e-5, atol=1e-7)
 
 
+def test_micro_batched_velocity_kernels(rng):
+    """bias_update's velocity modes and apply_velocity against NumPy: two micro-batches'
+    shares, then the values move by the flushed velocity."""
+    d1, d2 = (rng.standard_normal((31, 16)).astype(np.float32) for _ in range(2))
+    b0 = rng.standard_normal(31).astype(np.float32)
+    v0 = rng.standard_normal(31).astype(np.float32)
+    inv, lr, mom = np.float32(1 / 32), np.float32(0.1), np.float32(0.9)
+
+    def run(b, v):
+        K.bias_update(d1, b, v, lr, mom, inv, K.GRAD_VEL_FIRST)
+        K.bias_update(d2, b, v, lr, mom, inv, K.GRAD_VEL_ADD)
+        np.testing.assert_array_equal(b, b0)  # values wait for apply_velocity
+        K.apply_velocity(b, v)
+
+    one, many = threads_agree(run, lambda: (b0.copy(), v0.copy()))
+    np.testing.assert_array_equal(one[0], many[0])
+    v = 0.9 * v0.astype(np.float64) - 0.1 * (d1.sum(axis=1) + d2.sum(axis=1)) / 32
+    np.testing.assert_allclose(one[1], v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one[0], b0 + v, rtol=1e-5, atol=1e-7)
+    w = np.array([1.0, 2.0], np.float32)
+    vel = np.array([1e-39, 0.5], np.float32)  # a subnormal velocity ends flushed
+    K.apply_velocity(w, vel)
+    np.testing.assert_array_equal(vel, [0.0, 0.5])
+    np.testing.assert_array_equal(w, [1.0, 2.5])
+
+
 def test_gather_standardize(rng):
     X = rng.standard_normal((100, 13)).astype(np.float32)
     idx = rng.integers(0, 100, 17).astype(np.int64)

@@ -62,11 +62,15 @@ SRELU_TL, SRELU_AL, SRELU_TR, SRELU_AR = 0, 1, 2, 3  # rows of a (4, n) paramete
 GRAD_STORE = 0  # grad[k] = g (also False)
 GRAD_STEP = 1  # momentum-SGD step in place, no gradient kept (also True)
 GRAD_ADD = 2  # grad[k] += g: micro-batches of one step add up their gradients
+# A micro-batched step adds its micro-batches' terms straight into the momentum buffer
+# (no gradient buffer: 4 bytes a connection less), then apply_velocity moves the values:
+GRAD_VEL_FIRST = 3  # v[k] = momentum * v[k] - lr * (g + weight_decay * w[k]), w unchanged
+GRAD_VEL_ADD = 4  # v[k] -= lr * g
 
 # TINY (smallest normal float32): values below it are flushed to zero where they arise
 # (deltas here, velocities in the update rule), see sparsetrain.optim. The momentum-SGD
 # rule itself lives there; momentum_sgd is re-exported for the model's SReLU parameters.
-from .optim import TINY, momentum_sgd, momentum_velocity  # noqa: E402, F401
+from .optim import TINY, momentum_sgd, momentum_velocity, velocity_add, velocity_start  # noqa: E402, F401
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _FTZ_ENABLED = False
@@ -907,13 +911,18 @@ def sparse_forward(a_prev, col_ptr, col_rows, col_pos, data, bias, act, slope,
 @numba.njit(inline="always")
 def _finish(k, g, data, grad, velocity, lr, momentum, weight_decay, update):
     """Store the gradient of connection ``k`` (``GRAD_STORE``), add it to the stored one
-    (``GRAD_ADD``), or apply momentum SGD to it at once (``GRAD_STEP``)."""
+    (``GRAD_ADD``), apply momentum SGD to it at once (``GRAD_STEP``), or start / add to
+    a micro-batched step's velocity (``GRAD_VEL_FIRST``, ``GRAD_VEL_ADD``)."""
     if update == GRAD_STEP:
         vk = momentum_velocity(velocity[k], g, data[k], lr, momentum, weight_decay)
         velocity[k] = vk
         data[k] += vk
     elif update == GRAD_ADD:
         grad[k] += g
+    elif update == GRAD_VEL_FIRST:
+        velocity[k] = velocity_start(velocity[k], g, data[k], lr, momentum, weight_decay)
+    elif update == GRAD_VEL_ADD:
+        velocity[k] = velocity_add(velocity[k], g, lr)
     else:
         grad[k] = g
 
@@ -1053,7 +1062,8 @@ def sparse_backward(a_prev, delta, row_ptr, row_cols, data, dfac_prev, inv_batch
 def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update, inv):
     """Rows ``j0:j1`` with ``g_j = inv * sum_b delta[j, b]``: :func:`bias_step`
     (``GRAD_STEP``), ``mean_out[j] = g_j`` (``GRAD_STORE``) or ``mean_out[j] += g_j``
-    (``GRAD_ADD``)."""
+    (``GRAD_ADD``); the velocity of a micro-batched step as :func:`_finish` (no weight
+    decay on biases)."""
     for j in range(j0, j1):
         s = _row_sum(delta, j)
         if update == GRAD_STEP:
@@ -1061,6 +1071,11 @@ def _bias_rows(j0, j1, delta, bias, velocity, lr, momentum, mean_out, update, in
                                     np.float32(0.0))
             velocity[j] = vj
             bias[j] += vj
+        elif update == GRAD_VEL_FIRST:
+            velocity[j] = velocity_start(velocity[j], s * inv, np.float32(0.0), lr, momentum,
+                                         np.float32(0.0))
+        elif update == GRAD_VEL_ADD:
+            velocity[j] = velocity_add(velocity[j], s * inv, lr)
         elif update == GRAD_ADD:
             mean_out[j] += s * inv
         else:
@@ -1077,6 +1092,25 @@ def bias_step(delta, bias, velocity, lr, momentum):
     inv = np.float32(1.0) / np.float32(delta.shape[1])
     for j in prange(n):
         _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, GRAD_STEP, inv)
+
+
+@numba.njit(parallel=True, fastmath=_EXACT, cache=True)
+def bias_update(delta, bias, velocity, lr, momentum, inv, update):
+    """:func:`bias_step` with the batch mean taken with ``inv`` and any ``update`` mode of
+    :func:`_bias_rows` (the micro-batches of one step)."""
+    n = delta.shape[0]
+    for j in prange(n):
+        _bias_rows(j, j + 1, delta, bias, velocity, lr, momentum, bias, update, inv)
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def apply_velocity(w, v):
+    """The end of a micro-batched step: ``v`` flushed to zero below TINY as
+    :func:`momentum_velocity` does, then ``w += v``."""
+    for k in prange(w.shape[0]):
+        vk = v[k] if abs(v[k]) >= TINY else np.float32(0.0)
+        v[k] = vk
+        w[k] += vk
 
 
 @numba.njit(parallel=True, fastmath=_EXACT, cache=True)

@@ -9,7 +9,8 @@ A truly sparse network's memory has two parts that scale differently:
   deltas (which hold the dropout factors between the passes), ``n`` float32 each
   (``activation_bytes``). At 50 M hidden neurons one sample costs about 0.4 GB of
   these, so a 128-sample step is run
-  as micro-batches whose gradients add up (see ``SparseMLP.train_step``).
+  as micro-batches, each adding its share of the step to the momentum buffers (no
+  gradient buffer; see ``SparseMLP.train_step``).
 
 The estimate is what the kernels allocate, not a measurement: the run log prints it next
 to the peak resident memory so the two can be compared.
@@ -27,8 +28,6 @@ import numpy as np
 #: Bytes held per connection while training: value and momentum (float32), CSR output
 #: index (int32), CSC input index (int32) and CSC position of the value (int32).
 BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 4
-#: Bytes per connection of the gradient buffer a micro-batched step adds up into.
-GRAD_BYTES_PER_CONNECTION = 4
 #: Bytes per neuron of a layer's output: bias, bias momentum (float32), CSC pointer (int64).
 BYTES_PER_NEURON = 4 + 4 + 8
 #: Transient bytes per connection of the largest layer during its SET step (int64 keys,
@@ -122,28 +121,25 @@ class MemoryPlan(NamedTuple):
     micro_batch: int  # samples per forward/backward pass
     batch: int  # samples per step
     model: int  # connections, momentum, indexes, neurons
-    gradients: int  # accumulated gradients (micro-batching only)
     activations: int  # work arrays of one micro-batch
     evolution: int  # transient, the SET step of the largest layer
     budget: int
 
     @property
     def total(self) -> int:
-        return self.model + self.gradients + self.activations + self.evolution
+        return self.model + self.activations + self.evolution
 
     def describe(self) -> str:
         split = (f"micro-batches of {self.micro_batch} of each {self.batch}-sample step"
                  if self.micro_batch < self.batch else f"whole {self.batch}-sample batches")
         return (f"memory plan: {fmt_bytes(self.model)} model + {fmt_bytes(self.activations)} "
                 f"activations ({split})"
-                + (f" + {fmt_bytes(self.gradients)} gradients" if self.gradients else "")
                 + f" + {fmt_bytes(self.evolution)} SET step = {fmt_bytes(self.total)} "
                 f"of {fmt_bytes(self.budget)} available")
 
 
 def _plan(sizes, connections, batch, micro, budget, neuron_params) -> MemoryPlan:
     return MemoryPlan(micro, batch, model_bytes(sizes, connections),
-                      GRAD_BYTES_PER_CONNECTION * sum(connections) if micro < batch else 0,
                       activation_bytes(sizes, micro, neuron_params=neuron_params),
                       evolution_bytes(connections), budget)
 
@@ -171,7 +167,7 @@ def plan_micro_batch(sizes: Sequence[int], connections: Sequence[int], batch: in
 def refusal(plan_16: MemoryPlan, what: str) -> str:
     """One line: why ``what`` cannot train here, and what to change."""
     return (f"{what} does not fit in memory: it needs {fmt_bytes(plan_16.model)} for its "
-            f"connections and neurons, {fmt_bytes(plan_16.gradients)} for gradients and "
+            f"connections and neurons and "
             f"{fmt_bytes(plan_16.activations)} for the activations of "
             f"{plan_16.micro_batch} samples (with the SET step {fmt_bytes(plan_16.total)}), "
             f"but {fmt_bytes(plan_16.budget)} are available. Lower --hidden or --epsilon, "

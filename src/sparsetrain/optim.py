@@ -57,6 +57,22 @@ def momentum_velocity(v, g, w, lr, momentum, weight_decay):
     return vk if abs(vk) >= TINY else np.float32(0.0)
 
 
+@numba.njit(fastmath=False, cache=True)
+def velocity_start(v, g, w, lr, momentum, weight_decay):
+    """The first micro-batch's share of a step's velocity: ``momentum * v - lr * (g +
+    weight_decay * w)`` without the flush (the micro-batches that follow subtract
+    :func:`velocity_add`'s ``lr * g``; :func:`sparsetrain._kernels.apply_velocity` flushes
+    and moves ``w`` after the last). Adding into the velocity instead of a gradient
+    buffer equals the one-pass rule up to float rounding. No fast-math, as above."""
+    return momentum * v - lr * (g + weight_decay * w)
+
+
+@numba.njit(fastmath=False, cache=True)
+def velocity_add(v, g, lr):
+    """``v - lr * g``: a later micro-batch's share (see :func:`velocity_start`)."""
+    return v - lr * g
+
+
 @numba.njit(parallel=True, fastmath=False, cache=True)
 def momentum_sgd(w, v, g, lr, momentum, weight_decay):
     """Momentum SGD on flat float32 arrays, in place (see the module docstring)::
