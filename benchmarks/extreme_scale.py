@@ -57,6 +57,7 @@ def child_network(args) -> dict:
     """One row: data, model, ``--epochs`` epochs with evaluation, then one SET step."""
     import numpy as np
 
+    from sparsetrain import memory
     from sparsetrain.config import make_config
     from sparsetrain.data import load_dataset
     from sparsetrain.schedule import topology_step
@@ -69,7 +70,8 @@ def child_network(args) -> dict:
                       class_sep=args.class_sep, seed=args.seed)
     data_s = time.perf_counter() - t
     cfg = make_config("synthetic", hidden=tuple(row["hidden"]), epsilon=row["epsilon"],
-                      epochs=args.epochs, seed=args.seed, micro_batch=args.micro_batch)
+                      epochs=args.epochs, seed=args.seed, micro_batch=args.micro_batch,
+                      csc_index=args.csc_index)
     budget = None if args.memory_budget is None else int(args.memory_budget * 1e9)
     t = time.perf_counter()
     model = build_model(cfg, ds.X_train, ds.n_classes, memory_budget=budget)
@@ -82,7 +84,8 @@ def child_network(args) -> dict:
     topology_step(model, cfg, args.epochs, np.random.default_rng([cfg.seed, args.epochs, 1]))
     evolution_s = time.perf_counter() - t
     nnz = model.n_connections
-    held = trainer.memory_plan.model  # fixed for the run (a micro-batched step adds no buffer)
+    plan = trainer.memory_plan  # what is held for the run (a micro-batched step adds nothing)
+    conn_bytes = memory.connection_bytes([la.nnz for la in model.layers], csc=plan.csc)
     return {
         "row": args.row, "task": args.task, "n_informative": args.informative,
         "class_sep": args.class_sep,
@@ -98,7 +101,10 @@ def child_network(args) -> dict:
                               for r in history],
         "test_loss": [r["test_loss"] for r in history],
         "test_accuracy": [r["test_accuracy"] for r in history],
-        "bytes_per_connection": held / nnz, "peak_rss_gb": _peak_rss_gb(),
+        "csc_index": plan.csc, "bytes_per_connection": plan.model / nnz,
+        "connection_bytes_per_connection": conn_bytes / nnz,
+        "neuron_bytes_per_connection": (plan.model - conn_bytes) / nnz,
+        "peak_rss_gb": _peak_rss_gb(),
         "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
     }
 
@@ -130,6 +136,7 @@ def _run_child(kind: str, args, row: int, task: str, class_sep: float, run_dir: 
         cmd += ["--memory-budget", str(args.memory_budget)]
     if args.micro_batch is not None:
         cmd += ["--micro-batch", str(args.micro_batch)]
+    cmd += ["--csc-index", args.csc_index]
     if args.progress:
         cmd.append("--progress")
     out = run_dir / f"{kind}.json"
@@ -146,14 +153,17 @@ def _print(r: dict) -> None:
     print(f"\nrow {r['row']} {r['architecture']} eps {r['epsilon']:g} ({r['task']} task, "
           f"n_informative {r['n_informative']}, class_sep {r['class_sep']:g}): "
           f"{r['connections'] / 1e6:.1f} M connections, "
-          f"micro-batch {r['micro_batch']}")
+          f"micro-batch {r['micro_batch']}"
+          + ("" if r.get("csc_index", True) else ", lean (no CSC index)"))
     print(f"  minutes      ours (2 cores)   paper ({p['workers']} workers, 96 cores)")
     for key, ours in (("init", r["init_minutes"]), ("train", r["train_minutes"][0]),
                       ("inference", r["inference_minutes"][0]),
                       ("evolution", r["evolution_minutes"])):
         print(f"  {key:<12} {ours:>8.2f}         {p[key]:>6}")
     print(f"  peak RSS {r['peak_rss_gb']:.2f} GB, {r['bytes_per_connection']:.1f} bytes held per "
-          "connection")
+          f"connection: {r['connection_bytes_per_connection']:.1f} by the connections (value, "
+          f"momentum, indexes), {r['neuron_bytes_per_connection']:.1f} by the neurons (bias, "
+          "its momentum, pointers)")
     for e, tenths in enumerate(r["train_loss_tenths"], 1):
         print(f"  epoch {e}: train loss by tenth {' '.join(f'{v:.3g}' for v in tenths)}; "
               f"test loss {r['test_loss'][e - 1]:.4f}, test accuracy "
@@ -198,6 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-budget", type=float, help="GB (default: the trainer's)")
     parser.add_argument("--micro-batch", type=int)
+    parser.add_argument("--csc-index", choices=["auto", "keep", "drop"], default="auto",
+                        help="keep or drop the forward pass's CSC index (the trainer's option)")
     parser.add_argument("--progress", action="store_true", help="progress bar in each child")
     parser.add_argument("--out", default="extreme_scale_results")
     parser.add_argument("--child", choices=["network", "linear"], help=argparse.SUPPRESS)

@@ -60,6 +60,16 @@ def test_export_matches_decision_function(rng, activation, task, layout):
         np.testing.assert_array_equal(a.keys(), b.keys())
 
 
+def test_a_lean_model_exports_like_the_csc_one(rng):
+    """A network without its CSC index (--csc-index drop) builds one for the export only."""
+    m = random_model(rng)
+    X = (rng.standard_normal((64, 20)) * 3).astype(np.float32)
+    expected = torch_out(to_torch(m), X)
+    m.set_csc(False)
+    np.testing.assert_array_equal(torch_out(to_torch(m), X), expected)
+    assert all(la.col_ptr is None for la in m.layers)
+
+
 def test_exported_module_trains_and_pickles(rng):
     m = random_model(rng)
     module = to_torch(m).train()

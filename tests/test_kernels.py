@@ -561,6 +561,40 @@ def test_far_products_match_the_sparse_reference(batch):
                                atol=1e-5)
 
 
+# Output counts below and above the 2 x threads ranges; batches with and without a scalar
+# tail; the last case's output rows exceed FAR_BYTES (the prefetching path).
+@pytest.mark.parametrize(("n_in", "n_out", "nnz", "batch"), [
+    (37, 23, 300, 87), (64, 1, 40, 16), (20, 3, 30, 5), (50, 400, 4000, 48),
+    (3000, K.FAR_BYTES // (4 * 32) + 1000, 60000, 32)])
+def test_forward_without_the_csc_index_is_the_gather_bit_for_bit(rng, n_in, n_out, nnz, batch):
+    """The lean forward product (scatter over the CSR rows) against the gather over the
+    CSC index, with every activation, dropout from a micro-batch's column, with and
+    without the factor buffer; and against a dense product."""
+    layer = random_layer(rng, n_in, n_out, nnz)
+    a = rng.standard_normal((n_in, batch)).astype(np.float32)
+    for act, slope, rate, factors in [(K.ACT_PIECEWISE, 0.6, 0.3, True),
+                                      (K.ACT_LINEAR, 0.0, 0.0, False),
+                                      (K.ACT_SIGMOID, 0.0, 0.2, True),
+                                      (K.ACT_PIECEWISE, 0.0, 0.0, False)]:
+        def out(factors=factors):
+            return (np.full((n_out, batch), np.nan, np.float32),
+                    np.full((n_out, batch) if factors else (0, 0), np.nan, np.float32))
+
+        tail = (act, np.float32(slope), np.float32(rate), np.uint64(11))
+        gather = (a, layer.col_ptr, layer.col_rows, layer.col_pos, layer.data, layer.bias,
+                  *tail, *out(), np.int64(5))
+        K.sparse_forward(*gather)
+        one, many = threads_agree(K.sparse_forward_csr, lambda tail=tail, out=out: (
+            a, layer.row_ptr, layer.row_cols, layer.data, layer.bias, *tail, *out(),
+            np.int64(5), np.int64(K.n_threads())))
+        for lean in (one, many):
+            np.testing.assert_array_equal(lean[9], gather[10])
+            np.testing.assert_array_equal(lean[10], gather[11])
+        if act == K.ACT_LINEAR and n_in * n_out < 10**6:
+            z = layer.to_dense().T.astype(np.float64) @ a + layer.bias[:, None]
+            np.testing.assert_allclose(one[9], z, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [19, 32, 128])
 def test_backward_reads_the_factors_before_writing_the_delta_over_them(rng, batch):
     """delta_prev may be the dfac_prev array itself (the model keeps a hidden layer's

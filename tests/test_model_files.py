@@ -161,13 +161,25 @@ def test_tampered_shapes(tmp_path, saved, edit, fragments):
 
 @pytest.mark.parametrize(("key", "dtype"), [("layers.1.row_cols", np.int64),
                                             ("layers.0.data", np.float64),
-                                            ("layers.2.row_ptr", np.int32),
+                                            ("layers.2.row_ptr", np.uint32),
                                             ("input_std", np.float64)])
 def test_wrong_dtype(tmp_path, saved, key, dtype):
     def edit(arrays, meta):
         arrays[key] = arrays[key].astype(dtype)
 
     refused(rewrite(saved, tmp_path / "bad.npz", edit), key, np.dtype(dtype).name)
+
+
+def test_files_with_int64_pointers_still_load(tmp_path, saved, model, rng):
+    """Files before 2026-12-07 held int64 row pointers; the layers hold int32 now."""
+    def widen(arrays, meta):
+        for l in range(len(model.layers)):
+            arrays[f"layers.{l}.row_ptr"] = arrays[f"layers.{l}.row_ptr"].astype(np.int64)
+
+    loaded, _ = load_model(rewrite(saved, tmp_path / "old.npz", widen))
+    X = rng.standard_normal((30, 12)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert all(la.row_ptr.dtype == np.int32 for la in loaded.layers)
 
 
 @pytest.mark.parametrize("key", ["layers.1.velocity", "input_mean", "layers.2.bias"])

@@ -222,3 +222,63 @@ def test_the_synthetic_preset_learns_with_its_defaults():
         model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
     assert len(history) == 10
     assert history[0]["train_loss"] < np.log(2) and history[-1]["test_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("activation", ["all-relu", "srelu"])
+def test_a_lean_network_trains_and_evolves_bit_for_bit_like_the_csc_one(activation):
+    """Without the CSC index (--csc-index drop) the forward pass scatters over the CSR
+    rows: micro-batched steps, a SET step and inference give the same bits, and the index
+    stays dropped through the topology change."""
+    from sparsetrain.schedule import topology_step
+
+    model, lean, X, y = _pair(activation, 0.3, 48)
+    model.micro_batch = 48
+    lean.set_csc(False)
+    assert not lean.csc and all(la.col_ptr is None for la in lean.layers)
+    cfg = make_config("fashion-mnist", epsilon=5.0)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=2e-4)
+    for epoch in range(2):
+        for step in range(2):
+            idx = np.arange(step * 128, step * 128 + 128, dtype=np.int64)
+            assert model.train_step(X, y, idx, seed=step, **kw) == lean.train_step(
+                X, y, idx, seed=step, **kw)
+        for m in (model, lean):
+            topology_step(m, cfg, epoch, np.random.default_rng([epoch, 1]))
+    assert all(la.col_ptr is None for la in lean.layers)
+    for a, b in zip(model.layers, lean.layers, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.row_cols, b.row_cols)
+    np.testing.assert_array_equal(model.decision_function(X), lean.decision_function(X))
+    lean.set_csc(True)  # built again, equal to the one kept all along
+    for a, b in zip(model.layers, lean.layers, strict=True):
+        np.testing.assert_array_equal(a.col_pos, b.col_pos)
+
+
+def test_the_csc_index_is_dropped_only_when_the_network_fits_only_without_it():
+    """The default (auto) keeps the index when it fits, drops it when only the lean
+    layout fits (and says so), and refuses with a message that names both."""
+    ds = load_dataset("synthetic", standardize=False, n_samples=400, n_features=20)
+    cfg = make_config("synthetic", hidden=(256, 256), epsilon=4.0, epochs=1, batch_size=64,
+                      micro_batch=None)
+    assert cfg.csc_index == "auto"
+    sizes = [20, 256, 256, 2]
+    conns = er_connections(sizes, 4.0)
+    rest = 40 * max(conns) + activation_bytes(sizes, 16)
+    lean_only = model_bytes(sizes, conns, csc=False) + rest
+    assert lean_only < model_bytes(sizes, conns) + rest
+    model = build_model(cfg, ds.X_train, ds.n_classes, memory_budget=lean_only)
+    assert not model.csc
+    trainer = Trainer(cfg, progress=False, verbose=False, memory_budget=lean_only)
+    history = trainer.fit(model, ds.X_train, ds.y_train, ds.X_test, ds.y_test)
+    assert not model.csc and not trainer.memory_plan.csc and np.isfinite(history[0]["train_loss"])
+    assert "lean: no CSC index" in trainer.memory_plan.describe()
+    roomy = model_bytes(sizes, conns) + rest
+    assert build_model(cfg, ds.X_train, ds.n_classes, memory_budget=roomy).csc
+    for mode, csc in (("keep", True), ("drop", False)):
+        pinned = make_config("synthetic", hidden=(256, 256), epsilon=4.0, csc_index=mode)
+        assert build_model(pinned, ds.X_train, ds.n_classes).csc is csc
+    keep = make_config("synthetic", hidden=(256, 256), epsilon=4.0, csc_index="keep")
+    with pytest.raises(SparsetrainError, match="--csc-index drop"):
+        build_model(keep, ds.X_train, ds.n_classes, memory_budget=lean_only)
+    with pytest.raises(SparsetrainError, match="without the CSC index"):
+        build_model(cfg, ds.X_train, ds.n_classes, memory_budget=lean_only // 2)

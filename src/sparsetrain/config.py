@@ -32,6 +32,7 @@ from .activations import ACTIVATIONS
 from .errors import SparsetrainError, param_error
 from .evolution import GROW, REGROW, ZETA_SCHEDULES
 from .layers import FAN_IN_MODES, INITIALIZERS
+from .memory import CSC_MODES
 from .model import LOSSES
 
 # ---------------------------------------------------------------------------- rules
@@ -263,6 +264,11 @@ class TrainConfig:
         Samples per forward/backward pass; a larger batch runs as micro-batches whose
         gradients add up to the batch's (the same step, to float rounding). None: the
         whole batch when it fits in memory, else the largest multiple of 16 that does.
+    csc_index : {"auto", "keep", "drop"}
+        Whether the layers keep a CSC index for the forward pass (8 bytes a connection):
+        ``keep``; ``drop`` (a lean network: 12 bytes a connection in all, the forward pass
+        scatters over the CSR rows, the same results); ``auto`` (default): keep it unless
+        the network fits in memory only without it (:mod:`sparsetrain.memory`).
 
     The allowed values, help texts and option names of every field are in :data:`PARAMS`.
     """
@@ -346,6 +352,12 @@ class TrainConfig:
         "samples per forward/backward pass; gradients of a batch's micro-batches add up "
         "(default: the whole batch if it fits in memory, else the largest multiple of 16 "
         "that does)", estimator=None, group=_SCALE)
+    csc_index: str = _param(
+        "auto", Choice(CSC_MODES),
+        "keep the forward pass's CSC index (8 bytes a connection, the fastest forward "
+        "pass), drop it (12 bytes a connection in all; the forward pass scatters, about 2x "
+        "slower at huge width, same results), or auto: keep it unless the network fits "
+        "only without it", estimator=None, group=_SCALE)
 
     def validate(self, *, names: Mapping[str, str] | None = None,
                  owner: str | None = None) -> TrainConfig:

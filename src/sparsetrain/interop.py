@@ -139,9 +139,10 @@ def to_torch(model: SparseMLP, *, layout: str = "csr", dtype=None):
     weights, biases = [], []
     for layer in model.layers:
         # Our CSC index over outputs is the CSR of W^T: crow (n_out+1,), col/values (nnz,).
-        crow = torch.as_tensor(layer.col_ptr.astype(np.int64))
-        col = torch.as_tensor(layer.col_rows.astype(np.int64))
-        val = torch.as_tensor(layer.data[layer.col_pos], dtype=dtype)
+        col_ptr, col_rows, col_pos = layer.csc_index()
+        crow = torch.as_tensor(col_ptr.astype(np.int64))
+        col = torch.as_tensor(col_rows.astype(np.int64))
+        val = torch.as_tensor(layer.data[col_pos], dtype=dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             w = torch.sparse_csr_tensor(crow, col, val, size=(layer.n_out, layer.n_in),

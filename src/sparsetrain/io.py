@@ -10,7 +10,7 @@ Model file format (``.npz``, never pickled; load with ``allow_pickle=False``)::
                                plus free-form run state (config, epoch, evolved, history, run)
     input_mean, input_std      (n_features,) float32   training-set standardisation
     target_mean, target_std    (n_outputs,) float32    regression models only: target standardisation
-    layers.L.row_ptr           (n_in+1,) int64         CSR over inputs of layer L
+    layers.L.row_ptr           (n_in+1,) int32         CSR over inputs of layer L (int64 in older files)
     layers.L.row_cols          (nnz,) int32            output index of each connection
     layers.L.data              (nnz,) float32          connection values
     layers.L.velocity          (nnz,) float32          momentum of each connection
@@ -47,7 +47,8 @@ from .model import SparseMLP
 
 FORMAT_NAME = "sparsetrain.model"
 FORMAT_VERSION = 1
-_LAYER_KEYS = {"row_ptr": np.int64, "row_cols": np.int32, "data": np.float32,
+# row_ptr: int32 since 2026-12-07 (int64 before, still read).
+_LAYER_KEYS = {"row_ptr": (np.int32, np.int64), "row_cols": np.int32, "data": np.float32,
                "velocity": np.float32, "bias": np.float32, "bias_velocity": np.float32}
 
 
@@ -398,16 +399,14 @@ class _ZipMembers:
                 raise SparsetrainError(f"array {name} has a damaged npy header ({reason})") from None
             if max_bytes is not None and math.prod(got_shape) * got_dtype.itemsize > max_bytes:
                 raise SparsetrainError(f"array {name} is larger than {max_bytes} bytes")
-            want = np.dtype(dtype)
             if got_dtype.hasobject:
                 raise SparsetrainError(
                     f"{self.source} holds a pickled (object) array in entry {name}; sparsetrain "
                     "model files never contain pickles, and loading one could run arbitrary "
                     "code: refusing it")
-            if got_dtype != want and not (want.kind == "U" and got_dtype.kind == "U"
-                                          and got_dtype.byteorder in "=<|"):
+            if not _admits(dtype, got_dtype, native=got_dtype.byteorder in "=<|"):
                 raise SparsetrainError(f"array {name} has dtype {got_dtype} and {len(got_shape)} "
-                                       f"dimensions, expected {_describe(want, shape)}")
+                                       f"dimensions, expected {_describe(dtype, shape)}")
             if callable(shape):
                 shape(got_shape)
             elif tuple(got_shape) != tuple(shape):
@@ -441,9 +440,21 @@ def _read_exactly(f, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _admits(dtype, got, native: bool = True) -> bool:
+    """Whether ``got`` is ``dtype`` (one dtype, or a tuple of the ones accepted); any
+    (native-order) unicode string is a unicode string."""
+    for want in map(np.dtype, dtype if isinstance(dtype, tuple) else (dtype,)):
+        if got == want or (want.kind == "U" and got.kind == "U" and native):
+            return True
+    return False
+
+
 def _describe(dtype, shape) -> str:
     ndim = "" if callable(shape) else f"{len(shape)}-D "
-    return f"{ndim}{np.dtype(dtype)}" if dtype.kind != "U" else "a unicode string"
+    names = [np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,))]
+    if names[0].kind == "U":
+        return "a unicode string"
+    return ndim + " or ".join(str(d) for d in names)
 
 
 class _DictMembers:
@@ -459,10 +470,9 @@ class _DictMembers:
         arr = np.asarray(self.arrays[name])
         if max_bytes is not None and arr.nbytes > max_bytes:
             raise SparsetrainError(f"array {name} is larger than {max_bytes} bytes")
-        want = np.dtype(dtype)
-        if arr.dtype != want and not (want.kind == "U" and arr.dtype.kind == "U"):
+        if not _admits(dtype, arr.dtype):
             raise SparsetrainError(f"array {name} has dtype {arr.dtype} and {arr.ndim} "
-                                   f"dimensions, expected {_describe(want, shape)}")
+                                   f"dimensions, expected {_describe(dtype, shape)}")
         if callable(shape):
             shape(arr.shape)
         elif arr.shape != tuple(shape):
@@ -628,7 +638,7 @@ def _model_from_members(members, meta: dict, source: str) -> SparseMLP:
                 math.isfinite(fan_in) and fan_in > 0):
             raise TypeError(f"layers[{l}].fan_in must be a positive number, got {fan_in!r}")
         key = f"layers.{l}."
-        row_ptr = members.read(key + "row_ptr", np.int64, _shape_is(
+        row_ptr = members.read(key + "row_ptr", _LAYER_KEYS["row_ptr"], _shape_is(
             (n_in + 1,), f"invalid {n_in}->{n_out} sparse layer: row_ptr"))
         nnz = int(row_ptr[-1])
         if row_ptr[0] != 0 or nnz > n_in * n_out or np.any(np.diff(row_ptr) < 0):

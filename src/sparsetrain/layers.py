@@ -2,12 +2,16 @@
 
 A :class:`SparseLinear` with ``n_in`` inputs and ``n_out`` outputs stores::
 
-    row_ptr  (n_in+1,)  int64    CSR over inputs
+    row_ptr  (n_in+1,)  int32    CSR over inputs
     row_cols (nnz,)     int32    output index of each connection
     data     (nnz,)     float32  connection values w_ij
     velocity (nnz,)     float32  momentum buffer, aligned with data
     bias     (n_out,)   float32, bias_velocity (n_out,)
-    col_ptr (n_out+1,), col_rows (nnz,), col_pos (nnz,)   CSC index into data (derived)
+    col_ptr (n_out+1,), col_rows (nnz,), col_pos (nnz,)   CSC index into data (derived;
+                                                          None in a lean layer, csc=False)
+
+Every index is int32 (a layer holds fewer than 2**31 connections, checked): at 50 M
+neurons and two connections a neuron, int64 pointers would add 4 bytes a connection.
 
 Connections are ordered by (input, output): the flat key ``i * n_out + j`` is
 strictly increasing along ``data``, which makes membership tests a binary search.
@@ -88,6 +92,20 @@ def check_er_density(epsilon: float, sizes, layers) -> None:
                 f"{largest} or wider layers.")
 
 
+#: Most connections a layer may hold: its pointers and positions are int32.
+MAX_LAYER_CONNECTIONS = 2**31 - 1
+
+
+def _index_array(ptr, name: str) -> np.ndarray:
+    """A layer's CSR pointer array as int32, refusing a layer too large for it."""
+    ptr = np.asarray(ptr)
+    if ptr.size and int(ptr[-1]) > MAX_LAYER_CONNECTIONS:
+        raise SparsetrainError(
+            f"a layer holds at most 2**31 - 1 connections (they take 20 bytes each, 43 GB); "
+            f"this one has {int(ptr[-1])} ({name}). Lower epsilon.")
+    return np.ascontiguousarray(ptr, dtype=np.int32)
+
+
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
     """Sorted distinct values (sort + adjacent difference: NumPy 2's hash-based
     ``np.unique`` is several times slower on 10^7 int64)."""
@@ -159,10 +177,10 @@ class SparseLinear:
 
     def __init__(self, n_in, n_out, row_ptr, row_cols, data, *, bias=None, velocity=None,
                  bias_velocity=None, init="he-uniform", fan_in=None, neuron_params=None,
-                 neuron_velocity=None):
+                 neuron_velocity=None, csc=True):
         self.n_in = int(n_in)
         self.n_out = int(n_out)
-        self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)  # (n_in+1,)
+        self.row_ptr = _index_array(row_ptr, "row_ptr")  # (n_in+1,)
         self.row_cols = np.ascontiguousarray(row_cols, dtype=np.int32)  # (nnz,)
         self.data = np.ascontiguousarray(data, dtype=np.float32)  # (nnz,)
         nnz = self.data.shape[0]
@@ -181,12 +199,16 @@ class SparseLinear:
                                 if neuron_velocity is None
                                 else np.ascontiguousarray(neuron_velocity, dtype=np.float32))
         self.check()
+        #: Whether the layer keeps its CSC index (8 bytes a connection; the forward pass
+        #: gathers through it). A lean layer has none, and its forward pass scatters over
+        #: the CSR rows (:func:`sparsetrain._kernels.sparse_forward_csr`).
+        self.csc = bool(csc)
         self.rebuild_index()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def erdos_renyi(cls, n_in, n_out, epsilon, rng, *, init="he-uniform", fan_in="sparse",
-                    allow_dense=False):
+                    allow_dense=False, csc=True):
         """Erdős–Rényi sparse layer (SPEC 1.1): ``round(p * n_in * n_out)`` connections at
         uniformly random positions, ``p = epsilon * (n_in + n_out) / (n_in * n_out)``.
 
@@ -213,7 +235,7 @@ class SparseLinear:
         values = INITIALIZERS[init](rng, nnz, fan, fan_out)
         row_ptr = np.zeros(n_in + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=n_in), out=row_ptr[1:])
-        return cls(n_in, n_out, row_ptr, cols, values, init=init, fan_in=fan)
+        return cls(n_in, n_out, row_ptr, cols, values, init=init, fan_in=fan, csc=csc)
 
     @classmethod
     def from_coo(cls, n_in, n_out, rows, cols, values, **kwargs):
@@ -231,17 +253,29 @@ class SparseLinear:
 
     # ------------------------------------------------------------------ derived state
     def rebuild_index(self):
-        """Recompute the CSC index (after any change of topology)."""
+        """Recompute the CSC index (after any change of topology); a lean layer has none."""
+        self.col_ptr = self.col_rows = self.col_pos = None
+        if self.csc:
+            self.col_ptr, self.col_rows, self.col_pos = self.csc_index()
+
+    def csc_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(col_ptr, col_rows, col_pos)``: the layer's CSC index, or a new one for a
+        lean layer (not kept)."""
+        if self.col_ptr is not None:
+            return self.col_ptr, self.col_rows, self.col_pos
         nnz = self.nnz
-        if nnz >= 2**31:  # col_pos is int32 (4 bytes a connection instead of 8)
-            raise SparsetrainError(
-                f"a layer holds at most 2**31 - 1 connections (they take 20 bytes each, "
-                f"43 GB); this {self.n_in} x {self.n_out} one has {nnz}. Lower epsilon.")
-        self.col_ptr = np.empty(self.n_out + 1, np.int64)  # (n_out+1,)
-        self.col_rows = np.empty(nnz, np.int32)  # (nnz,)
-        self.col_pos = np.empty(nnz, np.int32)  # (nnz,) position in data
-        _kernels.csr_to_csc(self.row_ptr, self.row_cols, self.n_out,
-                            self.col_ptr, self.col_rows, self.col_pos)
+        col_ptr = np.empty(self.n_out + 1, np.int32)  # (n_out+1,)
+        col_rows = np.empty(nnz, np.int32)  # (nnz,)
+        col_pos = np.empty(nnz, np.int32)  # (nnz,) position in data
+        _kernels.csr_to_csc(self.row_ptr, self.row_cols, self.n_out, col_ptr, col_rows,
+                            col_pos)
+        return col_ptr, col_rows, col_pos
+
+    def set_csc(self, keep: bool) -> None:
+        """Keep (build) or drop the CSC index."""
+        if bool(keep) != self.csc:
+            self.csc = bool(keep)
+            self.rebuild_index()
 
     def check(self):
         """Validate structural invariants; raise :class:`SparsetrainError` with the broken one."""
@@ -312,8 +346,9 @@ class SparseLinear:
             [self.velocity[keep], np.zeros(new_keys.size, np.float32)])[order]
         rows = keys // self.n_out
         self.row_cols = (keys - rows * self.n_out).astype(np.int32)
-        self.row_ptr = np.zeros(self.n_in + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=self.n_in), out=self.row_ptr[1:])
+        row_ptr = np.zeros(self.n_in + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=self.n_in), out=row_ptr[1:])
+        self.row_ptr = _index_array(row_ptr, "row_ptr")
         self.rebuild_index()
 
     def __repr__(self):

@@ -3,8 +3,9 @@
 A truly sparse network's memory has two parts that scale differently:
 
 * per connection (fixed for the run): value, momentum, the CSR output index and the
-  derived CSC index (``BYTES_PER_CONNECTION``), plus per-neuron bias, bias momentum and
-  the two pointer arrays;
+  derived CSC index (``BYTES_PER_CONNECTION``, 20), or without the CSC index in a lean
+  network (``LEAN_BYTES_PER_CONNECTION``, 12; ``--csc-index``), plus per-neuron bias,
+  bias momentum and the int32 pointer arrays;
 * per sample of a (micro-)batch: for every layer of width ``n`` the activations and the
   deltas (which hold the dropout factors between the passes), ``n`` float32 each
   (``activation_bytes``). At 50 M hidden neurons one sample costs about 0.4 GB of
@@ -28,8 +29,17 @@ import numpy as np
 #: Bytes held per connection while training: value and momentum (float32), CSR output
 #: index (int32), CSC input index (int32) and CSC position of the value (int32).
 BYTES_PER_CONNECTION = 4 + 4 + 4 + 4 + 4
-#: Bytes per neuron of a layer's output: bias, bias momentum (float32), CSC pointer (int64).
-BYTES_PER_NEURON = 4 + 4 + 8
+#: The same without the CSC index (a lean network, ``--csc-index drop``).
+LEAN_BYTES_PER_CONNECTION = 4 + 4 + 4
+#: What ``--csc-index`` may say: keep the CSC index, drop it, or keep it if it fits.
+CSC_MODES = {"auto": "keep the CSC index unless the network fits only without it",
+             "keep": "keep it (20 bytes a connection; the fastest forward pass)",
+             "drop": "drop it (12 bytes a connection; about 2x the forward time at huge width)"}
+#: Bytes per neuron of a layer's output: bias, bias momentum (float32), CSC pointer (int32;
+#: not in a lean network).
+BYTES_PER_NEURON = 4 + 4 + 4
+#: Bytes per neuron of a layer's input: the CSR pointer (int32).
+BYTES_PER_INPUT = 4
 #: Transient bytes per connection of the largest layer during its SET step (int64 keys,
 #: survivors, the merged new keys and the mask/argpartition scratch).
 EVOLUTION_BYTES_PER_CONNECTION = 40
@@ -46,12 +56,22 @@ def er_connections(sizes: Sequence[int], epsilon: float) -> list[int]:
     return out
 
 
-def model_bytes(sizes: Sequence[int], connections: Sequence[int]) -> int:
-    """Parameters, momentum and indexes of a network (fixed for the run)."""
-    per_conn = BYTES_PER_CONNECTION * sum(connections)
-    per_neuron = sum(BYTES_PER_NEURON * n_out + 8 * (n_in + 1)
-                     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
-    return per_conn + per_neuron
+def model_bytes(sizes: Sequence[int], connections: Sequence[int], *, csc: bool = True) -> int:
+    """Parameters, momentum and indexes of a network (fixed for the run); ``csc=False``:
+    a lean network, without the CSC index."""
+    return connection_bytes(connections, csc=csc) + neuron_bytes(sizes, csc=csc)
+
+
+def connection_bytes(connections: Sequence[int], *, csc: bool = True) -> int:
+    """What the connections hold: values, momentum, their indexes."""
+    return (BYTES_PER_CONNECTION if csc else LEAN_BYTES_PER_CONNECTION) * sum(connections)
+
+
+def neuron_bytes(sizes: Sequence[int], *, csc: bool = True) -> int:
+    """What the neurons hold: bias, its momentum, the CSR (and CSC) pointers."""
+    out = BYTES_PER_NEURON - (0 if csc else 4)
+    return sum(out * n_out + BYTES_PER_INPUT * (n_in + 1)
+               for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 def activation_bytes(sizes: Sequence[int], batch: int, *, training: bool = True,
@@ -120,10 +140,12 @@ class MemoryPlan(NamedTuple):
 
     micro_batch: int  # samples per forward/backward pass
     batch: int  # samples per step
+    csc: bool  # whether the layers keep their CSC index
     model: int  # connections, momentum, indexes, neurons
     activations: int  # work arrays of one micro-batch
     evolution: int  # transient, the SET step of the largest layer
     budget: int
+    connections: int  # of the whole network
 
     @property
     def total(self) -> int:
@@ -132,36 +154,39 @@ class MemoryPlan(NamedTuple):
     def describe(self) -> str:
         split = (f"micro-batches of {self.micro_batch} of each {self.batch}-sample step"
                  if self.micro_batch < self.batch else f"whole {self.batch}-sample batches")
-        return (f"memory plan: {fmt_bytes(self.model)} model + {fmt_bytes(self.activations)} "
-                f"activations ({split})"
+        index = "" if self.csc else ", lean: no CSC index"
+        per_conn = self.model / max(1, self.connections)
+        return (f"memory plan: {fmt_bytes(self.model)} model ({per_conn:.1f} bytes a "
+                f"connection{index}) + "
+                f"{fmt_bytes(self.activations)} activations ({split})"
                 + f" + {fmt_bytes(self.evolution)} SET step = {fmt_bytes(self.total)} "
                 f"of {fmt_bytes(self.budget)} available")
 
 
-def _plan(sizes, connections, batch, micro, budget, neuron_params) -> MemoryPlan:
-    return MemoryPlan(micro, batch, model_bytes(sizes, connections),
+def _plan(sizes, connections, batch, micro, budget, neuron_params, csc) -> MemoryPlan:
+    return MemoryPlan(micro, batch, csc, model_bytes(sizes, connections, csc=csc),
                       activation_bytes(sizes, micro, neuron_params=neuron_params),
-                      evolution_bytes(connections), budget)
+                      evolution_bytes(connections), budget, sum(connections))
 
 
 def plan_micro_batch(sizes: Sequence[int], connections: Sequence[int], batch: int,
                      budget: int, *, micro_batch: int | None = None,
-                     neuron_params: bool = False) -> MemoryPlan | None:
+                     neuron_params: bool = False, csc: bool = True) -> MemoryPlan | None:
     """The plan with ``micro_batch`` samples per pass if given, else with the largest that
     fits in ``budget`` bytes: the whole batch, or a multiple of 16 below it. None if not
     even 16 samples (or the whole batch, if smaller) fit next to the model."""
     if micro_batch is not None:
-        return _plan(sizes, connections, batch, min(micro_batch, batch), budget, neuron_params)
-    whole = _plan(sizes, connections, batch, batch, budget, neuron_params)
+        return _plan(sizes, connections, batch, min(micro_batch, batch), budget, neuron_params, csc)
+    whole = _plan(sizes, connections, batch, batch, budget, neuron_params, csc)
     if whole.total <= budget:
         return whole
-    smallest = _plan(sizes, connections, batch, min(batch, _SIMD), budget, neuron_params)
+    smallest = _plan(sizes, connections, batch, min(batch, _SIMD), budget, neuron_params, csc)
     if smallest.total > budget:
         return None
     room = budget - (smallest.total - smallest.activations)
     groups = max(1, room // activation_bytes(sizes, _SIMD, neuron_params=neuron_params))
     return _plan(sizes, connections, batch, int(min(batch, _SIMD * groups)), budget,
-                 neuron_params)
+                 neuron_params, csc)
 
 
 def refusal(plan_16: MemoryPlan, what: str) -> str:
@@ -170,8 +195,10 @@ def refusal(plan_16: MemoryPlan, what: str) -> str:
             f"connections and neurons and "
             f"{fmt_bytes(plan_16.activations)} for the activations of "
             f"{plan_16.micro_batch} samples (with the SET step {fmt_bytes(plan_16.total)}), "
-            f"but {fmt_bytes(plan_16.budget)} are available. Lower --hidden or --epsilon, "
-            "or free memory (--memory-budget sets what may be used).")
+            f"but {fmt_bytes(plan_16.budget)} are available"
+            + ("" if plan_16.csc else " (without the CSC index)")
+            + ". Lower --hidden or --epsilon, or free memory (--memory-budget sets what may be "
+            "used)" + (", or drop the CSC index (--csc-index drop)." if plan_16.csc else "."))
 
 
 def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:

@@ -62,6 +62,18 @@ _SEED_MIX = 0x9E3779B97F4A7C15
 _SIMD_COLUMNS = 16  # batch columns per vector in the kernels (16 float32 lanes: AVX-512)
 
 
+def _layer_forward(layer, a_prev, code, slope, rate, seed, out, dfac, col0) -> None:
+    """One layer's fused product, bias, activation and dropout: the gather over its CSC
+    index, or the scatter over its CSR rows for a lean layer (the same bits)."""
+    args = (layer.data, layer.bias, code, np.float32(slope), np.float32(rate), seed, out, dfac,
+            np.int64(col0))
+    if layer.col_ptr is not None:
+        _kernels.sparse_forward(a_prev, layer.col_ptr, layer.col_rows, layer.col_pos, *args)
+    else:
+        _kernels.sparse_forward_csr(a_prev, layer.row_ptr, layer.row_cols, *args,
+                                    np.int64(_kernels.n_threads()))
+
+
 def _standardisation(mean, std, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, std)`` of ``n`` values as float32 (identity where omitted); the kernels read
     them per feature (input) or per output (target), so their shape is checked."""
@@ -168,7 +180,7 @@ class SparseMLP:
     def create(cls, sizes, *, epsilon, rng, activation="all-relu", alpha=0.6, dropout=0.3,
                loss="cross-entropy", init="he-uniform", fan_in="sparse", input_mean=None,
                input_std=None, task="classification", cap_density=False, target_mean=None,
-               target_std=None, fan_in_ref=None):
+               target_std=None, fan_in_ref=None, csc=True):
         """Erdős–Rényi sparse MLP with layer sizes ``sizes = (n_features, h1, ..., n_outputs)``.
 
         ``fan_in_ref`` (width-aware parametrisation, SPEC 1.11): a layer whose mean fan-in
@@ -185,6 +197,8 @@ class SparseMLP:
         (fully connected; the scikit-learn estimators use it for tiny inputs); the output
         layer's density is always capped at 1, as in the paper's code, so with few
         classes it is usually fully connected.
+
+        ``csc=False`` makes a lean network (no CSC index: see :meth:`set_csc`).
         """
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
@@ -193,7 +207,8 @@ class SparseMLP:
         check_er_density(epsilon, sizes, range(0 if cap_density else last))
         layers = [
             SparseLinear.erdos_renyi(sizes[l], sizes[l + 1], epsilon, rng, init=init,
-                                     fan_in=fan_in, allow_dense=(l == last or cap_density))
+                                     fan_in=fan_in, allow_dense=(l == last or cap_density),
+                                     csc=csc)
             for l in range(len(sizes) - 1)
         ]
         scales = fan_in_lr_scales(layers, fan_in_ref)
@@ -213,6 +228,25 @@ class SparseMLP:
         return cls(layers, activation=activation, alpha=alpha, dropout=dropout, loss=loss,
                    input_mean=input_mean, input_std=input_std, task=task,
                    target_mean=target_mean, target_std=target_std)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def csc(self) -> bool:
+        """Whether the layers keep their CSC index (see :meth:`set_csc`)."""
+        return all(layer.csc for layer in self.layers)
+
+    def set_csc(self, keep: bool) -> None:
+        """Keep (build) or drop every layer's CSC index.
+
+        With it (20 bytes a connection: value, momentum, output index, and the CSC's
+        input index and value position) the forward pass gathers each output row in
+        registers; without it (a *lean* network, 12 bytes a connection) the forward pass
+        scatters over the CSR rows instead (:func:`sparsetrain._kernels.sparse_forward_csr`):
+        the same results, bit for bit, at about twice the forward time on layers that do
+        not fit in cache. The backward pass and the SET step never use the CSC index.
+        """
+        for layer in self.layers:
+            layer.set_csc(keep)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -312,7 +346,7 @@ class SparseMLP:
         acts, dfac = bufs["acts"], bufs["dfac"]
         slopes = self.slopes()
         last = len(self.layers) - 1
-        if not self._act.n_params:  # every layer in one parallel region
+        if not self._act.n_params and self.csc:  # every layer in one parallel region
             layers = self.layers
             rate = self.dropout if training else 0.0
             _kernels.mlp_forward(
@@ -336,16 +370,12 @@ class SparseMLP:
                 code, slope, d, rate = _kernels.ACT_LINEAR, 0.0, _EMPTY, 0.0
             layer_seed = np.uint64((seed * _SEED_MIX + l + 1) & 0xFFFFFFFFFFFFFFFF)
             if l < last and self._act.n_params:  # SReLU: linear product, then its own pass
-                _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
-                                        layer.data, layer.bias, _kernels.ACT_LINEAR,
-                                        np.float32(0.0), np.float32(0.0), layer_seed,
-                                        acts[l + 1], _EMPTY, np.int64(col0))
+                _layer_forward(layer, acts[l], _kernels.ACT_LINEAR, 0.0, 0.0, layer_seed,
+                               acts[l + 1], _EMPTY, col0)
                 _kernels.srelu_forward(acts[l + 1], layer.neuron_params, np.float32(rate),
                                        layer_seed, bufs["z"][l], d, np.int64(col0))
                 continue
-            _kernels.sparse_forward(acts[l], layer.col_ptr, layer.col_rows, layer.col_pos,
-                                    layer.data, layer.bias, code, np.float32(slope),
-                                    np.float32(rate), layer_seed, acts[l + 1], d, np.int64(col0))
+            _layer_forward(layer, acts[l], code, slope, rate, layer_seed, acts[l + 1], d, col0)
         return bufs
 
     def _batch_targets(self, y, idx):

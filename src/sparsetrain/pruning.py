@@ -119,7 +119,8 @@ def keep_outputs(layer: SparseLinear, keep: np.ndarray) -> SparseLinear:
         bias=layer.bias[keep], velocity=layer.velocity[conn],
         bias_velocity=layer.bias_velocity[keep], init=layer.init, fan_in=layer.fan_in,
         neuron_params=None if layer.neuron_params is None else layer.neuron_params[:, keep],
-        neuron_velocity=None if layer.neuron_velocity is None else layer.neuron_velocity[:, keep])
+        neuron_velocity=None if layer.neuron_velocity is None else layer.neuron_velocity[:, keep],
+        csc=layer.csc)
 
 
 def keep_inputs(layer: SparseLinear, keep: np.ndarray) -> SparseLinear:
@@ -132,7 +133,7 @@ def keep_inputs(layer: SparseLinear, keep: np.ndarray) -> SparseLinear:
         int(keep.sum()), layer.n_out, row_ptr, layer.row_cols[conn], layer.data[conn],
         bias=layer.bias, velocity=layer.velocity[conn], bias_velocity=layer.bias_velocity,
         init=layer.init, fan_in=layer.fan_in, neuron_params=layer.neuron_params,
-        neuron_velocity=layer.neuron_velocity)
+        neuron_velocity=layer.neuron_velocity, csc=layer.csc)
 
 
 def activation_constants(activation: str, alpha: float) -> Constants:

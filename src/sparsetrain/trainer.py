@@ -45,8 +45,9 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
     of 16 samples is refused before anything is allocated.
     """
     sizes = [X_train.shape[1], *config.hidden, n_classes]
-    check_fits(config, sizes, _memory.er_connections(sizes, math.inf if dense else config.epsilon),
-               memory_budget)
+    plan = check_fits(config, sizes,
+                      _memory.er_connections(sizes, math.inf if dense else config.epsilon),
+                      memory_budget)
     mean, std = feature_stats(X_train)
     t_mean = t_std = None
     if task == "regression" and y_train is not None:
@@ -57,7 +58,7 @@ def build_model(config: TrainConfig, X_train, n_classes: int, *, task: str = "cl
                             dropout=config.dropout, loss=config.loss, init=config.init,
                             fan_in=config.fan_in, input_mean=mean, input_std=std, task=task,
                             cap_density=cap_density or dense, target_mean=t_mean,
-                            target_std=t_std, fan_in_ref=config.fan_in_ref)
+                            target_std=t_std, fan_in_ref=config.fan_in_ref, csc=plan.csc)
 
 
 def check_fits(config: TrainConfig, sizes, connections,
@@ -67,14 +68,17 @@ def check_fits(config: TrainConfig, sizes, connections,
     memory available, what to change) if nothing fits."""
     budget = _memory.default_budget() if memory_budget is None else int(memory_budget)
     srelu = config.activation == "srelu"
-    plan = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
-                                    micro_batch=config.micro_batch, neuron_params=srelu)
-    if plan is None:
-        smallest = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
-                                            micro_batch=16, neuron_params=srelu)
-        shape = "-".join(str(n) for n in sizes)
-        raise SparsetrainError(_memory.refusal(smallest, f"The network {shape}"))
-    return plan
+    layouts = {"keep": (True,), "drop": (False,), "auto": (True, False)}[config.csc_index]
+    for csc in layouts:
+        plan = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
+                                        micro_batch=config.micro_batch, neuron_params=srelu,
+                                        csc=csc)
+        if plan is not None:
+            return plan
+    smallest = _memory.plan_micro_batch(sizes, connections, config.batch_size, budget,
+                                        micro_batch=16, neuron_params=srelu, csc=layouts[-1])
+    shape = "-".join(str(n) for n in sizes)
+    raise SparsetrainError(_memory.refusal(smallest, f"The network {shape}"))
 
 
 def validate_targets(X, y, n_outputs: int, split: str) -> np.ndarray:
@@ -209,15 +213,19 @@ class Trainer:
 
     def plan_memory(self, model: SparseMLP) -> _memory.MemoryPlan:
         """Set ``model.micro_batch`` from ``config.micro_batch`` or, if None, from the
-        memory plan (the whole batch when it fits in the budget); refuses a model that
+        memory plan (the whole batch when it fits in the budget), and keep or drop the
+        layers' CSC index as ``config.csc_index`` and the plan say; refuses a model that
         does not fit even in micro-batches of 16 samples."""
         budget = self.memory_budget
         conns = [la.nnz for la in model.layers]
         if budget is None:  # what is free now, plus what the model already holds
-            budget = _memory.default_budget() + _memory.model_bytes(model.sizes, conns)
+            budget = (_memory.default_budget()
+                      + _memory.model_bytes(model.sizes, conns, csc=model.csc))
         plan = check_fits(self.config, model.sizes, conns, budget)
+        model.set_csc(plan.csc)
         model.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch else None
-        if self.verbose and (plan.micro_batch < plan.batch or plan.total > 1 << 30):
+        if self.verbose and (plan.micro_batch < plan.batch or plan.total > 1 << 30
+                             or not plan.csc):
             tqdm.write(f"sparsetrain: {plan.describe()}")
         self.memory_plan = plan
         return plan

@@ -6,9 +6,9 @@ tensors::
 
     values  (nnz,)     float32  Parameter   connection values w_k, CSR order over inputs
     bias    (n_out,)   float32  Parameter   (or None)
-    row_ptr (n_in+1,)  int64    buffer      CSR over inputs (the order of ``values``)
+    row_ptr (n_in+1,)  int32    buffer      CSR over inputs (the order of ``values``)
     row_cols (nnz,)    int32    buffer      output index of each connection
-    col_ptr (n_out+1,) int64    buffer      CSC over outputs (derived, saved too)
+    col_ptr (n_out+1,) int32    buffer      CSC over outputs (derived, saved too)
     col_rows (nnz,)    int32    buffer      input index of each connection, by output
     col_pos (nnz,)     int32    buffer      position in ``values`` of each CSC entry
 
@@ -59,7 +59,7 @@ _EMPTY_1D = np.empty(0, np.float32)
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 #: Index buffers of a layer, and their dtypes (the core layer's).
-INDEX_BUFFERS = {"row_ptr": torch.int64, "row_cols": torch.int32, "col_ptr": torch.int64,
+INDEX_BUFFERS = {"row_ptr": torch.int32, "row_cols": torch.int32, "col_ptr": torch.int32,
                  "col_rows": torch.int32, "col_pos": torch.int32}
 BACKENDS = ("auto", "numba", "torch")
 #: Activations the CPU kernels apply in the product's epilogue: module type ->
@@ -152,7 +152,7 @@ class _TorchSparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, mod):
         n_in, n_out = mod.in_features, mod.out_features
-        wt = _csr(mod.col_ptr, mod.col_rows.long(), values[mod.col_pos.long()], (n_out, n_in))
+        wt = _csr(mod.col_ptr.long(), mod.col_rows.long(), values[mod.col_pos.long()], (n_out, n_in))
         yt = torch.sparse.mm(wt, x.t())  # (n_out, B)
         if bias is not None:
             yt = yt + bias[:, None]
@@ -165,13 +165,13 @@ class _TorchSparseLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, values = ctx.saved_tensors
         mod = ctx.mod
-        w = _csr(mod.row_ptr, mod.row_cols.long(), values, (mod.in_features, mod.out_features))
+        w = _csr(mod.row_ptr.long(), mod.row_cols.long(), values, (mod.in_features, mod.out_features))
         dx = grad_vals = grad_bias = None
         if ctx.needs_input_grad[0]:
             dx = torch.sparse.mm(w, grad_out.t()).t()  # (B, n_in)
         if ctx.needs_input_grad[1]:
             # (x^T g) sampled at W's entries: CSR of W's pattern, values in W's order.
-            pattern = _csr(mod.row_ptr, mod.row_cols.long(), torch.zeros_like(values),
+            pattern = _csr(mod.row_ptr.long(), mod.row_cols.long(), torch.zeros_like(values),
                            (mod.in_features, mod.out_features))
             grad_vals = torch.sparse.sampled_addmm(pattern, x.t().contiguous(),
                                                    grad_out.contiguous(), beta=0.0).values()
@@ -260,8 +260,10 @@ class SparseLinear(nn.Module):
         self._zero = None
 
     def _set_index(self, core: _CoreLayer, device=None):
+        csc = dict(zip(("col_ptr", "col_rows", "col_pos"), core.csc_index(), strict=True))
         for name, dtype in INDEX_BUFFERS.items():
-            t = torch.as_tensor(np.asarray(getattr(core, name)).copy(), dtype=dtype)
+            t = torch.as_tensor(np.asarray(csc.get(name, getattr(core, name))).copy(),
+                                dtype=dtype)
             self.register_buffer(name, t if device is None else t.to(device))
 
     def _zero_bias(self) -> np.ndarray:
