@@ -497,6 +497,25 @@ def _store_activated(context, builder, z, optr, dptr, mode, slope, keep_scale, t
                               align=4)
 
 
+def _store_args(context, builder, signature, args, first, df, mode, j, b0):
+    """The :func:`_store_activated` operands an intrinsic takes as its arguments
+    ``first .. first + 3`` (slope, keep scale, dropout threshold, row key): the slope as a
+    vector, the scale, the low 32 bits of threshold and key, and the address of
+    ``dfac[j, b0]`` (row 0 unless ``mode`` writes factors: ``dfac`` may have no columns,
+    and its address is then never formed)."""
+    tys = signature.args
+    slope = _splat(builder, context.cast(builder, args[first], tys[first], types.float32))
+    scale = context.cast(builder, args[first + 1], tys[first + 1], types.float32)
+    thr = builder.trunc(context.cast(builder, args[first + 2], tys[first + 2], types.uint32),
+                        _I32)
+    key32 = builder.trunc(context.cast(builder, args[first + 3], tys[first + 3], types.uint64),
+                          _I32)
+    dbase = builder.select(builder.icmp_unsigned(
+        "!=", builder.and_(mode, ir.Constant(_I64, EPI_FACTOR)), ir.Constant(_I64, 0)),
+        j, ir.Constant(_I64, 0))
+    return slope, scale, thr, key32, _row_address(builder, df, dbase, b0)
+
+
 def _make_forward_block(nv, far=False):
     @intrinsic
     def block(typingctx, out, j, b0, a_prev, col_rows, col_pos, data, k0, k1, bias_j, dfac,
@@ -540,15 +559,8 @@ def _make_forward_block(nv, far=False):
                     builder.store(_vfma(builder, wk, x, builder.load(accs[v])), accs[v])
             mode, first = (_index(context, builder, signature, args, n) for n in (11, 16))
             first = builder.add(first, b0)
-            slope = _splat(builder, context.cast(builder, args[12], tys[12], types.float32))
-            scale = context.cast(builder, args[13], tys[13], types.float32)
-            thr = builder.trunc(context.cast(builder, args[14], tys[14], types.uint32), _I32)
-            key32 = builder.trunc(context.cast(builder, args[15], tys[15], types.uint64), _I32)
-            # dfac may have no columns (not written then): never form its address.
-            dbase = builder.select(builder.icmp_unsigned(
-                "!=", builder.and_(mode, ir.Constant(_I64, EPI_FACTOR)), ir.Constant(_I64, 0)),
-                j, ir.Constant(_I64, 0))
-            dptr = _row_address(builder, df, dbase, b0)
+            slope, scale, thr, key32, dptr = _store_args(context, builder, signature, args, 12,
+                                                         df, mode, j, b0)
             for v in range(nv):
                 _store_activated(context, builder, builder.load(accs[v]),
                                  _vector_at(builder, optr, v), _vector_at(builder, dptr, v),
@@ -972,14 +984,8 @@ def _activate_vector(typingctx, out, j, b0, dfac, mode, slope, keep_scale, thr, 
         df = context.make_array(tys[3])(context, builder, args[3])
         j, b0, mode, col0 = (_index(context, builder, signature, args, n) for n in (1, 2, 4, 9))
         optr = _row_address(builder, o, j, b0)
-        slope = _splat(builder, context.cast(builder, args[5], tys[5], types.float32))
-        scale = context.cast(builder, args[6], tys[6], types.float32)
-        thr = builder.trunc(context.cast(builder, args[7], tys[7], types.uint32), _I32)
-        key32 = builder.trunc(context.cast(builder, args[8], tys[8], types.uint64), _I32)
-        dbase = builder.select(builder.icmp_unsigned(
-            "!=", builder.and_(mode, ir.Constant(_I64, EPI_FACTOR)), ir.Constant(_I64, 0)),
-            j, ir.Constant(_I64, 0))
-        dptr = _row_address(builder, df, dbase, b0)
+        slope, scale, thr, key32, dptr = _store_args(context, builder, signature, args, 5, df,
+                                                     mode, j, b0)
         z = builder.load(_vector_at(builder, optr, 0), align=4)
         _store_activated(context, builder, z, _vector_at(builder, optr, 0),
                          _vector_at(builder, dptr, 0), mode, slope, scale, thr, key32,
