@@ -20,12 +20,13 @@ from sparsetrain.evolution import GROW, REGROW, ZETA_SCHEDULES
 from sparsetrain.layers import FAN_IN_MODES, INITIALIZERS, SparseLinear
 from sparsetrain.memory import CSC_MODES
 from sparsetrain.model import LOSSES, SparseMLP
+from sparsetrain.optim import LR_SCHEDULES
 
 #: One value each rule refuses, per field.
 BAD = {"hidden": (8, 0), "epsilon": 0.0, "activation": "tanhh", "alpha": math.inf,
        "dropout": 1.0, "init": "zeros", "fan_in": "both", "loss": "hinge", "epochs": 0,
        "batch_size": 0, "lr": math.nan, "momentum": 1.0, "weight_decay": -1e-4,
-       "lr_warmup": -1.0, "zeta": 1.0, "regrow": "random", "grow": "rigl",
+       "lr_warmup": -1.0, "lr_schedule": "step", "zeta": 1.0, "regrow": "random", "grow": "rigl",
        "grow_candidates": 0, "zeta_schedule": "linear",
        "val_fraction": 1.0, "evolve_output": "yes", "ip_start": 0, "ip_step": 0,
        "ip_percentile": 100.5, "seed": -1, "fan_in_ref": -5.0, "micro_batch": 0,
@@ -73,7 +74,7 @@ def test_estimator_parameters_are_the_table(cls):
 def test_choices_are_the_owners_tables():
     owners = {"activation": ACTIVATIONS, "init": INITIALIZERS, "fan_in": FAN_IN_MODES,
               "loss": LOSSES, "regrow": REGROW, "grow": GROW, "zeta_schedule": ZETA_SCHEDULES,
-              "csc_index": CSC_MODES}
+              "csc_index": CSC_MODES, "lr_schedule": LR_SCHEDULES}
     assert {n for n, p in PARAMS.items() if isinstance(p.rule, Choice)} == set(owners)
     for name, table in owners.items():
         assert PARAMS[name].rule.options is table

@@ -4,6 +4,8 @@ The same gradient applied by the sequential fused kernels, the parameter server 
 mailbox and Ray-call paths of WASAP), a WASSP step and a push to the shared model gives
 the same bits; the kernel matches a NumPy float32 reference bit for bit."""
 
+import math
+
 import numba
 import numpy as np
 import pytest
@@ -80,6 +82,25 @@ def test_lr_warmup_ramps_linearly_then_holds():
     cfg = make_config(None, lr=0.8, lr_warmup=0.5)
     assert optim.hyperparameters(cfg, updates=2, updates_per_epoch=10).lr == np.float32(0.48)
     assert optim.hyperparameters(cfg, updates=7, updates_per_epoch=10).lr == np.float32(0.8)
+    with pytest.raises(ValueError, match="updates_per_epoch"):
+        optim.hyperparameters(cfg)
+
+
+def test_cosine_lr_schedule_decays_epoch_by_epoch():
+    """``lr_schedule="cosine"``: ``lr (1 + cos(pi e / E)) / 2`` through epoch ``e`` (0-based),
+    constant inside an epoch, above zero in the last; after the warm-up ramp's factor."""
+    cfg = make_config(None, lr=0.2, epochs=4, lr_schedule="cosine")
+    per_epoch = 5
+    lrs = [float(optim.hyperparameters(cfg, updates=t, updates_per_epoch=per_epoch).lr)
+           for t in range(4 * per_epoch)]
+    expected = [0.2 * (1 + math.cos(math.pi * (t // per_epoch) / 4)) / 2 for t in range(20)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert lrs[0] == pytest.approx(0.2) and 0 < lrs[-1] < 0.2 * 0.15
+    assert optim.hyperparameters(make_config(None, lr=0.2, epochs=4), updates=19).lr == \
+        np.float32(0.2)  # the default (the paper's) stays constant
+    ramped = make_config(None, lr=0.2, epochs=4, lr_schedule="cosine", lr_warmup=2.0)
+    lr = optim.hyperparameters(ramped, updates=6, updates_per_epoch=per_epoch).lr
+    assert lr == pytest.approx(0.2 * (1 + math.cos(math.pi / 4)) / 2 * 7 / 10, rel=1e-6)
     with pytest.raises(ValueError, match="updates_per_epoch"):
         optim.hyperparameters(cfg)
 

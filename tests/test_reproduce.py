@@ -55,6 +55,7 @@ def test_reproduce_madelon_small(datasets_dir, tmp_path, capsys):
     (["--variants", "nope"], "'variants'"),
     (["--seeds", "0"], "'seeds'"),
     (["--zeta", "1.5"], "'zeta'"),
+    (["--lr-schedule", "step"], "'lr_schedule'"),
 ])
 def test_reproduce_bad_options(datasets_dir, tmp_path, capsys, extra, message):
     code = main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
@@ -74,3 +75,18 @@ def test_reproduce_zeta_reaches_every_sparse_run(datasets_dir, tmp_path):
         flat = json.dumps(config)
         assert '"zeta": 0.5' in flat
     assert '"grow": "importance"' in flat
+
+
+def test_reproduce_cosine_rule_and_lr_schedule(datasets_dir, tmp_path):
+    """``--rules cosine``: random growth on the cosine-decayed rewiring; ``--lr-schedule``
+    reaches every run and the table says so."""
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
+                 "--epochs", "2", "--variants", "set-allrelu", "--rules", "set,cosine",
+                 "--lr-schedule", "cosine", "--out", str(out), "--no-progress",
+                 "--threads", "1"]) == 0
+    assert "Learning rate schedule: cosine" in (out / "table.md").read_text()
+    for slug, schedule in (("set-allrelu", "constant"), ("set-allrelu-cosine", "cosine")):
+        config = json.loads((out / slug / "seed0" / "config.json").read_text())["config"]
+        assert (config["grow"], config["zeta_schedule"], config["lr_schedule"]) == (
+            "random", schedule, "cosine")

@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         v.slug for v in _variants()))
     r.add_argument("--rules", default="set", help="comma-separated evolution rules, each "
                    "sparse variant run under each: set (the paper's), rigl, gradient, "
-                   "momentum, importance (default: set)")
+                   "momentum, importance, cosine (default: set)")
     _add_option(r, PARAMS["zeta"], "rewired fraction of every sparse run (default: the "
                 "preset's 0.3)")
+    _add_option(r, PARAMS["lr_schedule"], "learning rate of every run over the epochs: "
+                "constant (the preset's) or cosine")
     _add_option(r, PARAMS["val_fraction"], "held out for the test accuracy at the best "
                 "validation epoch (default 0: none)")
     _add_option(r, PARAMS["ip_start"], "default: 40%% of the epochs")
@@ -378,7 +380,7 @@ def cmd_reproduce(args) -> int:
                   seeds=args.seeds, ip_start=args.ip_start, ip_step=args.ip_step,
                   ip_percentile=args.ip_percentile, variants=variants,
                   rules=args.rules.split(","), val_fraction=args.val_fraction or 0.0,
-                  zeta=args.zeta,
+                  zeta=args.zeta, lr_schedule=args.lr_schedule,
                   progress=False if args.no_progress else None, download=not args.no_download)
     print((out / "table.md").read_text())
     return 0

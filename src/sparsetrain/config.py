@@ -34,6 +34,7 @@ from .evolution import GROW, REGROW, ZETA_SCHEDULES
 from .layers import FAN_IN_MODES, INITIALIZERS
 from .memory import CSC_MODES
 from .model import LOSSES
+from .optim import LR_SCHEDULES
 
 # ---------------------------------------------------------------------------- rules
 
@@ -225,6 +226,10 @@ class TrainConfig:
         Epochs over which the learning rate ramps linearly from ``lr / T`` to ``lr``
         (``T`` the ramp's updates; Goyal et al. 2017), then stays at ``lr``. Default 0
         (none, as the paper); the ``synthetic`` preset warms up for one epoch.
+    lr_schedule : {"constant", "cosine"}
+        The learning rate over the epochs: ``lr`` (the paper) or, from epoch ``e``
+        (0-based) of ``E``, ``lr (1 + cos(pi e / E)) / 2`` (cosine annealing, Loshchilov
+        & Hutter 2017; the rate is set once an epoch, after any ``lr_warmup`` ramp).
     zeta : float
         Fraction of positive and of negative connections rewired by SET each epoch.
     regrow : {"zero", "init"}
@@ -306,6 +311,9 @@ class TrainConfig:
         0.0, Interval(float, 0, None, "left", noun="a number of epochs"),
         "epochs over which the learning rate ramps linearly up to lr (default 0: none)",
         estimator=None)
+    lr_schedule: str = _param(
+        "constant", Choice(LR_SCHEDULES), "learning rate over the epochs: 'constant' (the "
+        "paper) or 'cosine' (decays towards 0 over the epochs)", estimator=None)
     zeta: float = _param(
         0.3, Interval(float, 0, 1, "left"), "fraction rewired by SET each epoch")
     regrow: str = _param(

@@ -22,14 +22,16 @@ averaged step) and the workers' shared-model pushes (:mod:`sparsetrain.parallel.
 all call it, so the same inputs give the same bits on every path
 (``tests/test_optim.py``).
 
-:func:`scheduled_lr` is the learning-rate schedule: constant, except WASSP's linear
-warm-up from ``lr`` to ``K lr`` (Goyal et al. 2017), and :func:`hyperparameters` is where
-the learning rate, momentum and weight decay are read from a
-:class:`~sparsetrain.config.TrainConfig`.
+:func:`scheduled_lr` is the learning-rate schedule: constant (the paper), or cosine-decayed
+epoch by epoch (``lr_schedule="cosine"``, Loshchilov & Hutter 2017), after an optional
+linear ramp and with WASSP's linear warm-up from ``lr`` to ``K lr`` (Goyal et al. 2017);
+:func:`hyperparameters` is where the learning rate, momentum and weight decay are read from
+a :class:`~sparsetrain.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numba
@@ -96,12 +98,26 @@ class Hyperparameters(NamedTuple):
     weight_decay: np.float32
 
 
+#: How the learning rate changes over the epochs (``TrainConfig.lr_schedule``).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_factor(epoch: int, epochs: int) -> float:
+    """``(1 + cos(pi e / E)) / 2`` for 0-based epoch ``e`` of ``E``: 1 in the first epoch,
+    falling to ``(1 + cos(pi (E - 1) / E)) / 2 > 0`` in the last (the rate of a cosine
+    schedule, and never exactly zero while training)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(epoch, 0), epochs) / max(epochs, 1)))
+
+
 def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: int = 0,
-                 warmup_updates: float = 0.0, ramp_updates: float = 0.0) -> float:
+                 warmup_updates: float = 0.0, ramp_updates: float = 0.0,
+                 decay: float = 1.0) -> float:
     """Learning rate of update ``updates`` (0-based count of updates applied before it).
 
-    ``ramp_updates`` (the config's ``lr_warmup`` in updates): the rate first ramps
-    linearly, ``lr_t = lr * min(1, (t + 1) / T_ramp)``, then the schedule below applies.
+    ``decay``: the factor of the epoch-wise schedule (:func:`cosine_factor`, 1 for the
+    constant one), applied first. ``ramp_updates`` (the config's ``lr_warmup`` in
+    updates): the rate ramps linearly, ``lr_t = lr * min(1, (t + 1) / T_ramp)``, then the
+    schedule below applies.
 
     Constant ``lr`` for sequential training, asynchronous pushes (WASAP) and one worker.
     Synchronous mode (WASSP: each update is the mean of ``K = workers`` gradients) ramps
@@ -109,6 +125,7 @@ def scheduled_lr(lr: float, *, workers: int = 1, sync: bool = False, updates: in
 
         lr_t = lr * (1 + (K - 1) * min(1, t / T_warmup))        (T_warmup = 0: K lr at once)
     """
+    lr = lr * decay
     if ramp_updates:
         lr = lr * min(1.0, (updates + 1) / ramp_updates)
     if not sync or workers == 1:
@@ -122,14 +139,17 @@ def hyperparameters(config, *, workers: int = 1, sync: bool = False, updates: in
                     updates_per_epoch: int | None = None) -> Hyperparameters:
     """``(lr, momentum, weight_decay)`` of the next step of a run with ``config`` (a
     :class:`~sparsetrain.config.TrainConfig`), the learning rate from :func:`scheduled_lr`
-    (the keyword arguments are its schedule's). ``config.lr_warmup`` needs
-    ``updates_per_epoch`` (the ramp's length is counted in updates)."""
+    (the keyword arguments are its schedule's). ``config.lr_warmup`` and a cosine
+    ``config.lr_schedule`` need ``updates_per_epoch`` (the ramp's length is counted in
+    updates; the cosine's epoch is ``updates // updates_per_epoch``)."""
     ramp = config.lr_warmup
-    if ramp and updates_per_epoch is None:
-        raise ValueError("hyperparameters: lr_warmup needs updates_per_epoch")
+    cosine = config.lr_schedule == "cosine"
+    if (ramp or cosine) and updates_per_epoch is None:
+        raise ValueError("hyperparameters: lr_warmup and lr_schedule need updates_per_epoch")
+    decay = cosine_factor(updates // updates_per_epoch, config.epochs) if cosine else 1.0
     lr = scheduled_lr(config.lr, workers=workers, sync=sync, updates=updates,
                       warmup_updates=warmup_updates,
-                      ramp_updates=ramp * updates_per_epoch if ramp else 0.0)
+                      ramp_updates=ramp * updates_per_epoch if ramp else 0.0, decay=decay)
     return Hyperparameters(np.float32(lr), np.float32(config.momentum),
                            np.float32(config.weight_decay))
 

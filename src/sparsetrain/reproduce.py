@@ -16,7 +16,9 @@ percentile, for 500 epochs; with another budget ``E`` it scales with it (start a
 Evolution rules (``rules``, :data:`RULES`): each sparse variant also runs with every rule
 named besides ``set`` (the paper's), as the variant ``<slug>-<rule>``: ``rigl``
 (gradient-guided growth, cosine-decayed rewiring), ``gradient`` (gradient growth, the
-paper's constant rewiring), ``momentum`` (growth by gradient momentum).
+paper's constant rewiring), ``momentum`` (growth by gradient momentum), ``importance``
+(growth by input-neuron importance), ``cosine`` (the paper's random growth with RigL's
+cosine-decayed rewiring).
 
 Model selection (``val_fraction``): every run holds out that fraction of the training set
 and reports, next to the paper's protocol (the best test accuracy over the epochs), the
@@ -58,7 +60,8 @@ RULES = {"set": dict(grow="random", zeta_schedule="constant"),
          "rigl": dict(grow="gradient", zeta_schedule="cosine"),
          "gradient": dict(grow="gradient", zeta_schedule="constant"),
          "momentum": dict(grow="momentum", zeta_schedule="constant"),
-         "importance": dict(grow="importance", zeta_schedule="constant")}
+         "importance": dict(grow="importance", zeta_schedule="constant"),
+         "cosine": dict(grow="random", zeta_schedule="cosine")}
 
 
 VARIANTS = (
@@ -98,7 +101,8 @@ def with_rules(variants, rules) -> list[Variant]:
 
 
 def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs, ip, progress,
-            val_fraction: float = 0.0, zeta: float | None = None):
+            val_fraction: float = 0.0, zeta: float | None = None,
+            lr_schedule: str | None = None):
     """Train (or resume, or just read) one run; returns its metrics history."""
     if (folder / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(folder, epochs=epochs, progress=progress)
@@ -107,6 +111,8 @@ def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs,
                      "val_fraction": val_fraction, **RULES[variant.rule]}
         if zeta is not None:
             overrides["zeta"] = zeta
+        if lr_schedule is not None:
+            overrides["lr_schedule"] = lr_schedule
         if variant.dense:
             overrides["init"] = "xavier"
         if variant.ip:
@@ -123,10 +129,12 @@ def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs,
 
 def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_start=None,
               ip_step=None, ip_percentile=None, variants=None, progress=None,
-              download=True, rules=("set",), val_fraction=0.0, zeta=None) -> list[dict]:
+              download=True, rules=("set",), val_fraction=0.0, zeta=None,
+              lr_schedule=None) -> list[dict]:
     """Run the Table 2 variants of ``dataset`` (under each of ``rules``); write the table
     and figures into ``out``. ``zeta``: the rewired fraction of every sparse run (default:
-    the preset's)."""
+    the preset's); ``lr_schedule``: the learning rate's schedule of every run (default: the
+    preset's constant rate)."""
     from .data import load_dataset
 
     if not isinstance(seeds, int) or seeds < 1:
@@ -145,7 +153,8 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
           20.0 if ip_percentile is None else ip_percentile)
     make_config(dataset, "paper", epochs=epochs, ip_start=ip[0], ip_step=ip[1],
                 ip_percentile=ip[2], val_fraction=val_fraction,
-                **({} if zeta is None else {"zeta": zeta}))  # validated before any work
+                **({} if zeta is None else {"zeta": zeta}),
+                **({} if lr_schedule is None else {"lr_schedule": lr_schedule}))  # validated first
     chosen = with_rules(chosen, rules)
     ds = load_dataset(dataset, data_dir, standardize=False, download=download)
     out = Path(out)
@@ -153,7 +162,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     for variant in chosen:
         for seed in range(seeds):
             hist = run_one(variant, seed, ds, dataset, out / variant.slug / f"seed{seed}", epochs,
-                           ip, progress, val_fraction, zeta)
+                           ip, progress, val_fraction, zeta, lr_schedule)
             acc = [r["test_accuracy"] for r in hist]
             val = [r.get("val_accuracy") for r in hist]
             chosen_epoch = int(np.argmax(val)) if None not in val else None  # first best
@@ -173,7 +182,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
                          "minutes": sum(r["epoch_seconds"] for r in hist) / 60, "history": hist})
     write_text(out / "runs.csv", _runs_csv(runs))
     write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction,
-                                          zeta))
+                                          zeta, lr_schedule))
     _plots(out, chosen, runs)
     return runs
 
@@ -203,7 +212,8 @@ def _runs_csv(runs) -> str:
     return buf.getvalue()
 
 
-def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None) -> str:
+def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None,
+           lr_schedule=None) -> str:
     paper = PAPER_TABLE2.get(dataset)
     base = {v.slug: i for i, v in enumerate(VARIANTS)}
     val = (f" Validation: {100 * val_fraction:g}% of the training set held out; \"test acc at "
@@ -212,6 +222,8 @@ def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
              + ("" if zeta is None else f"SET rewires zeta = {zeta:g} (--zeta). ")
+             + ("" if lr_schedule is None else
+                f"Learning rate schedule: {lr_schedule} (--lr-schedule). ")
              + "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
              "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution); evolution seconds per epoch." + val, "",
