@@ -56,6 +56,7 @@ def test_reproduce_madelon_small(datasets_dir, tmp_path, capsys):
     (["--seeds", "0"], "'seeds'"),
     (["--zeta", "1.5"], "'zeta'"),
     (["--lr-schedule", "step"], "'lr_schedule'"),
+    (["--dropout", "1"], "'dropout'"),
 ])
 def test_reproduce_bad_options(datasets_dir, tmp_path, capsys, extra, message):
     code = main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
@@ -69,7 +70,7 @@ def test_reproduce_zeta_reaches_every_sparse_run(datasets_dir, tmp_path):
     assert main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
                  "--epochs", "2", "--variants", "set-allrelu", "--rules", "set,importance",
                  "--zeta", "0.5", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
-    assert "zeta = 0.5" in (out / "table.md").read_text()
+    assert "Every run: zeta = 0.5 (--zeta)" in (out / "table.md").read_text()
     for slug in ("set-allrelu", "set-allrelu-importance"):
         config = json.loads((out / slug / "seed0" / "config.json").read_text())
         flat = json.dumps(config)
@@ -78,15 +79,16 @@ def test_reproduce_zeta_reaches_every_sparse_run(datasets_dir, tmp_path):
 
 
 def test_reproduce_cosine_rule_and_lr_schedule(datasets_dir, tmp_path):
-    """``--rules cosine``: random growth on the cosine-decayed rewiring; ``--lr-schedule``
-    reaches every run and the table says so."""
+    """``--rules cosine``: random growth on the cosine-decayed rewiring; ``--lr-schedule`` and
+    ``--dropout`` reach every run and the table says so."""
     out = tmp_path / "rep"
     assert main(["reproduce", "--dataset", "madelon", "--data-dir", str(datasets_dir),
                  "--epochs", "2", "--variants", "set-allrelu", "--rules", "set,cosine",
-                 "--lr-schedule", "cosine", "--out", str(out), "--no-progress",
-                 "--threads", "1"]) == 0
-    assert "Learning rate schedule: cosine" in (out / "table.md").read_text()
+                 "--lr-schedule", "cosine", "--dropout", "0.4", "--out", str(out),
+                 "--no-progress", "--threads", "1"]) == 0
+    table = (out / "table.md").read_text()
+    assert "lr_schedule = cosine (--lr-schedule)" in table and "dropout = 0.4" in table
     for slug, schedule in (("set-allrelu", "constant"), ("set-allrelu-cosine", "cosine")):
         config = json.loads((out / slug / "seed0" / "config.json").read_text())["config"]
-        assert (config["grow"], config["zeta_schedule"], config["lr_schedule"]) == (
-            "random", schedule, "cosine")
+        assert (config["grow"], config["zeta_schedule"], config["lr_schedule"],
+                config["dropout"]) == ("random", schedule, "cosine", 0.4)

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "preset's 0.3)")
     _add_option(r, PARAMS["lr_schedule"], "learning rate of every run over the epochs: "
                 "constant (the preset's) or cosine")
+    _add_option(r, PARAMS["dropout"], "dropout rate of every run's hidden layers "
+                "(default: the preset's)")
     _add_option(r, PARAMS["val_fraction"], "held out for the test accuracy at the best "
                 "validation epoch (default 0: none)")
     _add_option(r, PARAMS["ip_start"], "default: 40%% of the epochs")
@@ -380,7 +382,7 @@ def cmd_reproduce(args) -> int:
                   seeds=args.seeds, ip_start=args.ip_start, ip_step=args.ip_step,
                   ip_percentile=args.ip_percentile, variants=variants,
                   rules=args.rules.split(","), val_fraction=args.val_fraction or 0.0,
-                  zeta=args.zeta, lr_schedule=args.lr_schedule,
+                  zeta=args.zeta, lr_schedule=args.lr_schedule, dropout=args.dropout,
                   progress=False if args.no_progress else None, download=not args.no_download)
     print((out / "table.md").read_text())
     return 0

@@ -101,18 +101,14 @@ def with_rules(variants, rules) -> list[Variant]:
 
 
 def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs, ip, progress,
-            val_fraction: float = 0.0, zeta: float | None = None,
-            lr_schedule: str | None = None):
+            val_fraction: float = 0.0, settings: dict | None = None):
     """Train (or resume, or just read) one run; returns its metrics history."""
     if (folder / "model.npz").exists():
         trainer, model = Trainer.from_checkpoint(folder, epochs=epochs, progress=progress)
     else:
         overrides = {"activation": variant.activation, "seed": seed, "epochs": epochs,
                      "val_fraction": val_fraction, **RULES[variant.rule]}
-        if zeta is not None:
-            overrides["zeta"] = zeta
-        if lr_schedule is not None:
-            overrides["lr_schedule"] = lr_schedule
+        overrides.update(settings or {})
         if variant.dense:
             overrides["init"] = "xavier"
         if variant.ip:
@@ -130,11 +126,11 @@ def run_one(variant: Variant, seed: int, ds, dataset: str, folder: Path, epochs,
 def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_start=None,
               ip_step=None, ip_percentile=None, variants=None, progress=None,
               download=True, rules=("set",), val_fraction=0.0, zeta=None,
-              lr_schedule=None) -> list[dict]:
+              lr_schedule=None, dropout=None) -> list[dict]:
     """Run the Table 2 variants of ``dataset`` (under each of ``rules``); write the table
-    and figures into ``out``. ``zeta``: the rewired fraction of every sparse run (default:
-    the preset's); ``lr_schedule``: the learning rate's schedule of every run (default: the
-    preset's constant rate)."""
+    and figures into ``out``. ``zeta`` (the rewired fraction of every sparse run),
+    ``lr_schedule`` and ``dropout``: settings of every run instead of the preset's (None:
+    the preset's); the table names those given."""
     from .data import load_dataset
 
     if not isinstance(seeds, int) or seeds < 1:
@@ -147,14 +143,15 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     if unknown or not chosen:
         raise param_error("variants", f"a non-empty list of names from {[v.slug for v in VARIANTS]}",
                           sorted(unknown) or variants)
+    settings = {k: v for k, v in dict(zeta=zeta, lr_schedule=lr_schedule,
+                                      dropout=dropout).items() if v is not None}
     epochs = make_config(dataset, "paper").epochs if epochs is None else epochs
     start, step = ip_schedule(epochs)
     ip = (start if ip_start is None else ip_start, step if ip_step is None else ip_step,
           20.0 if ip_percentile is None else ip_percentile)
     make_config(dataset, "paper", epochs=epochs, ip_start=ip[0], ip_step=ip[1],
                 ip_percentile=ip[2], val_fraction=val_fraction,
-                **({} if zeta is None else {"zeta": zeta}),
-                **({} if lr_schedule is None else {"lr_schedule": lr_schedule}))  # validated first
+                **settings)  # validated before any work
     chosen = with_rules(chosen, rules)
     ds = load_dataset(dataset, data_dir, standardize=False, download=download)
     out = Path(out)
@@ -162,7 +159,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
     for variant in chosen:
         for seed in range(seeds):
             hist = run_one(variant, seed, ds, dataset, out / variant.slug / f"seed{seed}", epochs,
-                           ip, progress, val_fraction, zeta, lr_schedule)
+                           ip, progress, val_fraction, settings)
             acc = [r["test_accuracy"] for r in hist]
             val = [r.get("val_accuracy") for r in hist]
             chosen_epoch = int(np.argmax(val)) if None not in val else None  # first best
@@ -182,7 +179,7 @@ def reproduce(dataset: str, out, *, data_dir=None, epochs=None, seeds=1, ip_star
                          "minutes": sum(r["epoch_seconds"] for r in hist) / 60, "history": hist})
     write_text(out / "runs.csv", _runs_csv(runs))
     write_text(out / "table.md", _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction,
-                                          zeta, lr_schedule))
+                                          settings))
     _plots(out, chosen, runs)
     return runs
 
@@ -212,8 +209,7 @@ def _runs_csv(runs) -> str:
     return buf.getvalue()
 
 
-def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None,
-           lr_schedule=None) -> str:
+def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, settings=None) -> str:
     paper = PAPER_TABLE2.get(dataset)
     base = {v.slug: i for i, v in enumerate(VARIANTS)}
     val = (f" Validation: {100 * val_fraction:g}% of the training set held out; \"test acc at "
@@ -221,9 +217,10 @@ def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, zeta=None
            "honest protocol; the paper's is the best test accuracy)." if val_fraction else "")
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
-             + ("" if zeta is None else f"SET rewires zeta = {zeta:g} (--zeta). ")
-             + ("" if lr_schedule is None else
-                f"Learning rate schedule: {lr_schedule} (--lr-schedule). ")
+             + "".join(f"Every run: {k} = {v:g} (--{k.replace('_', '-')}). "
+                       if isinstance(v, float) else
+                       f"Every run: {k} = {v} (--{k.replace('_', '-')}). "
+                       for k, v in (settings or {}).items())
              + "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
              "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution); evolution seconds per epoch." + val, "",
