@@ -49,13 +49,12 @@ runs over connections.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from .errors import SparsetrainError
 from .layers import SparseLinear, sample_free_positions
+from .optim import cosine_factor
 from .pruning import source_importance
 
 #: Where SET regrows (see the module docstring).
@@ -74,7 +73,7 @@ def scheduled_zeta(zeta: float, schedule: str, epoch: int, epochs: int) -> float
     or ``zeta (1 + cos(pi epoch / epochs)) / 2`` (cosine, RigL's decay)."""
     if schedule == "constant":
         return float(zeta)
-    return float(zeta) * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return float(zeta) * cosine_factor(epoch, epochs)
 
 
 class GrowthSignal:

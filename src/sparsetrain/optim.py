@@ -103,9 +103,10 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def cosine_factor(epoch: int, epochs: int) -> float:
-    """``(1 + cos(pi e / E)) / 2`` for 0-based epoch ``e`` of ``E``: 1 in the first epoch,
-    falling to ``(1 + cos(pi (E - 1) / E)) / 2 > 0`` in the last (the rate of a cosine
-    schedule, and never exactly zero while training)."""
+    """``(1 + cos(pi e / E)) / 2`` for ``e = epoch`` of ``E = epochs`` (``e`` clipped to
+    ``[0, E]``): the factor of every cosine schedule. The learning rate takes it at the
+    0-based epoch (1 in the first, above zero in the last), the rewired fraction
+    (:func:`sparsetrain.evolution.scheduled_zeta`) after the 1-based epoch."""
     return 0.5 * (1.0 + math.cos(math.pi * min(max(epoch, 0), epochs) / max(epochs, 1)))
 
 

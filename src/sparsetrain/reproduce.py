@@ -217,10 +217,8 @@ def _table(dataset, epochs, seeds, ip, chosen, runs, val_fraction=0.0, settings=
            "honest protocol; the paper's is the best test accuracy)." if val_fraction else "")
     lines = [f"# Table 2 variants on {dataset}: {epochs} epochs, {seeds} seed(s)", "",
              f"Importance Pruning: start {ip[0]}, every {ip[1]} epochs, {ip[2]:g}th percentile. "
-             + "".join(f"Every run: {k} = {v:g} (--{k.replace('_', '-')}). "
-                       if isinstance(v, float) else
-                       f"Every run: {k} = {v} (--{k.replace('_', '-')}). "
-                       for k, v in (settings or {}).items())
+             + "".join(f"Every run: {k} = {f'{v:g}' if isinstance(v, float) else v} "
+                       f"(--{k.replace('_', '-')}). " for k, v in (settings or {}).items())
              + "Accuracies in %, mean +- std over seeds; connections and hidden neurons (all "
              "hidden layers) as means over seeds; minutes per run (train + eval + "
              "evolution); evolution seconds per epoch." + val, "",
